@@ -1,1 +1,10 @@
+//! callvault: a call-recording appliance for contact centres.
+//!
+//! - [`core`]: the sans-IO recording core (RTP/RTCP parsing, per-leg timelines, G.711, mixing).
+//! - [`capture`]: reading packet captures (pcap, pcapng) and their SIP/SDP signalling.
+//! - [`output`]: recording containers (crash-recoverable WAV/RF64).
+//! - [`import`]: the `callvault import` job: a capture in, recordings out.
 
+// pub mod capture; (pending)
+pub mod core;
+pub mod output;

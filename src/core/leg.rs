@@ -1,0 +1,635 @@
+//! One leg (one direction of a call) on the recording's wall-clock timeline.
+//!
+//! The placement rule, in full (docs/timeline.md explains it with examples):
+//! - Samples are placed by RTP timestamp, relative to an *anchor* (a timestamp ↔ position pair).
+//! - The first packet's arrival time sets the first anchor (rounded to a whole millisecond, so a
+//!   leg's start offset is exact in every sample rate).
+//! - The anchor moves only at a discontinuity, judged against the newest in-order audio packet:
+//!   the timestamp steps backwards, jumps forward by more than the arrival gap plus a tolerance,
+//!   or stands still (advances by less than the arrival gap minus the tolerance: a sender that
+//!   froze its clock during hold) — and at an SSRC change. The new anchor is placed by arrival time.
+//! - Packets arriving out of order are placed by timestamp while their position is still open
+//!   (inside the reorder window); later ones are counted late and dropped. Duplicates are dropped.
+//! - Nothing is written for lost packets, comfort noise, DTX or hold: those positions stay zero,
+//!   so gaps keep their wall-clock length and are never collapsed.
+//! - Clock skew: the offset between arrival position and timestamp position is tracked as a
+//!   windowed minimum (robust against jitter); once it drifts by more than one frame from its
+//!   baseline, the anchor is shifted by the drift at the next quiet moment (silence is inserted
+//!   into or dropped from a gap or a quiet frame), and the correction is counted.
+
+use super::payload::PayloadFormat;
+use super::seq::{SeqClass, SeqTracker};
+
+/// Timeline tuning, shared by all legs of a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineConfig {
+    /// Output sample rate in Hz (a multiple of 1000).
+    pub sample_rate: u32,
+    /// How long a position stays open for late (reordered) packets.
+    pub reorder_window_ms: u32,
+    /// Slack between a timestamp step and the arrival gap before it counts as a discontinuity.
+    pub jump_tolerance_ms: u32,
+    /// How far past its arrival a packet may be placed before the leg is re-anchored.
+    pub max_ahead_ms: u32,
+    /// Length of the windows over which clock drift is measured.
+    pub drift_window_ms: u32,
+    /// Peak level at or below which a frame counts as quiet (drift is corrected there).
+    pub quiet_peak: i16,
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        TimelineConfig {
+            sample_rate: 8000,
+            reorder_window_ms: 200,
+            jump_tolerance_ms: 2000,
+            max_ahead_ms: 5000,
+            drift_window_ms: 5000,
+            quiet_peak: 1024,
+        }
+    }
+}
+
+impl TimelineConfig {
+    pub(crate) fn ms_to_samples(&self, ms: u32) -> i64 {
+        i64::from(ms) * i64::from(self.sample_rate) / 1000
+    }
+
+    /// Nanoseconds → sample positions at the output rate (floor).
+    pub fn ns_to_samples(&self, ns: i64) -> i64 {
+        (i128::from(ns) * i128::from(self.sample_rate)).div_euclid(1_000_000_000) as i64
+    }
+}
+
+/// The audio one packet contributes.
+#[derive(Debug, Clone, Copy)]
+pub enum Media<'a> {
+    /// Decoded samples at the output rate.
+    Samples(&'a [i16]),
+    /// A frame that could not be decoded: its time is kept as silence.
+    Undecodable,
+    /// Comfort noise: silence starts here; the packet occupies no samples itself.
+    ComfortNoise,
+}
+
+/// One telephone-event (RFC 4733) as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtmfEvent {
+    /// Start, in samples from the recording's origin.
+    pub start: i64,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+    /// The digit; only kept when configured (digits may be card numbers).
+    pub digit: Option<char>,
+}
+
+/// Counters for one leg. `packets` counts RTP packets (events included, RTCP not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegStats {
+    /// RTP packets received, duplicates and events included.
+    pub packets: u64,
+    /// Audio packets placed on the timeline.
+    pub audio_packets: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Arrived after their position closed (or too far from the rest to place): dropped.
+    pub late: u64,
+    /// Arrived out of order but in time: placed.
+    pub reordered: u64,
+    /// SSRC changes after the first.
+    pub ssrc_changes: u64,
+    /// Anchor moves caused by timestamp discontinuities.
+    pub discontinuities: u64,
+    /// Clock-drift corrections applied, and the samples they inserted or dropped.
+    pub drift_corrections: u64,
+    /// Samples of silence inserted by drift correction.
+    pub drift_samples_inserted: u64,
+    /// Samples dropped by drift correction.
+    pub drift_samples_dropped: u64,
+    /// RTCP packets seen on the leg (never decoded as audio).
+    pub rtcp_packets: u64,
+    /// Datagrams that were neither valid RTP nor valid RTCP.
+    pub malformed: u64,
+    /// Packets with a payload type missing from the leg's payload map.
+    pub unknown_payload_type: u64,
+    /// Telephone-event packets that were too short to read.
+    pub bad_events: u64,
+}
+
+struct Segment {
+    ssrc: u32,
+    seq: SeqTracker,
+    clock_rate: u32,
+    anchor_ext_ts: i64,
+    anchor_pos: i64,
+    reference: Option<Reference>,
+    /// Extended timestamp used to extend events when no audio has set a reference yet.
+    first_ts: u32,
+    drift: Drift,
+}
+
+/// The newest in-order audio packet: the yardstick for discontinuities.
+#[derive(Clone, Copy)]
+struct Reference {
+    ts: u32,
+    ext_ts: i64,
+    arrival_ns: i64,
+    pos: i64,
+    len: i64,
+}
+
+/// Drift measurement: windowed minimum of (arrival position − placed position).
+struct Drift {
+    window_end_ns: i64,
+    window_min: i64,
+    baseline: Option<i64>,
+    pending: i64,
+}
+
+impl Drift {
+    fn new(now_ns: i64, window_ns: i64) -> Self {
+        Drift { window_end_ns: now_ns + window_ns, window_min: i64::MAX, baseline: None, pending: 0 }
+    }
+}
+
+struct PendingFrame {
+    pos: i64,
+    samples: Vec<i16>,
+}
+
+struct ActiveEvent {
+    ssrc: u32,
+    ts: u32,
+    start: i64,
+    clock_rate: u32,
+    duration: u32,
+    code: u8,
+}
+
+/// Outcome of offering one RTP packet to a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Written to the timeline at this position.
+    Placed(i64),
+    /// Recorded as a telephone-event.
+    Event,
+    /// Counted and dropped (duplicate, late, unknown payload type…).
+    Dropped,
+    /// Comfort noise or similar: moved the clock, wrote nothing.
+    Marker,
+}
+
+/// One leg's timeline state. Owned by exactly one recording; no interior sharing.
+pub struct Leg {
+    cfg: TimelineConfig,
+    keep_digits: bool,
+    segment: Option<Segment>,
+    pending: Vec<PendingFrame>,
+    spare: Vec<Vec<i16>>,
+    written_end: i64,
+    start: Option<i64>,
+    ssrcs: Vec<u32>,
+    seen_formats: Vec<(u8, String)>,
+    unsupported: Option<String>,
+    events: Vec<DtmfEvent>,
+    active_event: Option<ActiveEvent>,
+    last_closed_event: Option<(u32, u32)>,
+    closed_expected: u64,
+    closed_received: u64,
+    stats: LegStats,
+}
+
+impl Leg {
+    /// A leg with nothing received yet.
+    pub fn new(cfg: TimelineConfig, keep_digits: bool) -> Self {
+        Leg {
+            cfg,
+            keep_digits,
+            segment: None,
+            pending: Vec::new(),
+            spare: Vec::new(),
+            written_end: 0,
+            start: None,
+            ssrcs: Vec::new(),
+            seen_formats: Vec::new(),
+            unsupported: None,
+            events: Vec::new(),
+            active_event: None,
+            last_closed_event: None,
+            closed_expected: 0,
+            closed_received: 0,
+            stats: LegStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &LegStats {
+        &self.stats
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut LegStats {
+        &mut self.stats
+    }
+
+    /// Position of the leg's first packet (samples from the origin), if it sent any.
+    pub fn start(&self) -> Option<i64> {
+        self.start
+    }
+
+    /// SSRCs in the order they appeared.
+    pub fn ssrcs(&self) -> &[u32] {
+        &self.ssrcs
+    }
+
+    /// Payload types seen, with their formats, in the order they first appeared.
+    pub fn seen_formats(&self) -> &[(u8, String)] {
+        &self.seen_formats
+    }
+
+    /// The first codec met that could not be decoded, if any.
+    pub fn unsupported_codec(&self) -> Option<&str> {
+        self.unsupported.as_deref()
+    }
+
+    /// Events completed so far (an event still running is reported by [`Leg::finish_events`]).
+    pub fn events(&self) -> &[DtmfEvent] {
+        &self.events
+    }
+
+    /// End of the furthest sample written.
+    pub fn written_end(&self) -> i64 {
+        self.written_end
+    }
+
+    /// Packets lost: expected − received over every source the leg had (RFC 3550).
+    pub fn lost(&self) -> u64 {
+        let (e, r) = self.expected_received();
+        e.saturating_sub(r)
+    }
+
+    fn expected_received(&self) -> (u64, u64) {
+        let (mut e, mut r) = (self.closed_expected, self.closed_received);
+        if let Some(s) = &self.segment {
+            e += s.seq.expected();
+            r += s.seq.received();
+        }
+        (e, r)
+    }
+
+    pub(crate) fn note_format(&mut self, pt: u8, format: Option<&PayloadFormat>) {
+        if !self.seen_formats.iter().any(|(p, _)| *p == pt) {
+            let name = format.map_or_else(|| "unknown".to_string(), |f| f.to_string());
+            self.seen_formats.push((pt, name));
+        }
+    }
+
+    pub(crate) fn note_unsupported(&mut self, name: &str) {
+        if self.unsupported.is_none() {
+            self.unsupported = Some(name.to_string());
+        }
+    }
+
+    fn scale_ts(&self, delta_ts: i64, clock_rate: u32) -> i64 {
+        (i128::from(delta_ts) * i128::from(self.cfg.sample_rate)).div_euclid(i128::from(clock_rate)) as i64
+    }
+
+    fn ts_to_ns(delta_ts: i64, clock_rate: u32) -> i64 {
+        (i128::from(delta_ts) * 1_000_000_000 / i128::from(clock_rate)) as i64
+    }
+
+    /// Starts a new segment for `ssrc` (first packet, or an SSRC change) anchored at `anchor_pos`.
+    fn open_segment(&mut self, ssrc: u32, seq: u16, ts: u32, clock_rate: u32, now_ns: i64, anchor_pos: i64) {
+        if let Some(old) = self.segment.take() {
+            self.closed_expected += old.seq.expected();
+            self.closed_received += old.seq.received();
+            self.stats.ssrc_changes += 1;
+        }
+        if !self.ssrcs.contains(&ssrc) {
+            self.ssrcs.push(ssrc);
+        }
+        let window_ns = i64::from(self.cfg.drift_window_ms) * 1_000_000;
+        self.segment = Some(Segment {
+            ssrc,
+            seq: SeqTracker::new(seq),
+            clock_rate,
+            anchor_ext_ts: i64::from(ts),
+            anchor_pos,
+            reference: None,
+            first_ts: ts,
+            drift: Drift::new(now_ns, window_ns),
+        });
+        if self.start.is_none() {
+            self.start = Some(anchor_pos);
+        }
+    }
+
+    /// Where a new anchor goes when the clock cannot be trusted: by arrival, never over samples
+    /// already written or positions already closed.
+    fn arrival_anchor(&self, now_ns: i64, cursor: i64) -> i64 {
+        let by_arrival = match self.segment.as_ref().and_then(|s| s.reference) {
+            Some(r) => r.pos + self.cfg.ns_to_samples(now_ns - r.arrival_ns).max(0),
+            None => self.cfg.ns_to_samples(now_ns),
+        };
+        by_arrival.max(self.written_end).max(cursor)
+    }
+
+    fn first_anchor(&self, now_ns: i64, cursor: i64) -> i64 {
+        // Round to a whole millisecond so `start_offset_ms` locates the first sample exactly.
+        let ms = (now_ns.max(0) + 500_000) / 1_000_000;
+        (ms * i64::from(self.cfg.sample_rate) / 1000).max(cursor)
+    }
+
+    /// Offers one RTP packet. `now_ns` is its arrival relative to the recording's origin;
+    /// `cursor` is the first position not yet handed out (positions before it are closed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_rtp(
+        &mut self,
+        now_ns: i64,
+        cursor: i64,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        clock_rate: u32,
+        media: Media<'_>,
+    ) -> Placement {
+        self.stats.packets += 1;
+        let clock_rate = clock_rate.max(1);
+        match &self.segment {
+            Some(s) if s.ssrc == ssrc => {}
+            Some(_) => {
+                let anchor = self.arrival_anchor(now_ns, cursor);
+                self.open_segment(ssrc, seq, ts, clock_rate, now_ns, anchor);
+                return self.place_new(now_ns, cursor, ts, media, true);
+            }
+            None => {
+                let anchor = self.first_anchor(now_ns, cursor);
+                self.open_segment(ssrc, seq, ts, clock_rate, now_ns, anchor);
+                return self.place_new(now_ns, cursor, ts, media, true);
+            }
+        }
+        let seg = self.segment.as_mut().expect("checked above");
+        seg.clock_rate = clock_rate;
+        match seg.seq.classify(seq) {
+            SeqClass::Duplicate => {
+                self.stats.duplicates += 1;
+                Placement::Dropped
+            }
+            SeqClass::Stray => {
+                self.stats.late += 1;
+                Placement::Dropped
+            }
+            SeqClass::Reordered { .. } => {
+                self.stats.reordered += 1;
+                self.place_reordered(cursor, ts, media)
+            }
+            SeqClass::InOrder { .. } => self.place_new(now_ns, cursor, ts, media, false),
+        }
+    }
+
+    fn frame_len(&self, media: &Media<'_>) -> i64 {
+        match media {
+            Media::Samples(s) => s.len() as i64,
+            Media::ComfortNoise => 0,
+            Media::Undecodable => {
+                // Time of an undecodable frame: the timestamp step seen so far, else 20 ms.
+                self.segment.as_ref().and_then(|s| s.reference).map(|r| r.len).filter(|l| *l > 0).unwrap_or_else(|| self.cfg.ms_to_samples(20))
+            }
+        }
+    }
+
+    /// A packet newer than any before it on this source.
+    fn place_new(&mut self, now_ns: i64, cursor: i64, ts: u32, media: Media<'_>, fresh: bool) -> Placement {
+        let tol_ns = i64::from(self.cfg.jump_tolerance_ms) * 1_000_000;
+        let now_pos = self.cfg.ns_to_samples(now_ns);
+        let mut len = self.frame_len(&media);
+        let seg = self.segment.as_ref().expect("segment exists");
+        let clock_rate = seg.clock_rate;
+        let ext_ts = match seg.reference {
+            Some(r) => r.ext_ts + i64::from(ts.wrapping_sub(r.ts) as i32),
+            None => seg.anchor_ext_ts + i64::from(ts.wrapping_sub(seg.first_ts) as i32),
+        };
+        // Discontinuity check against the newest audio packet.
+        let mut reanchor = false;
+        if let (false, Some(r)) = (fresh, seg.reference) {
+            let ts_delta = ext_ts - r.ext_ts;
+            let ts_ns = Self::ts_to_ns(ts_delta, clock_rate);
+            let arrival_ns = (now_ns - r.arrival_ns).max(0);
+            reanchor = ts_delta < 0 || ts_ns > arrival_ns + tol_ns || ts_ns + tol_ns < arrival_ns;
+        }
+        let mut pos = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, clock_rate);
+        // Never let a packet sit far ahead of its arrival: that is a broken clock, not jitter.
+        let max_ahead = self.cfg.ms_to_samples(self.cfg.max_ahead_ms);
+        if !reanchor && pos + len > now_pos + max_ahead {
+            reanchor = true;
+        }
+        if reanchor {
+            let anchor = self.arrival_anchor(now_ns, cursor);
+            let seg = self.segment.as_mut().expect("segment exists");
+            seg.anchor_ext_ts = ext_ts;
+            seg.anchor_pos = anchor;
+            seg.drift = Drift::new(now_ns, i64::from(self.cfg.drift_window_ms) * 1_000_000);
+            pos = anchor;
+            self.stats.discontinuities += 1;
+        }
+        if pos < cursor {
+            // Only possible when drift or a clock fault placed it behind the write cursor.
+            self.stats.late += 1;
+            return Placement::Dropped;
+        }
+        // Drift: measure, and correct at a quiet moment.
+        let quiet = match media {
+            Media::Samples(s) => s.iter().all(|v| v.unsigned_abs() <= self.cfg.quiet_peak.unsigned_abs()),
+            Media::Undecodable | Media::ComfortNoise => true,
+        };
+        let gap = (pos - self.written_end).max(0);
+        let mut skip = 0usize;
+        let frame = len.max(self.cfg.ms_to_samples(10));
+        let drift_window_ns = i64::from(self.cfg.drift_window_ms) * 1_000_000;
+        {
+            let seg = self.segment.as_mut().expect("segment exists");
+            let d = &mut seg.drift;
+            if now_ns >= d.window_end_ns {
+                if d.window_min != i64::MAX {
+                    match d.baseline {
+                        None => d.baseline = Some(d.window_min),
+                        Some(b) => {
+                            let drift = d.window_min - b;
+                            d.pending = if drift.abs() > frame { drift } else { 0 };
+                        }
+                    }
+                }
+                d.window_min = i64::MAX;
+                d.window_end_ns = now_ns + drift_window_ns;
+            }
+            let mut shift = 0i64;
+            if d.pending > 0 && (quiet || gap > 0) {
+                shift = d.pending;
+                self.stats.drift_samples_inserted += shift as u64;
+            } else if d.pending < 0 {
+                let want = -d.pending;
+                let from_gap = want.min(gap);
+                let from_frame = if quiet { (want - from_gap).min(len) } else { 0 };
+                skip = from_frame as usize;
+                shift = -(from_gap + from_frame);
+                self.stats.drift_samples_dropped += (from_gap + from_frame) as u64;
+            }
+            if shift != 0 {
+                d.pending -= shift;
+                seg.anchor_pos += shift;
+                pos += shift;
+                self.stats.drift_corrections += 1;
+                // Measure afresh: the window so far mixes before and after the correction.
+                d.window_min = i64::MAX;
+                d.window_end_ns = now_ns + drift_window_ns;
+            }
+            d.window_min = d.window_min.min(now_pos - pos);
+            seg.reference = Some(Reference { ts, ext_ts, arrival_ns: now_ns, pos, len });
+        }
+        len -= skip as i64;
+        self.write(pos + skip as i64, len, media, skip)
+    }
+
+    /// A packet older than the newest: placed by timestamp if its position is still open.
+    fn place_reordered(&mut self, cursor: i64, ts: u32, media: Media<'_>) -> Placement {
+        let len = self.frame_len(&media);
+        let seg = self.segment.as_ref().expect("segment exists");
+        let Some(r) = seg.reference else {
+            self.stats.late += 1;
+            return Placement::Dropped;
+        };
+        let ext_ts = r.ext_ts + i64::from(ts.wrapping_sub(r.ts) as i32);
+        let pos = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, seg.clock_rate);
+        if pos < cursor || pos > r.pos {
+            // Closed already, or it belongs to an earlier anchor: too late to place honestly.
+            self.stats.late += 1;
+            return Placement::Dropped;
+        }
+        self.write(pos, len, media, 0)
+    }
+
+    fn write(&mut self, pos: i64, len: i64, media: Media<'_>, skip: usize) -> Placement {
+        match media {
+            Media::ComfortNoise => return Placement::Marker,
+            Media::Samples(s) => {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(&s[skip.min(s.len())..]);
+                let at = self.pending.partition_point(|f| f.pos <= pos);
+                self.pending.insert(at, PendingFrame { pos, samples: buf });
+            }
+            Media::Undecodable => {}
+        }
+        self.stats.audio_packets += 1;
+        self.written_end = self.written_end.max(pos + len.max(0));
+        Placement::Placed(pos)
+    }
+
+    /// Handles a telephone-event packet (RFC 4733). Events never touch the audio timeline; an
+    /// event's timestamp is its start and stays put while its duration grows.
+    pub fn on_event(&mut self, now_ns: i64, cursor: i64, ssrc: u32, seq: u16, ts: u32, clock_rate: u32, payload: &[u8]) -> Placement {
+        self.stats.packets += 1;
+        let clock_rate = clock_rate.max(1);
+        match &mut self.segment {
+            Some(s) if s.ssrc == ssrc => match s.seq.classify(seq) {
+                SeqClass::Duplicate => {
+                    self.stats.duplicates += 1;
+                    return Placement::Dropped;
+                }
+                SeqClass::Stray => {
+                    self.stats.late += 1;
+                    return Placement::Dropped;
+                }
+                SeqClass::Reordered { .. } => self.stats.reordered += 1,
+                SeqClass::InOrder { .. } => {}
+            },
+            Some(_) => {
+                let anchor = self.arrival_anchor(now_ns, cursor);
+                self.open_segment(ssrc, seq, ts, clock_rate, now_ns, anchor);
+            }
+            None => {
+                let anchor = self.first_anchor(now_ns, cursor);
+                self.open_segment(ssrc, seq, ts, clock_rate, now_ns, anchor);
+            }
+        }
+        if payload.len() < 4 {
+            self.stats.bad_events += 1;
+            return Placement::Dropped;
+        }
+        let code = payload[0];
+        let duration = u32::from(u16::from_be_bytes([payload[2], payload[3]]));
+        if let Some(a) = &mut self.active_event {
+            if a.ssrc == ssrc && a.ts == ts {
+                a.duration = a.duration.max(duration);
+                return Placement::Event;
+            }
+        }
+        // A new event: close the previous one, unless this is a stray repeat of an event already
+        // closed (redundant end packets arrive after the next event started only if reordered).
+        if self.last_closed_event == Some((ssrc, ts)) {
+            return Placement::Event;
+        }
+        self.close_event();
+        let seg = self.segment.as_ref().expect("segment exists");
+        let (ref_ext_ts, ref_ts) = match seg.reference {
+            Some(r) => (r.ext_ts, r.ts),
+            None => (seg.anchor_ext_ts, seg.first_ts),
+        };
+        let ext_ts = ref_ext_ts + i64::from(ts.wrapping_sub(ref_ts) as i32);
+        let start = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, clock_rate);
+        self.active_event = Some(ActiveEvent { ssrc, ts, start, clock_rate, duration, code });
+        Placement::Event
+    }
+
+    fn close_event(&mut self) {
+        if let Some(a) = self.active_event.take() {
+            self.last_closed_event = Some((a.ssrc, a.ts));
+            let digit = if self.keep_digits { Some(event_digit(a.code)) } else { None };
+            self.events.push(DtmfEvent {
+                start: a.start,
+                duration_ms: u64::from(a.duration) * 1000 / u64::from(a.clock_rate),
+                digit,
+            });
+        }
+    }
+
+    /// Closes an event still running (end of recording).
+    pub fn finish_events(&mut self) {
+        self.close_event();
+    }
+
+    /// Adds this leg's samples for positions `[from, from + out.len())` into `out` (which the
+    /// caller zeroed), then forgets every frame that ends before `from + out.len()`.
+    pub fn render(&mut self, from: i64, out: &mut [i16]) {
+        let to = from + out.len() as i64;
+        for f in &self.pending {
+            if f.pos >= to {
+                break;
+            }
+            let start = f.pos.max(from);
+            let end = (f.pos + f.samples.len() as i64).min(to);
+            if start < end {
+                let src = &f.samples[(start - f.pos) as usize..(end - f.pos) as usize];
+                out[(start - from) as usize..(end - from) as usize].copy_from_slice(src);
+            }
+        }
+        let spare = &mut self.spare;
+        self.pending.retain_mut(|f| {
+            let done = f.pos + f.samples.len() as i64 <= to;
+            if done {
+                spare.push(std::mem::take(&mut f.samples));
+            }
+            !done
+        });
+    }
+}
+
+/// RFC 4733 §3.2 event codes for DTMF.
+fn event_digit(code: u8) -> char {
+    match code {
+        0..=9 => char::from(b'0' + code),
+        10 => '*',
+        11 => '#',
+        12..=15 => char::from(b'A' + code - 12),
+        _ => '?',
+    }
+}

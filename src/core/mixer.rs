@@ -1,0 +1,72 @@
+//! Puts leg channels into the output layout.
+
+/// How legs become channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// One channel per leg in leg order: two legs give stereo (first left, second right).
+    #[default]
+    Stereo,
+    /// All legs summed into one channel, saturating at the 16-bit limits.
+    Mono,
+    /// One file per leg (the caller writes each plane to its own file).
+    Separate,
+}
+
+impl Layout {
+    /// Channels in the mixed output for `legs` legs (per file for `Separate`).
+    pub fn channels(self, legs: usize) -> u16 {
+        match self {
+            Layout::Stereo => legs.max(1) as u16,
+            Layout::Mono | Layout::Separate => 1,
+        }
+    }
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Stereo => "stereo",
+            Layout::Mono => "mono",
+            Layout::Separate => "separate",
+        }
+    }
+}
+
+/// Interleaves (stereo) or sums (mono) equal-length planes, appending to `out`.
+pub fn mix(layout: Layout, planes: &[&[i16]], out: &mut Vec<i16>) {
+    let frames = planes.first().map_or(0, |p| p.len());
+    debug_assert!(planes.iter().all(|p| p.len() == frames), "every leg yields the same frames");
+    match layout {
+        Layout::Stereo => {
+            out.reserve(frames * planes.len());
+            for i in 0..frames {
+                out.extend(planes.iter().map(|p| p[i]));
+            }
+        }
+        Layout::Mono | Layout::Separate => {
+            out.reserve(frames);
+            for i in 0..frames {
+                let sum: i32 = planes.iter().map(|p| i32::from(p[i])).sum();
+                out.push(sum.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stereo_interleaves_in_leg_order() {
+        let mut out = Vec::new();
+        mix(Layout::Stereo, &[&[1, 2], &[-1, -2]], &mut out);
+        assert_eq!(out, [1, -1, 2, -2]);
+    }
+
+    #[test]
+    fn mono_saturates() {
+        let mut out = Vec::new();
+        mix(Layout::Mono, &[&[30000, -30000, 5], &[30000, -30000, 6]], &mut out);
+        assert_eq!(out, [i16::MAX, i16::MIN, 11]);
+    }
+}

@@ -1,0 +1,168 @@
+//! A recording: its legs on one wall-clock timeline, driven by `(time, datagram)` inputs.
+//!
+//! Sans-IO: nothing here reads a clock or a socket. The driver's loop is:
+//! 1. `handle_datagram(now, leg, bytes)` for each datagram as it arrives;
+//! 2. then call `poll_audio(now, …)` until it returns 0, writing what it yields;
+//! 3. at the end, `finish()` and drain `poll_audio` again.
+//!
+//! Positions before `now − reorder window` are final and are handed out by `poll_audio`, so a
+//! driver that polls after each input holds at most a reorder window of audio per leg.
+
+use super::g711;
+use super::leg::{Leg, Media, Placement, TimelineConfig};
+use super::payload::{Codec, PayloadMap};
+use super::rtp::{self, Packet};
+
+/// How to record.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingConfig {
+    /// Timeline tuning; its sample rate is the recording's.
+    pub timeline: TimelineConfig,
+    /// Keep DTMF digit values (they may be card numbers: off unless asked for).
+    pub keep_dtmf_digits: bool,
+}
+
+/// One leg as the ACD (or the capture's signalling) describes it.
+#[derive(Debug, Clone)]
+pub struct LegSpec {
+    /// Name such as `customer`, `agent`, `a`.
+    pub label: String,
+    /// Payload type → format for this leg.
+    pub payload_map: PayloadMap,
+}
+
+/// What a datagram was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// An RTP packet and what became of it.
+    Rtp(Placement),
+    /// RTCP: counted, never decoded as audio.
+    Rtcp,
+    /// Not RTP or RTCP: counted and dropped.
+    Malformed,
+}
+
+/// A recording in progress. Exactly one owner drives it.
+pub struct Recording {
+    cfg: RecordingConfig,
+    specs: Vec<LegSpec>,
+    legs: Vec<Leg>,
+    origin_ns: Option<u64>,
+    cursor: i64,
+    finished: bool,
+    decoded: Vec<i16>,
+}
+
+impl Recording {
+    /// A recording whose position 0 is `origin_ns` (or, if `None`, the first datagram's time).
+    pub fn new(cfg: RecordingConfig, legs: Vec<LegSpec>, origin_ns: Option<u64>) -> Self {
+        let built = legs.iter().map(|_| Leg::new(cfg.timeline, cfg.keep_dtmf_digits)).collect();
+        Recording { cfg, specs: legs, legs: built, origin_ns, cursor: 0, finished: false, decoded: Vec::new() }
+    }
+
+    /// The output sample rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.cfg.timeline.sample_rate
+    }
+
+    /// The legs, in the order given.
+    pub fn legs(&self) -> &[Leg] {
+        &self.legs
+    }
+
+    /// The leg descriptions, in the order given.
+    pub fn leg_specs(&self) -> &[LegSpec] {
+        &self.specs
+    }
+
+    /// Frames handed out so far.
+    pub fn frames_emitted(&self) -> u64 {
+        self.cursor as u64
+    }
+
+    fn relative_ns(&mut self, now_ns: u64) -> i64 {
+        let origin = *self.origin_ns.get_or_insert(now_ns);
+        now_ns as i64 - origin as i64
+    }
+
+    /// Feeds one datagram that arrived on `leg` at `now_ns`.
+    pub fn handle_datagram(&mut self, now_ns: u64, leg: usize, datagram: &[u8]) -> Handled {
+        let rel = self.relative_ns(now_ns);
+        let cursor = self.cursor;
+        let (Some(l), Some(spec)) = (self.legs.get_mut(leg), self.specs.get(leg)) else {
+            return Handled::Malformed;
+        };
+        let packet = match rtp::parse(datagram) {
+            Ok(Packet::Rtp(p)) => p,
+            Ok(Packet::Rtcp(_)) => {
+                l.stats_mut().rtcp_packets += 1;
+                return Handled::Rtcp;
+            }
+            Err(_) => {
+                l.stats_mut().malformed += 1;
+                return Handled::Malformed;
+            }
+        };
+        let format = spec.payload_map.get(packet.payload_type);
+        l.note_format(packet.payload_type, format);
+        let Some(format) = format else {
+            l.stats_mut().packets += 1;
+            l.stats_mut().unknown_payload_type += 1;
+            return Handled::Rtp(Placement::Dropped);
+        };
+        let (ssrc, seq, ts, rate) = (packet.ssrc, packet.sequence, packet.timestamp, format.clock_rate);
+        let placement = match format.codec {
+            Codec::TelephoneEvent => l.on_event(rel, cursor, ssrc, seq, ts, rate, packet.payload),
+            Codec::ComfortNoise => l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::ComfortNoise),
+            Codec::Pcmu | Codec::Pcma if self.cfg.timeline.sample_rate == 8000 => {
+                self.decoded.clear();
+                let table = if format.codec == Codec::Pcmu { &g711::ULAW_TABLE } else { &g711::ALAW_TABLE };
+                g711::decode(table, packet.payload, &mut self.decoded);
+                l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::Samples(&self.decoded))
+            }
+            _ => {
+                l.note_unsupported(&format.encoding);
+                l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::Undecodable)
+            }
+        };
+        Handled::Rtp(placement)
+    }
+
+    /// Ends the recording: everything written becomes final.
+    pub fn finish(&mut self) {
+        self.finished = true;
+        for l in &mut self.legs {
+            l.finish_events();
+        }
+    }
+
+    /// Total frames once finished: up to the furthest sample any leg wrote.
+    pub fn end_position(&self) -> i64 {
+        self.legs.iter().map(Leg::written_end).max().unwrap_or(0).max(self.cursor)
+    }
+
+    /// Hands out up to `max_frames` final frames: for each leg, its samples are appended to
+    /// `planes[leg]`. Returns the frames handed out (0 when nothing is final yet).
+    pub fn poll_audio(&mut self, now_ns: u64, max_frames: usize, planes: &mut [Vec<i16>]) -> usize {
+        let target = if self.finished {
+            self.end_position()
+        } else {
+            let rel = match self.origin_ns {
+                Some(o) => now_ns as i64 - o as i64,
+                None => return 0,
+            };
+            self.cfg.timeline.ns_to_samples(rel) - self.cfg.timeline.ms_to_samples(self.cfg.timeline.reorder_window_ms)
+        };
+        if target <= self.cursor {
+            return 0;
+        }
+        let n = ((target - self.cursor) as usize).min(max_frames);
+        for (leg, plane) in self.legs.iter_mut().zip(planes.iter_mut()) {
+            let start = plane.len();
+            plane.resize(start + n, 0);
+            leg.render(self.cursor, &mut plane[start..]);
+        }
+        self.cursor += n as i64;
+        n
+    }
+}
