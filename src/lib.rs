@@ -5,6 +5,7 @@
 //! - [`output`]: recording containers (crash-recoverable WAV/RF64).
 //! - [`import`]: the `callvault import` job: a capture in, recordings out.
 
-// pub mod capture; (pending)
+pub mod capture;
 pub mod core;
 pub mod output;
+pub mod import;

@@ -1,1 +1,259 @@
-fn main(){}
+//! The `callvault` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use callvault::core::mixer::Layout;
+use callvault::core::payload::{PayloadFormat, PayloadMap};
+use callvault::import::{self, ImportOptions, ImportReport};
+use callvault::output::wav;
+
+#[derive(Parser)]
+#[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import).\n\
+Run `callvault help <command>` for each command's options and examples.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Turn a packet capture (pcap or pcapng) into one recording per call.
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Import(ImportArgs),
+    /// Repair WAV files left unfinished by a crash (header sizes set from the data present).
+    #[command(after_help = REPAIR_EXAMPLES)]
+    Repair(RepairArgs),
+}
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  callvault import call.pcap --out recordings/
+  callvault import opus.pcap --out rec/ --pt 96=opus/48000/2 --pt 101=telephone-event/48000
+  callvault import call.pcapng --out rec/ --layout separate --json | jq '.recordings[].legs[].lost'
+
+Calls are found from SIP/SDP in the capture (Call-ID, payload map, caller and callee legs).
+Without signalling, each stream A->B is paired with B->A (legs `a` and `b` by first packet);
+an unpaired stream becomes a one-leg recording.
+
+Exit codes: 0 all recordings written; 3 capture partly unreadable (what was complete is written,
+and `errors` in the JSON says where); 2 usage error; 1 other failure (e.g. a recording could not
+be written).";
+
+const REPAIR_EXAMPLES: &str = "\
+Examples:
+  callvault repair recordings/*.wav.partial
+  callvault repair --json spool/call-01J9Z.wav.partial
+
+A file ending in .partial is renamed without the suffix once repaired. Finalised files are left
+unchanged. Exit codes: 0 all repaired or already fine; 1 some file could not be repaired.";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    /// One channel per leg (two legs: first left, second right).
+    Stereo,
+    /// All legs mixed into one channel.
+    Mono,
+    /// One mono file per leg.
+    Separate,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The capture file (pcap or pcapng).
+    capture: PathBuf,
+    /// Directory to write recordings into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Channel layout.
+    #[arg(long, value_enum, default_value = "stereo")]
+    layout: LayoutArg,
+    /// Print one JSON object describing every recording on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Map a payload type, e.g. 96=opus/48000/2 (repeatable; overrides SDP).
+    #[arg(long = "pt", value_name = "PT=NAME/RATE[/CH]", value_parser = parse_pt)]
+    pt: Vec<(u8, PayloadFormat)>,
+    /// Keep DTMF digit values in the report (they may be card numbers: off by default).
+    #[arg(long)]
+    dtmf_digits: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct RepairArgs {
+    /// WAV files to repair.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Print a JSON array of results.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_pt(s: &str) -> Result<(u8, PayloadFormat), String> {
+    PayloadMap::parse_mapping(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Import(args) => import_cmd(args),
+        Command::Repair(args) => repair_cmd(args),
+    }
+}
+
+fn import_cmd(args: ImportArgs) -> ExitCode {
+    let opts = ImportOptions {
+        capture: args.capture.clone(),
+        out_dir: args.out.clone(),
+        layout: match args.layout {
+            LayoutArg::Stereo => Layout::Stereo,
+            LayoutArg::Mono => Layout::Mono,
+            LayoutArg::Separate => Layout::Separate,
+        },
+        payload_overrides: args.pt.clone(),
+        keep_dtmf_digits: args.dtmf_digits,
+    };
+    let show_progress = !args.quiet
+        && std::io::stderr().is_terminal()
+        && std::fs::metadata(&args.capture).map(|m| m.len() > 4 << 20).unwrap_or(false);
+    let bar = show_progress.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut on_progress = |done: u64, total: Option<u64>, pass: u8| {
+        if let Some(b) = &bar {
+            b.set_length(total.unwrap_or(done));
+            b.set_position(done);
+            b.set_message(if pass == 1 { "finding calls " } else { "writing calls " });
+        }
+    };
+    let result = import::run(&opts, Some(&mut on_progress));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("error: cannot encode report: {e}"),
+                }
+            } else {
+                print_human(&report);
+            }
+            for e in &report.errors {
+                eprintln!("error: {}", e.message);
+            }
+            ExitCode::from(report.exit_code() as u8)
+        }
+        Err(e) => {
+            if args.json {
+                let v = serde_json::json!({"recordings": [], "errors": [{"kind": "capture", "offset": match &e {
+                    import::ImportError::Capture(c) => c.offset(),
+                    _ => None,
+                }, "call_id": null, "message": e.to_string()}]});
+                println!("{v}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_human(report: &ImportReport) {
+    if report.recordings.is_empty() {
+        println!("no RTP streams found ({} UDP datagrams read)", report.capture.udp_datagrams);
+    }
+    for r in &report.recordings {
+        let where_ = r.file.clone().unwrap_or_else(|| "separate files".to_string());
+        println!("{}  {}  {:.1} s  {} leg(s)  call {}", r.recording_id, where_, r.duration_ms as f64 / 1000.0, r.legs.len(), r.call_id);
+        for l in &r.legs {
+            let codec = l.payload_types.values().cloned().collect::<Vec<_>>().join(",");
+            let mut line = format!(
+                "    {:<7} {} -> {}  {}  packets {} lost {} late {} dup {} reordered {}",
+                l.label,
+                l.src.as_deref().unwrap_or("-"),
+                l.dst.as_deref().unwrap_or("-"),
+                if codec.is_empty() { "-".to_string() } else { codec },
+                l.packets,
+                l.lost,
+                l.late,
+                l.duplicates,
+                l.reordered
+            );
+            if l.silent {
+                line.push_str("  [silent]");
+            }
+            if let Some(c) = &l.unsupported_codec {
+                line.push_str(&format!("  [{c} not decoded yet: kept as silence]"));
+            }
+            if l.unknown_payload_type > 0 {
+                let unmapped: Vec<&str> =
+                    l.payload_types.iter().filter(|(_, f)| f.as_str() == "unknown").map(|(pt, _)| pt.as_str()).collect();
+                line.push_str(&format!(
+                    "  [{} packets of unmapped payload type {}: map with --pt {}=NAME/RATE]",
+                    l.unknown_payload_type,
+                    unmapped.join(","),
+                    unmapped.first().copied().unwrap_or("PT")
+                ));
+            }
+            if !l.dtmf.is_empty() {
+                line.push_str(&format!("  dtmf {}", l.dtmf.len()));
+            }
+            if let Some(f) = &l.file {
+                line.push_str(&format!("  {f}"));
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn repair_cmd(args: RepairArgs) -> ExitCode {
+    let mut failed = false;
+    let mut results = Vec::new();
+    for path in &args.files {
+        let outcome = wav::repair(path).and_then(|r| {
+            let mut final_path = path.clone();
+            if path.extension().is_some_and(|e| e == "partial") {
+                final_path = path.with_extension("");
+                std::fs::rename(path, &final_path).map_err(|source| wav::WavError::File {
+                    path: final_path.clone(),
+                    action: "rename repaired file to",
+                    source,
+                })?;
+            }
+            Ok((r, final_path))
+        });
+        match outcome {
+            Ok((r, final_path)) => {
+                if !args.json {
+                    let state = if r.was_finalised { "already finalised" } else { "repaired" };
+                    println!("{}: {state}, {} frames{}", final_path.display(), r.frames, if r.rf64 { " (RF64)" } else { "" });
+                }
+                results.push(serde_json::json!({"file": final_path.display().to_string(), "ok": true, "frames": r.frames,
+                    "was_finalised": r.was_finalised, "truncated_bytes": r.truncated_bytes, "rf64": r.rf64}));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("error: {e}");
+                results.push(serde_json::json!({"file": path.display().to_string(), "ok": false, "error": e.to_string()}));
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(results));
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}

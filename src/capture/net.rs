@@ -317,7 +317,13 @@ pub(crate) mod tests {
     use super::*;
 
     /// IPv4 header (no options unless given) + UDP header + payload.
-    pub(crate) fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn ipv4_udp(
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         ipv4_udp_opts(src, dst, sport, dport, payload, &[], 0)
     }
 
@@ -330,7 +336,7 @@ pub(crate) mod tests {
         options: &[u8],
         frag: u16,
     ) -> Vec<u8> {
-        assert!(options.len() % 4 == 0);
+        assert!(options.len().is_multiple_of(4));
         let ihl = 20 + options.len();
         let udp_len = 8 + payload.len();
         let total = (ihl + udp_len) as u16;
@@ -357,7 +363,13 @@ pub(crate) mod tests {
     }
 
     /// IPv6 header + given extension header bytes + UDP.
-    pub(crate) fn ipv6_udp(first_next: u8, ext: &[u8], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn ipv6_udp(
+        first_next: u8,
+        ext: &[u8],
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let udp = udp_hdr(sport, dport, payload);
         let plen = (ext.len() + udp.len()) as u16;
         let mut v = vec![0x60, 0, 0, 0];
@@ -387,7 +399,10 @@ pub(crate) mod tests {
 
     #[test]
     fn ethernet_ipv4_with_padding() {
-        let mut f = ether(ETH_IPV4, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 5060, 5062, b"hi"));
+        let mut f = ether(
+            ETH_IPV4,
+            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 5060, 5062, b"hi"),
+        );
         f.extend_from_slice(&[0; 18]); // minimum-frame padding
         let u = udp_of(decode(LinkType::Ethernet, &f));
         assert_eq!(u.src, "10.0.0.1:5060".parse().unwrap());
@@ -415,16 +430,33 @@ pub(crate) mod tests {
         let mut tagged = vec![0x00, 0x64];
         tagged.extend_from_slice(&ETH_IPV4.to_be_bytes());
         tagged.extend_from_slice(&ip);
-        assert_eq!(udp_of(decode(LinkType::Ethernet, &ether(0x8100, &tagged))).payload, b"x");
+        assert_eq!(
+            udp_of(decode(LinkType::Ethernet, &ether(0x8100, &tagged))).payload,
+            b"x"
+        );
         let mut qinq = vec![0x00, 0x0a, 0x81, 0x00];
         qinq.extend_from_slice(&tagged);
-        assert_eq!(udp_of(decode(LinkType::Ethernet, &ether(0x88a8, &qinq))).payload, b"x");
-        assert!(matches!(decode(LinkType::Ethernet, &ether(0x8100, &[0, 1])), Decoded::Bad(_)));
+        assert_eq!(
+            udp_of(decode(LinkType::Ethernet, &ether(0x88a8, &qinq))).payload,
+            b"x"
+        );
+        assert!(matches!(
+            decode(LinkType::Ethernet, &ether(0x8100, &[0, 1])),
+            Decoded::Bad(_)
+        ));
     }
 
     #[test]
     fn ipv4_options_and_classification() {
-        let ip = ipv4_udp_opts([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"opt", &[1, 1, 1, 0, 7, 3, 4, 0], 0);
+        let ip = ipv4_udp_opts(
+            [1, 2, 3, 4],
+            [5, 6, 7, 8],
+            9,
+            10,
+            b"opt",
+            &[1, 1, 1, 0, 7, 3, 4, 0],
+            0,
+        );
         assert_eq!(udp_of(decode(LinkType::Ipv4, &ip)).payload, b"opt");
         // First fragment (MF set), later fragment (offset), and DF alone (not a fragment).
         let first = ipv4_udp_opts([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"frag", &[], 0x2000);
@@ -436,7 +468,10 @@ pub(crate) mod tests {
         let mut tcp = ip.clone();
         tcp[9] = 6;
         assert_eq!(decode(LinkType::Ipv4, &tcp), Decoded::NotUdp);
-        assert_eq!(decode(LinkType::Ethernet, &ether(0x0806, &[0; 28])), Decoded::NotIp);
+        assert_eq!(
+            decode(LinkType::Ethernet, &ether(0x0806, &[0; 28])),
+            Decoded::NotIp
+        );
         assert!(matches!(decode(LinkType::Ipv6, &ip), Decoded::Bad(_)));
     }
 
@@ -444,11 +479,17 @@ pub(crate) mod tests {
     fn snaplen_truncated_is_bad() {
         let ip = ipv4_udp([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, &[7; 100]);
         for cut in 0..ip.len() {
-            assert!(matches!(decode(LinkType::Raw, &ip[..cut]), Decoded::Bad(_)), "cut {cut}");
+            assert!(
+                matches!(decode(LinkType::Raw, &ip[..cut]), Decoded::Bad(_)),
+                "cut {cut}"
+            );
         }
         let ip6 = ipv6_udp(IPPROTO_UDP, &[], 1, 2, &[7; 50]);
         for cut in 0..ip6.len() {
-            assert!(matches!(decode(LinkType::Raw, &ip6[..cut]), Decoded::Bad(_)), "cut {cut}");
+            assert!(
+                matches!(decode(LinkType::Raw, &ip6[..cut]), Decoded::Bad(_)),
+                "cut {cut}"
+            );
         }
     }
 
@@ -518,7 +559,10 @@ pub(crate) mod tests {
             LinkType::LinuxSll2,
         ];
         let seeds = [
-            ether(ETH_IPV4, &ipv4_udp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, b"abc")),
+            ether(
+                ETH_IPV4,
+                &ipv4_udp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, b"abc"),
+            ),
             ipv6_udp(0, &[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0], 1, 2, b"abc"),
         ];
         for _ in 0..20_000 {

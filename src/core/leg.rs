@@ -194,6 +194,7 @@ pub struct Leg {
     events: Vec<DtmfEvent>,
     active_event: Option<ActiveEvent>,
     last_closed_event: Option<(u32, u32)>,
+    event_end: i64,
     closed_expected: u64,
     closed_received: u64,
     stats: LegStats,
@@ -216,6 +217,7 @@ impl Leg {
             events: Vec::new(),
             active_event: None,
             last_closed_event: None,
+            event_end: 0,
             closed_expected: 0,
             closed_received: 0,
             stats: LegStats::default(),
@@ -259,6 +261,12 @@ impl Leg {
     /// End of the furthest sample written.
     pub fn written_end(&self) -> i64 {
         self.written_end
+    }
+
+    /// How far the leg reaches on the timeline: audio written, or the end of its last DTMF event
+    /// (a call that only sent events still has a length).
+    pub fn extent(&self) -> i64 {
+        self.written_end.max(self.event_end)
     }
 
     /// Packets lost: expected − received over every source the leg had (RFC 3550).
@@ -337,6 +345,20 @@ impl Leg {
         // Round to a whole millisecond so `start_offset_ms` locates the first sample exactly.
         let ms = (now_ns.max(0) + 500_000) / 1_000_000;
         (ms * i64::from(self.cfg.sample_rate) / 1000).max(cursor)
+    }
+
+    /// A packet whose payload type is not in the leg's map: not placed, but it still counts for
+    /// the sequence bookkeeping, or its sequence numbers would show up as loss.
+    pub fn on_unknown_payload_type(&mut self, ssrc: u32, seq: u16) {
+        self.stats.packets += 1;
+        self.stats.unknown_payload_type += 1;
+        if let Some(seg) = self.segment.as_mut().filter(|s| s.ssrc == ssrc) {
+            match seg.seq.classify(seq) {
+                SeqClass::Duplicate => self.stats.duplicates += 1,
+                SeqClass::Reordered { .. } => self.stats.reordered += 1,
+                SeqClass::InOrder { .. } | SeqClass::Stray => {}
+            }
+        }
     }
 
     /// Offers one RTP packet. `now_ns` is its arrival relative to the recording's origin;
@@ -560,6 +582,9 @@ impl Leg {
         if let Some(a) = &mut self.active_event {
             if a.ssrc == ssrc && a.ts == ts {
                 a.duration = a.duration.max(duration);
+                let (start, duration) = (a.start, a.duration);
+                let end = start + self.scale_ts(i64::from(duration), clock_rate);
+                self.event_end = self.event_end.max(end);
                 return Placement::Event;
             }
         }
@@ -577,6 +602,7 @@ impl Leg {
         let ext_ts = ref_ext_ts + i64::from(ts.wrapping_sub(ref_ts) as i32);
         let start = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, clock_rate);
         self.active_event = Some(ActiveEvent { ssrc, ts, start, clock_rate, duration, code });
+        self.event_end = self.event_end.max(start + self.scale_ts(i64::from(duration), clock_rate));
         Placement::Event
     }
 

@@ -50,6 +50,9 @@ pub struct Recording {
     origin_ns: Option<u64>,
     cursor: i64,
     finished: bool,
+    /// Arrival position of the latest RTP packet: the recording lasts at least until then, even
+    /// if that packet carried nothing decodable.
+    last_arrival: i64,
     decoded: Vec<i16>,
 }
 
@@ -57,7 +60,7 @@ impl Recording {
     /// A recording whose position 0 is `origin_ns` (or, if `None`, the first datagram's time).
     pub fn new(cfg: RecordingConfig, legs: Vec<LegSpec>, origin_ns: Option<u64>) -> Self {
         let built = legs.iter().map(|_| Leg::new(cfg.timeline, cfg.keep_dtmf_digits)).collect();
-        Recording { cfg, specs: legs, legs: built, origin_ns, cursor: 0, finished: false, decoded: Vec::new() }
+        Recording { cfg, specs: legs, legs: built, origin_ns, cursor: 0, finished: false, last_arrival: 0, decoded: Vec::new() }
     }
 
     /// The output sample rate.
@@ -103,11 +106,11 @@ impl Recording {
                 return Handled::Malformed;
             }
         };
+        self.last_arrival = self.last_arrival.max(self.cfg.timeline.ns_to_samples(rel));
         let format = spec.payload_map.get(packet.payload_type);
         l.note_format(packet.payload_type, format);
         let Some(format) = format else {
-            l.stats_mut().packets += 1;
-            l.stats_mut().unknown_payload_type += 1;
+            l.on_unknown_payload_type(packet.ssrc, packet.sequence);
             return Handled::Rtp(Placement::Dropped);
         };
         let (ssrc, seq, ts, rate) = (packet.ssrc, packet.sequence, packet.timestamp, format.clock_rate);
@@ -138,7 +141,7 @@ impl Recording {
 
     /// Total frames once finished: up to the furthest sample any leg wrote.
     pub fn end_position(&self) -> i64 {
-        self.legs.iter().map(Leg::written_end).max().unwrap_or(0).max(self.cursor)
+        self.legs.iter().map(Leg::extent).max().unwrap_or(0).max(self.cursor).max(self.last_arrival)
     }
 
     /// Hands out up to `max_frames` final frames: for each leg, its samples are appended to

@@ -265,7 +265,7 @@ impl<W: Write + Seek> WavWriter<W> {
             return Err(WavError::WriterFailed);
         }
         let channels = usize::from(self.spec.channels);
-        if interleaved.len() % channels != 0 {
+        if !interleaved.len().is_multiple_of(channels) {
             return Err(WavError::PartialFrame {
                 samples: interleaved.len(),
                 channels: self.spec.channels,
@@ -522,16 +522,18 @@ impl Parsed {
             .checked_add(self.declared_data)
             .and_then(|e| e.checked_add(self.declared_data & 1));
         self.riff_size.checked_add(8) == Some(self.file_len)
-            && self.declared_data % self.block_align == 0
+            && self.declared_data.is_multiple_of(self.block_align)
             && data_end.is_some_and(|e| e <= self.file_len)
     }
 
     /// The header looks like an unfinished stream, so the audio runs to the end of the file:
-    /// size still 0 (our writer), the "unknown" marker, or larger than what is on disk.
+    /// size still 0 (our writer), the "unknown" marker, larger than what is on disk, or followed
+    /// only by less than one frame (left by a write that failed part-way before `finalize`).
     fn data_runs_to_eof(&self) -> bool {
         self.declared_data == 0
             || (!self.rf64 && self.data32 == SIZE_IN_DS64)
             || self.declared_data >= self.available()
+            || self.available() - self.declared_data < self.block_align
     }
 
     fn recoverable_data(&self) -> u64 {
@@ -1362,7 +1364,7 @@ mod tests {
         let st = inspect(&path).expect("inspect");
         assert!(st.finalised);
         assert_eq!(st.info, info);
-        assert_eq!(repair(&path).expect("repair").was_finalised, true);
+        assert!(repair(&path).expect("repair").was_finalised);
         sox_check(&path, 1025, &s);
     }
 
@@ -1398,21 +1400,41 @@ mod tests {
 
     #[test]
     fn repair_extends_an_unfinished_rf64_file() {
-        // An RF64 file that gained audio after its header was written (e.g. a writer that
-        // starts in RF64) keeps RF64 and gets its ds64 sizes fixed.
+        // A streaming RF64 writer (sizes in ds64 still 0, 32-bit sizes 0xFFFFFFFF) that crashed:
+        // it stays RF64 and gets its ds64 sizes set.
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("rf64-grow.wav");
+        let path = dir.path().join("rf64-stream.wav");
         let sp = spec(8000, 1);
         let s = samples(3000, 1, 11);
-        let mut w = create_file_with_rf64_threshold(&path, sp, 16).expect("create");
-        w.write_samples(&s[..2000]).expect("write");
-        w.finalize(2000).expect("finalize");
-        append(&path, &to_le_bytes(&s[2000..]));
-        assert!(!inspect(&path).expect("inspect").finalised);
+        let mut bytes = build_header(&sp, 0, true).to_vec();
+        bytes.extend_from_slice(&to_le_bytes(&s));
+        std::fs::write(&path, &bytes).expect("write");
+        let st = inspect(&path).expect("inspect");
+        assert!(!st.finalised && st.info.rf64);
+        assert_eq!(st.info.frames, 3000);
         let rep = repair(&path).expect("repair");
-        assert!(rep.rf64);
+        assert!(rep.rf64 && !rep.was_finalised);
         assert_eq!(rep.frames, 3000);
         assert_rf64_header(&std::fs::read(&path).expect("read"), 6000, 3000);
+    }
+
+    #[test]
+    fn repair_refuses_to_guess_when_data_is_followed_by_unknown_bytes() {
+        // Finalised file with bytes appended afterwards: the data size is plausible but the RIFF
+        // size is not, so either could be wrong; repair must not fold the bytes into the audio.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("appended.wav");
+        let mut w = create_file(&path, spec(8000, 1)).expect("create");
+        w.write_samples(&samples(100, 1, 13)).expect("write");
+        w.finalize(100).expect("finalize");
+        append(&path, b"LIST\x04\x00\x00\x00abcd");
+        let before = std::fs::read(&path).expect("read");
+        let st = inspect(&path).expect("inspect");
+        assert!(!st.finalised);
+        assert_eq!(st.info.frames, 100);
+        let err = repair(&path).expect_err("ambiguous");
+        assert!(matches!(err, WavError::Unsupported { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&path).expect("read"), before);
     }
 
     #[test]
@@ -1567,6 +1589,15 @@ mod tests {
             ),
             "{err:?}"
         );
+        // The header covers the whole frame; repair cuts the half frame off.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("failed.wav");
+        std::fs::write(&path, f.inner.get_ref()).expect("write");
+        assert_eq!(le32(f.inner.get_ref(), 76), 4);
+        assert!(!inspect(&path).expect("inspect").finalised);
+        let rep = repair(&path).expect("repair");
+        assert_eq!((rep.frames, rep.truncated_bytes), (1, 2));
+        assert_eq!(hound_read(&std::fs::read(&path).expect("read")).1, [1, 2]);
     }
 
     proptest! {
@@ -1618,9 +1649,9 @@ mod tests {
             let rep = repair_with_rf64_threshold(&path, threshold).expect("repair");
             prop_assert_eq!(rep.frames, (k / ba) as u64);
             prop_assert_eq!(rep.truncated_bytes, (k % ba) as u64);
-            prop_assert_eq!(rep.was_finalised, k < ba); // nothing to recover: already consistent
+            prop_assert_eq!(rep.was_finalised, k == 0); // bare header: already consistent
             let data_bytes = (k / ba * ba) as u64;
-            prop_assert_eq!(rep.rf64, !rep.was_finalised && data_bytes > threshold);
+            prop_assert_eq!(rep.rf64, data_bytes > threshold);
             let st = inspect(&path).expect("inspect");
             prop_assert!(st.finalised);
             prop_assert_eq!(st.info.frames, rep.frames);
