@@ -9,3 +9,4 @@ pub mod capture;
 pub mod core;
 pub mod output;
 pub mod import;
+pub mod fuzz_targets;

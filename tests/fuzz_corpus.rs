@@ -1,0 +1,74 @@
+//! Replays every fuzz target's corpus (and deterministic mutations of it) through the same
+//! bodies the fuzzers run, so each `cargo test` exercises them without a fuzzing toolchain.
+//! Longer coverage-guided runs happen in `.ci/run` with `cargo fuzz`.
+
+use std::path::PathBuf;
+
+use callvault::fuzz_targets;
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Seeds plus bit flips, byte overwrites, truncations and splices, reproducibly.
+fn mutations(seeds: &[Vec<u8>], per_seed: usize) -> Vec<Vec<u8>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = seeds.to_vec();
+    for seed in seeds {
+        for _ in 0..per_seed {
+            let mut m = seed.clone();
+            for _ in 0..=(next() % 4) {
+                if m.is_empty() {
+                    break;
+                }
+                let i = (next() as usize) % m.len();
+                match next() % 5 {
+                    0 => m[i] ^= 1 << (next() % 8),
+                    1 => m[i] = next() as u8,
+                    2 => m.truncate(i),
+                    3 => m.insert(i, next() as u8),
+                    _ => {
+                        let other = &seeds[(next() as usize) % seeds.len()];
+                        let j = (next() as usize) % other.len().max(1);
+                        m.splice(i.., other[j..].iter().copied());
+                    }
+                }
+            }
+            out.push(m);
+        }
+    }
+    out
+}
+
+#[test]
+fn rtp_parse_corpus() {
+    mutations(&corpus("rtp_parse"), 2000).iter().for_each(|d| fuzz_targets::rtp_parse(d));
+}
+
+#[test]
+fn timeline_corpus() {
+    mutations(&corpus("timeline"), 150).iter().for_each(|d| fuzz_targets::timeline(d));
+}
+
+#[test]
+fn capture_corpus() {
+    mutations(&corpus("capture"), 1000).iter().for_each(|d| fuzz_targets::capture(d));
+}
+
+#[test]
+fn sip_parse_corpus() {
+    mutations(&corpus("sip_parse"), 2000).iter().for_each(|d| fuzz_targets::sip_parse(d));
+}
