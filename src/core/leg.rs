@@ -13,7 +13,7 @@
 //! - Nothing is written for lost packets, comfort noise, DTX or hold: those positions stay zero,
 //!   so gaps keep their wall-clock length and are never collapsed.
 //! - Clock skew: the offset between arrival position and timestamp position is tracked as a
-//!   windowed minimum (robust against jitter); once it drifts by more than one frame from its
+//!   windowed low percentile (robust against jitter); once it drifts by more than one frame from its
 //!   baseline, the anchor is shifted by the drift at the next quiet moment (silence is inserted
 //!   into or dropped from a gap or a quiet frame), and the correction is counted.
 
@@ -138,17 +138,32 @@ struct Reference {
     len: i64,
 }
 
-/// Drift measurement: windowed minimum of (arrival position − placed position).
+/// Drift measurement over windows of (arrival position − placed position). Jitter only delays
+/// packets, so a low percentile of each window tracks the sender's clock against ours; a low
+/// percentile rather than the minimum, so a few packets sent early (or reordered ahead) cannot
+/// move it.
 struct Drift {
     window_end_ns: i64,
-    window_min: i64,
+    offsets: Vec<i64>,
     baseline: Option<i64>,
     pending: i64,
 }
 
+/// Fewer offsets than this in a window and it says nothing about drift.
+const DRIFT_MIN_SAMPLES: usize = 20;
+
 impl Drift {
     fn new(now_ns: i64, window_ns: i64) -> Self {
-        Drift { window_end_ns: now_ns + window_ns, window_min: i64::MAX, baseline: None, pending: 0 }
+        Drift { window_end_ns: now_ns + window_ns, offsets: Vec::new(), baseline: None, pending: 0 }
+    }
+
+    /// The window's 5th-percentile offset, if it has enough packets.
+    fn window_floor(&mut self) -> Option<i64> {
+        if self.offsets.len() < DRIFT_MIN_SAMPLES {
+            return None;
+        }
+        let k = self.offsets.len() / 20;
+        Some(*self.offsets.select_nth_unstable(k).1)
     }
 }
 
@@ -471,16 +486,16 @@ impl Leg {
             let seg = self.segment.as_mut().expect("segment exists");
             let d = &mut seg.drift;
             if now_ns >= d.window_end_ns {
-                if d.window_min != i64::MAX {
+                if let Some(floor) = d.window_floor() {
                     match d.baseline {
-                        None => d.baseline = Some(d.window_min),
+                        None => d.baseline = Some(floor),
                         Some(b) => {
-                            let drift = d.window_min - b;
+                            let drift = floor - b;
                             d.pending = if drift.abs() > frame { drift } else { 0 };
                         }
                     }
                 }
-                d.window_min = i64::MAX;
+                d.offsets.clear();
                 d.window_end_ns = now_ns + drift_window_ns;
             }
             let mut shift = 0i64;
@@ -501,10 +516,10 @@ impl Leg {
                 pos += shift;
                 self.stats.drift_corrections += 1;
                 // Measure afresh: the window so far mixes before and after the correction.
-                d.window_min = i64::MAX;
+                d.offsets.clear();
                 d.window_end_ns = now_ns + drift_window_ns;
             }
-            d.window_min = d.window_min.min(now_pos - pos);
+            d.offsets.push(now_pos - pos);
             seg.reference = Some(Reference { ts, ext_ts, arrival_ns: now_ns, pos, len });
         }
         len -= skip as i64;
