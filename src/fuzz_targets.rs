@@ -37,10 +37,8 @@ pub fn rtp_parse(data: &[u8]) {
 pub fn timeline(data: &[u8]) {
     let mut map = PayloadMap::default();
     map.insert(101, PayloadFormat::new("telephone-event", 8000, None));
-    let specs = vec![
-        LegSpec { label: "a".into(), payload_map: map.clone() },
-        LegSpec { label: "b".into(), payload_map: map },
-    ];
+    let specs =
+        vec![LegSpec { label: "a".into(), payload_map: map.clone() }, LegSpec { label: "b".into(), payload_map: map }];
     let mut rec = Recording::new(RecordingConfig::default(), specs, Some(0));
     let mut planes = vec![Vec::new(), Vec::new()];
     let mut now: u64 = 0;
@@ -110,7 +108,8 @@ pub fn timeline(data: &[u8]) {
 /// The capture reader: any bytes as a pcap/pcapng file. Offsets stay inside the file; after an
 /// error the reader is finished.
 pub fn capture(data: &[u8]) {
-    let Ok(mut reader) = CaptureReader::from_reader(Box::new(Cursor::new(data.to_vec())), Some(data.len() as u64)) else {
+    let Ok(mut reader) = CaptureReader::from_reader(Box::new(Cursor::new(data.to_vec())), Some(data.len() as u64))
+    else {
         return;
     };
     loop {

@@ -205,6 +205,9 @@ pub struct DtmfReport {
 
 type FlowKey = (SocketAddr, SocketAddr);
 
+/// What pass 1 found: RTP flows by address pair, and SIP calls by Call-ID.
+type Discovered = (HashMap<FlowKey, Flow>, BTreeMap<String, SipCall>);
+
 #[derive(Default)]
 struct Flow {
     order: usize,
@@ -297,10 +300,10 @@ fn sdp_media(sdp: &Sdp) -> (Vec<SocketAddr>, Vec<(u8, PayloadFormat)>) {
     let mut addrs = Vec::new();
     let mut map = Vec::new();
     for m in sdp.media.iter().filter(|m| m.kind.eq_ignore_ascii_case("audio")) {
-        if let Some(ip) = m.connection.or(sdp.connection) {
-            if m.port != 0 {
-                addrs.push(SocketAddr::new(ip, m.port));
-            }
+        if let Some(ip) = m.connection.or(sdp.connection)
+            && m.port != 0
+        {
+            addrs.push(SocketAddr::new(ip, m.port));
         }
         for r in &m.rtpmap {
             map.push((r.pt, PayloadFormat::new(&r.encoding, r.clock_rate, r.channels)));
@@ -314,7 +317,7 @@ fn discover(
     opts: &ImportOptions,
     progress: &mut Option<Progress<'_>>,
     report: &mut ImportReport,
-) -> Result<(HashMap<FlowKey, Flow>, BTreeMap<String, SipCall>), ImportError> {
+) -> Result<Discovered, ImportError> {
     let mut reader = CaptureReader::open(&opts.capture)?;
     let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
     let mut calls: BTreeMap<String, SipCall> = BTreeMap::new();
@@ -324,15 +327,20 @@ fn discover(
             Ok(Some(d)) => d,
             Ok(None) => break,
             Err(e) => {
-                report.errors.push(ImportIssue { kind: IssueKind::Capture, offset: e.offset(), call_id: None, message: e.to_string() });
+                report.errors.push(ImportIssue {
+                    kind: IssueKind::Capture,
+                    offset: e.offset(),
+                    call_id: None,
+                    message: e.to_string(),
+                });
                 break;
             }
         };
         n += 1;
-        if n % 4096 == 0 {
-            if let Some(p) = progress.as_mut() {
-                p(reader.bytes_consumed(), reader.total_bytes(), 1);
-            }
+        if n.is_multiple_of(4096)
+            && let Some(p) = progress.as_mut()
+        {
+            p(reader.bytes_consumed(), reader.total_bytes(), 1);
         }
         if let Some(msg) = sip::parse_sip(&d.payload) {
             report.capture.sip_messages += 1;
@@ -367,7 +375,8 @@ fn discover(
 }
 
 fn note_sip(calls: &mut BTreeMap<String, SipCall>, d: &Datagram, msg: sip::SipMessage) {
-    let call = calls.entry(msg.call_id.clone()).or_insert_with(|| SipCall { first_ns: d.time_ns, ..SipCall::default() });
+    let call =
+        calls.entry(msg.call_id.clone()).or_insert_with(|| SipCall { first_ns: d.time_ns, ..SipCall::default() });
     // The side that sent the first request is the caller.
     let is_request = matches!(msg.kind, SipKind::Request { .. });
     if call.caller.signalling.is_none() && is_request {
@@ -461,10 +470,18 @@ fn plan(opts: &ImportOptions, flows: &HashMap<FlowKey, Flow>, sip_calls: &BTreeM
         }
         claimed.insert(**k, ());
         let reverse = (k.1, k.0);
-        let mut legs = vec![PlannedLeg { label: "a".into(), flow: Some(**k), map: leg_map(&[], Some(f), &opts.payload_overrides) }];
+        let mut legs = vec![PlannedLeg {
+            label: "a".into(),
+            flow: Some(**k),
+            map: leg_map(&[], Some(f), &opts.payload_overrides),
+        }];
         if let Some(rf) = flows.get(&reverse).filter(|rf| rf.looks_like_rtp() && !claimed.contains_key(&reverse)) {
             claimed.insert(reverse, ());
-            legs.push(PlannedLeg { label: "b".into(), flow: Some(reverse), map: leg_map(&[], Some(rf), &opts.payload_overrides) });
+            legs.push(PlannedLeg {
+                label: "b".into(),
+                flow: Some(reverse),
+                map: leg_map(&[], Some(rf), &opts.payload_overrides),
+            });
         }
         plans.push(CallPlan { call_id: format!("{}-{}", k.0, k.1), legs, first_ns: f.first_ns, datagrams: 0 });
     }
@@ -529,8 +546,10 @@ impl ActiveCall {
 pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport::default();
     let (flows, sip_calls) = discover(opts, &mut progress, &mut report)?;
-    fs::create_dir_all(&opts.out_dir).map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;
-    let out_dir = fs::canonicalize(&opts.out_dir).map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;
+    fs::create_dir_all(&opts.out_dir)
+        .map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;
+    let out_dir = fs::canonicalize(&opts.out_dir)
+        .map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;
     let mut plans = plan(opts, &flows, &sip_calls);
 
     // Flow → (plan, leg); RTCP flows on port+1 go to the leg whose RTP is on port.
@@ -550,7 +569,14 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
                 }
             }
         }
-        p.first_ns = p.legs.iter().filter_map(|l| l.flow).filter_map(|k| flows.get(&k)).map(|f| f.first_ns).min().unwrap_or(p.first_ns);
+        p.first_ns = p
+            .legs
+            .iter()
+            .filter_map(|l| l.flow)
+            .filter_map(|k| flows.get(&k))
+            .map(|f| f.first_ns)
+            .min()
+            .unwrap_or(p.first_ns);
     }
 
     let cfg = RecordingConfig { timeline: TimelineConfig::default(), keep_dtmf_digits: opts.keep_dtmf_digits };
@@ -559,17 +585,13 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
     let mut reader = CaptureReader::open(&opts.capture)?;
     let mut n = 0u64;
     let mut other_udp = 0u64;
-    loop {
-        let d = match reader.next_datagram() {
-            Ok(Some(d)) => d,
-            // Pass 1 already reported where the capture breaks.
-            Ok(None) | Err(_) => break,
-        };
+    // Pass 1 already reported where the capture breaks; stop there again.
+    while let Ok(Some(d)) = reader.next_datagram() {
         n += 1;
-        if n % 4096 == 0 {
-            if let Some(p) = progress.as_mut() {
-                p(reader.bytes_consumed(), reader.total_bytes(), 2);
-            }
+        if n.is_multiple_of(4096)
+            && let Some(p) = progress.as_mut()
+        {
+            p(reader.bytes_consumed(), reader.total_bytes(), 2);
         }
         let Some(&(pi, li)) = route.get(&(d.src, d.dst)) else {
             if !d.payload.is_empty() && sip::parse_sip(&d.payload).is_none() {
@@ -618,8 +640,15 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
     Ok(report)
 }
 
-fn open_call(opts: &ImportOptions, out_dir: &Path, cfg: &RecordingConfig, plan: &CallPlan, pi: usize) -> Result<ActiveCall, WavError> {
-    let specs: Vec<LegSpec> = plan.legs.iter().map(|l| LegSpec { label: l.label.clone(), payload_map: l.map.clone() }).collect();
+fn open_call(
+    opts: &ImportOptions,
+    out_dir: &Path,
+    cfg: &RecordingConfig,
+    plan: &CallPlan,
+    pi: usize,
+) -> Result<ActiveCall, WavError> {
+    let specs: Vec<LegSpec> =
+        plan.legs.iter().map(|l| LegSpec { label: l.label.clone(), payload_map: l.map.clone() }).collect();
     let recording = Recording::new(cfg.clone(), specs, Some(plan.first_ns));
     let id = ulid::Ulid::from_datetime(UNIX_EPOCH + Duration::from_nanos(plan.first_ns)).to_string();
     let base = format!("{}-{}", sanitise(&plan.call_id), id);
@@ -669,7 +698,11 @@ fn close_call(
             continue;
         }
         let result = w.finalize(frames).and_then(|_| {
-            fs::rename(&partial, &final_path).map_err(|source| WavError::File { path: final_path.clone(), action: "rename into place", source })
+            fs::rename(&partial, &final_path).map_err(|source| WavError::File {
+                path: final_path.clone(),
+                action: "rename into place",
+                source,
+            })
         });
         match result {
             Ok(()) => files.push(final_path.display().to_string()),
@@ -677,7 +710,12 @@ fn close_call(
         }
     }
     if let Some(message) = failure {
-        report.errors.push(ImportIssue { kind: IssueKind::Write, offset: None, call_id: Some(plan.call_id.clone()), message });
+        report.errors.push(ImportIssue {
+            kind: IssueKind::Write,
+            offset: None,
+            call_id: Some(plan.call_id.clone()),
+            message,
+        });
         return None;
     }
     let rate = call.recording.sample_rate();
@@ -715,7 +753,11 @@ fn close_call(
                 dtmf: leg
                     .events()
                     .iter()
-                    .map(|e| DtmfReport { offset_ms: ms(e.start), duration_ms: e.duration_ms, digit: e.digit.map(String::from) })
+                    .map(|e| DtmfReport {
+                        offset_ms: ms(e.start),
+                        duration_ms: e.duration_ms,
+                        digit: e.digit.map(String::from),
+                    })
                     .collect(),
             }
         })

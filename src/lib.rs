@@ -7,6 +7,6 @@
 
 pub mod capture;
 pub mod core;
-pub mod output;
-pub mod import;
 pub mod fuzz_targets;
+pub mod import;
+pub mod output;

@@ -178,7 +178,14 @@ fn print_human(report: &ImportReport) {
     }
     for r in &report.recordings {
         let where_ = r.file.clone().unwrap_or_else(|| "separate files".to_string());
-        println!("{}  {}  {:.1} s  {} leg(s)  call {}", r.recording_id, where_, r.duration_ms as f64 / 1000.0, r.legs.len(), r.call_id);
+        println!(
+            "{}  {}  {:.1} s  {} leg(s)  call {}",
+            r.recording_id,
+            where_,
+            r.duration_ms as f64 / 1000.0,
+            r.legs.len(),
+            r.call_id
+        );
         for l in &r.legs {
             let codec = l.payload_types.values().cloned().collect::<Vec<_>>().join(",");
             let mut line = format!(
@@ -200,8 +207,12 @@ fn print_human(report: &ImportReport) {
                 line.push_str(&format!("  [{c} not decoded yet: kept as silence]"));
             }
             if l.unknown_payload_type > 0 {
-                let unmapped: Vec<&str> =
-                    l.payload_types.iter().filter(|(_, f)| f.as_str() == "unknown").map(|(pt, _)| pt.as_str()).collect();
+                let unmapped: Vec<&str> = l
+                    .payload_types
+                    .iter()
+                    .filter(|(_, f)| f.as_str() == "unknown")
+                    .map(|(pt, _)| pt.as_str())
+                    .collect();
                 line.push_str(&format!(
                     "  [{} packets of unmapped payload type {}: map with --pt {}=NAME/RATE]",
                     l.unknown_payload_type,
@@ -240,15 +251,22 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
             Ok((r, final_path)) => {
                 if !args.json {
                     let state = if r.was_finalised { "already finalised" } else { "repaired" };
-                    println!("{}: {state}, {} frames{}", final_path.display(), r.frames, if r.rf64 { " (RF64)" } else { "" });
+                    println!(
+                        "{}: {state}, {} frames{}",
+                        final_path.display(),
+                        r.frames,
+                        if r.rf64 { " (RF64)" } else { "" }
+                    );
                 }
-                results.push(serde_json::json!({"file": final_path.display().to_string(), "ok": true, "frames": r.frames,
+                results
+                    .push(serde_json::json!({"file": final_path.display().to_string(), "ok": true, "frames": r.frames,
                     "was_finalised": r.was_finalised, "truncated_bytes": r.truncated_bytes, "rf64": r.rf64}));
             }
             Err(e) => {
                 failed = true;
                 eprintln!("error: {e}");
-                results.push(serde_json::json!({"file": path.display().to_string(), "ok": false, "error": e.to_string()}));
+                results
+                    .push(serde_json::json!({"file": path.display().to_string(), "ok": false, "error": e.to_string()}));
             }
         }
     }

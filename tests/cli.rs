@@ -15,8 +15,13 @@ fn import_json(capture: &Path, out: &Path, extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["import", capture.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"];
     args.extend_from_slice(extra);
     let o = callvault(&args);
-    let v: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
     (o.status.code().unwrap(), v)
 }
 
@@ -39,7 +44,10 @@ fn sip_call_json_has_every_documented_field() {
     let file = r["file"].as_str().unwrap();
     assert!(Path::new(file).is_absolute() && Path::new(file).exists(), "{file}");
     assert!(file.contains("1-7879_127.0.0.1"), "file named from the sanitised call id: {file}");
-    assert_eq!((r["layout"].as_str(), r["sample_rate"].as_u64(), r["channels"].as_u64()), (Some("stereo"), Some(8000), Some(2)));
+    assert_eq!(
+        (r["layout"].as_str(), r["sample_rate"].as_u64(), r["channels"].as_u64()),
+        (Some("stereo"), Some(8000), Some(2))
+    );
     let legs = r["legs"].as_array().unwrap();
     assert_eq!(legs[0]["label"], "caller");
     assert_eq!(legs[0]["channel"], 0);
@@ -73,8 +81,12 @@ fn dtmf_digits_only_with_the_flag() {
     assert_eq!(dtmf.len(), 10);
     assert!(dtmf.iter().all(|e| e.get("digit").is_none() && e["duration_ms"].as_u64().unwrap() > 0));
     let (_, v) = import_json(&capture, out.path(), &["--dtmf-digits"]);
-    let digits: String =
-        v["recordings"][0]["legs"][0]["dtmf"].as_array().unwrap().iter().map(|e| e["digit"].as_str().unwrap()).collect();
+    let digits: String = v["recordings"][0]["legs"][0]["dtmf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap())
+        .collect();
     assert_eq!(digits, "2013785496");
     // Offsets increase and fall inside the recording.
     let dur = v["recordings"][0]["duration_ms"].as_u64().unwrap();
@@ -104,7 +116,11 @@ fn layouts_mono_and_separate() {
             let f = l["file"].as_str().unwrap();
             let w = hound::WavReader::open(f).unwrap();
             assert_eq!(w.spec().channels, 1);
-            assert_eq!(w.duration() as u64 / 8, r["duration_ms"].as_u64().unwrap(), "legs of one call have equal length");
+            assert_eq!(
+                w.duration() as u64 / 8,
+                r["duration_ms"].as_u64().unwrap(),
+                "legs of one call have equal length"
+            );
         }
     }
     // RTCP on port+1 is attributed to its leg, never decoded.
@@ -143,8 +159,11 @@ fn codecs_not_decoded_yet_keep_their_time_as_silence() {
     let d = r["duration_ms"].as_u64().unwrap();
     assert!((7800..=7900).contains(&d), "G.722's 8 kHz RTP clock gives 7.8 s, not {d}");
     // Opus needs its dynamic payload type mapped; events on 101 are recognised by shape and clock.
-    let (code, v) =
-        import_json(&cap(&dir, "asterisk_opus_rfc2833.pcap"), out.path(), &["--pt", "96=opus/48000/2", "--dtmf-digits"]);
+    let (code, v) = import_json(
+        &cap(&dir, "asterisk_opus_rfc2833.pcap"),
+        out.path(),
+        &["--pt", "96=opus/48000/2", "--dtmf-digits"],
+    );
     assert_eq!(code, 0);
     let l = &v["recordings"][0]["legs"][0];
     assert_eq!(l["unsupported_codec"], "opus");
@@ -188,7 +207,11 @@ fn bad_input_gets_clear_errors_and_meaningful_exit_codes() {
     std::fs::write(&junk, b"<html>not a capture</html>").unwrap();
     let o = callvault(&["import", junk.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a pcap or pcapng file"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a pcap or pcapng file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = callvault(&["import", tmp.path().join("missing.pcap").to_str().unwrap(), "--out", "x"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing.pcap"));
@@ -209,7 +232,8 @@ fn unwritable_output_is_exit_1_with_the_path() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let o = callvault(&["import", cap(&dir, "sipp_g711a_30ms.pcap").to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let o =
+        callvault(&["import", cap(&dir, "sipp_g711a_30ms.pcap").to_str().unwrap(), "--out", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("a-file"));
 }

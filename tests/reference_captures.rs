@@ -55,13 +55,15 @@ fn every_g711_stream_matches_its_reference_decode() {
                 assert_eq!(leg.reordered, stream["reordered"].as_u64().unwrap(), "{what}: reordered");
                 assert_eq!(leg.late, 0, "{what}: late");
                 assert_eq!(leg.ssrcs, vec![stream["ssrc"].as_str().unwrap().to_string()], "{what}: ssrcs");
-                let pts: BTreeMap<_, _> = stream["payload_types"].as_object().unwrap().keys().cloned().map(|k| (k, ())).collect();
+                let pts: BTreeMap<_, _> =
+                    stream["payload_types"].as_object().unwrap().keys().cloned().map(|k| (k, ())).collect();
                 let ours: BTreeMap<_, _> = leg.payload_types.keys().cloned().map(|k| (k, ())).collect();
                 assert_eq!(ours, pts, "{what}: payload types");
                 assert!(!leg.silent);
                 // Samples against the reference decode.
                 let g711 = &stream["g711"];
-                let reference = dir.join("reference").join(format!("{}.timeline.wav", g711["wav_basename"].as_str().unwrap()));
+                let reference =
+                    dir.join("reference").join(format!("{}.timeline.wav", g711["wav_basename"].as_str().unwrap()));
                 let (_, want) = read_wav(reference.to_str().unwrap());
                 assert_eq!(want.len() as u64, g711["timeline_samples"].as_u64().unwrap());
                 let (channels, samples, channel) = match layout {
@@ -74,13 +76,24 @@ fn every_g711_stream_matches_its_reference_decode() {
                         (c, s, leg.channel)
                     }
                 };
-                let plane: Vec<i16> = samples.iter().skip(channel as usize).step_by(channels as usize).copied().collect();
+                let plane: Vec<i16> =
+                    samples.iter().skip(channel as usize).step_by(channels as usize).copied().collect();
                 let start = (leg.start_offset_ms.unwrap() * 8) as usize;
-                assert!(plane.len() >= start + want.len(), "{what}: channel too short ({} < {})", plane.len(), start + want.len());
+                assert!(
+                    plane.len() >= start + want.len(),
+                    "{what}: channel too short ({} < {})",
+                    plane.len(),
+                    start + want.len()
+                );
                 assert!(plane[..start].iter().all(|&s| s == 0), "{what}: audio before the leg started");
                 let got = &plane[start..start + want.len()];
                 if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-                    panic!("{what}: first difference at sample {i} of {}: got {}, want {}", want.len(), got[i], want[i]);
+                    panic!(
+                        "{what}: first difference at sample {i} of {}: got {}, want {}",
+                        want.len(),
+                        got[i],
+                        want[i]
+                    );
                 }
                 assert!(plane[start + want.len()..].iter().all(|&s| s == 0), "{what}: audio after the reference ends");
                 assert_eq!(rec.duration_ms, plane.len() as u64 / 8, "{what}: duration");

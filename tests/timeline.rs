@@ -156,7 +156,10 @@ fn clock_skew_of_100_ppm_over_an_hour_is_corrected_in_silence() {
         let s = leg.stats();
         let wall_end = legs[i].last().unwrap().at as i64 / 125_000 + 160;
         let placed_end = leg.written_end();
-        assert!((placed_end - wall_end).abs() <= 160, "leg {i} ({ppm} ppm): ends at {placed_end}, wall clock {wall_end}");
+        assert!(
+            (placed_end - wall_end).abs() <= 160,
+            "leg {i} ({ppm} ppm): ends at {placed_end}, wall clock {wall_end}"
+        );
         assert!(s.drift_corrections > 0);
         if ppm > 0 {
             assert!(s.drift_samples_dropped > 2000 && s.drift_samples_inserted == 0, "{s:?}");

@@ -137,11 +137,7 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Decoded<'_> {
             let be = u32::from_be_bytes([a, b, c, d]);
             // DLT_NULL stores the family in the capturing host's byte order, which the
             // file does not record; the two orders cannot collide for these small values.
-            let le = if link == LinkType::Null {
-                u32::from_le_bytes([a, b, c, d])
-            } else {
-                be
-            };
+            let le = if link == LinkType::Null { u32::from_le_bytes([a, b, c, d]) } else { be };
             let body = rest(frame, 4);
             if be == 2 || le == 2 {
                 ipv4(body)
@@ -228,11 +224,7 @@ fn ipv6(d: &[u8]) -> Decoded<'_> {
 
     if plen == 0 {
         // Jumbograms (RFC 2675) carry the length elsewhere; not worth supporting for RTP.
-        return if next == 59 {
-            Decoded::NotUdp
-        } else {
-            Decoded::Bad("IPv6 payload length 0 (jumbogram?)")
-        };
+        return if next == 59 { Decoded::NotUdp } else { Decoded::Bad("IPv6 payload length 0 (jumbogram?)") };
     }
     let end = 40 + plen;
     // Walk what was captured; only the UDP payload itself must be complete.
@@ -293,11 +285,7 @@ fn udp(p: &[u8], src: IpAddr, dst: IpAddr) -> Decoded<'_> {
     let Some(payload) = p.get(8..len) else {
         return Decoded::Bad("UDP datagram longer than its IP packet");
     };
-    Decoded::Udp(Udp {
-        src: SocketAddr::new(src, be16(p, 0)),
-        dst: SocketAddr::new(dst, be16(p, 2)),
-        payload,
-    })
+    Decoded::Udp(Udp { src: SocketAddr::new(src, be16(p, 0)), dst: SocketAddr::new(dst, be16(p, 2)), payload })
 }
 
 /// Big-endian u16 at `at`; callers have checked the length, out of range reads as 0.
@@ -317,13 +305,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// IPv4 header (no options unless given) + UDP header + payload.
-    pub(crate) fn ipv4_udp(
-        src: [u8; 4],
-        dst: [u8; 4],
-        sport: u16,
-        dport: u16,
-        payload: &[u8],
-    ) -> Vec<u8> {
+    pub(crate) fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         ipv4_udp_opts(src, dst, sport, dport, payload, &[], 0)
     }
 
@@ -363,13 +345,7 @@ pub(crate) mod tests {
     }
 
     /// IPv6 header + given extension header bytes + UDP.
-    pub(crate) fn ipv6_udp(
-        first_next: u8,
-        ext: &[u8],
-        sport: u16,
-        dport: u16,
-        payload: &[u8],
-    ) -> Vec<u8> {
+    pub(crate) fn ipv6_udp(first_next: u8, ext: &[u8], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let udp = udp_hdr(sport, dport, payload);
         let plen = (ext.len() + udp.len()) as u16;
         let mut v = vec![0x60, 0, 0, 0];
@@ -399,10 +375,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ethernet_ipv4_with_padding() {
-        let mut f = ether(
-            ETH_IPV4,
-            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 5060, 5062, b"hi"),
-        );
+        let mut f = ether(ETH_IPV4, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 5060, 5062, b"hi"));
         f.extend_from_slice(&[0; 18]); // minimum-frame padding
         let u = udp_of(decode(LinkType::Ethernet, &f));
         assert_eq!(u.src, "10.0.0.1:5060".parse().unwrap());
@@ -430,33 +403,16 @@ pub(crate) mod tests {
         let mut tagged = vec![0x00, 0x64];
         tagged.extend_from_slice(&ETH_IPV4.to_be_bytes());
         tagged.extend_from_slice(&ip);
-        assert_eq!(
-            udp_of(decode(LinkType::Ethernet, &ether(0x8100, &tagged))).payload,
-            b"x"
-        );
+        assert_eq!(udp_of(decode(LinkType::Ethernet, &ether(0x8100, &tagged))).payload, b"x");
         let mut qinq = vec![0x00, 0x0a, 0x81, 0x00];
         qinq.extend_from_slice(&tagged);
-        assert_eq!(
-            udp_of(decode(LinkType::Ethernet, &ether(0x88a8, &qinq))).payload,
-            b"x"
-        );
-        assert!(matches!(
-            decode(LinkType::Ethernet, &ether(0x8100, &[0, 1])),
-            Decoded::Bad(_)
-        ));
+        assert_eq!(udp_of(decode(LinkType::Ethernet, &ether(0x88a8, &qinq))).payload, b"x");
+        assert!(matches!(decode(LinkType::Ethernet, &ether(0x8100, &[0, 1])), Decoded::Bad(_)));
     }
 
     #[test]
     fn ipv4_options_and_classification() {
-        let ip = ipv4_udp_opts(
-            [1, 2, 3, 4],
-            [5, 6, 7, 8],
-            9,
-            10,
-            b"opt",
-            &[1, 1, 1, 0, 7, 3, 4, 0],
-            0,
-        );
+        let ip = ipv4_udp_opts([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"opt", &[1, 1, 1, 0, 7, 3, 4, 0], 0);
         assert_eq!(udp_of(decode(LinkType::Ipv4, &ip)).payload, b"opt");
         // First fragment (MF set), later fragment (offset), and DF alone (not a fragment).
         let first = ipv4_udp_opts([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"frag", &[], 0x2000);
@@ -468,10 +424,7 @@ pub(crate) mod tests {
         let mut tcp = ip.clone();
         tcp[9] = 6;
         assert_eq!(decode(LinkType::Ipv4, &tcp), Decoded::NotUdp);
-        assert_eq!(
-            decode(LinkType::Ethernet, &ether(0x0806, &[0; 28])),
-            Decoded::NotIp
-        );
+        assert_eq!(decode(LinkType::Ethernet, &ether(0x0806, &[0; 28])), Decoded::NotIp);
         assert!(matches!(decode(LinkType::Ipv6, &ip), Decoded::Bad(_)));
     }
 
@@ -479,17 +432,11 @@ pub(crate) mod tests {
     fn snaplen_truncated_is_bad() {
         let ip = ipv4_udp([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, &[7; 100]);
         for cut in 0..ip.len() {
-            assert!(
-                matches!(decode(LinkType::Raw, &ip[..cut]), Decoded::Bad(_)),
-                "cut {cut}"
-            );
+            assert!(matches!(decode(LinkType::Raw, &ip[..cut]), Decoded::Bad(_)), "cut {cut}");
         }
         let ip6 = ipv6_udp(IPPROTO_UDP, &[], 1, 2, &[7; 50]);
         for cut in 0..ip6.len() {
-            assert!(
-                matches!(decode(LinkType::Raw, &ip6[..cut]), Decoded::Bad(_)),
-                "cut {cut}"
-            );
+            assert!(matches!(decode(LinkType::Raw, &ip6[..cut]), Decoded::Bad(_)), "cut {cut}");
         }
     }
 
@@ -559,10 +506,7 @@ pub(crate) mod tests {
             LinkType::LinuxSll2,
         ];
         let seeds = [
-            ether(
-                ETH_IPV4,
-                &ipv4_udp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, b"abc"),
-            ),
+            ether(ETH_IPV4, &ipv4_udp([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, b"abc")),
             ipv6_udp(0, &[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0], 1, 2, b"abc"),
         ];
         for _ in 0..20_000 {

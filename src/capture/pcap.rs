@@ -62,31 +62,19 @@ pub struct CaptureStats {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("not a pcap or pcapng file (magic 0x{magic:08x} at byte {offset}){hint}")]
-    NotACapture {
-        offset: u64,
-        magic: u32,
-        hint: &'static str,
-    },
+    NotACapture { offset: u64, magic: u32, hint: &'static str },
     #[error(
         "unsupported link type {link_type} ({name}) at byte {offset}: callvault reads Ethernet, \
          Linux cooked (SLL, SLL2), raw IPv4/IPv6 and BSD loopback"
     )]
-    UnsupportedLinkType {
-        offset: u64,
-        link_type: u32,
-        name: &'static str,
-    },
+    UnsupportedLinkType { offset: u64, link_type: u32, name: &'static str },
     /// The file ends inside a record: usually a capture still being written or cut while copying.
     #[error("capture truncated at byte {offset}: {detail}")]
     Truncated { offset: u64, detail: String },
     #[error("corrupt capture at byte {offset}: {detail}")]
     Corrupt { offset: u64, detail: String },
     #[error("{}", io_message(path.as_deref(), *offset, error))]
-    Io {
-        path: Option<PathBuf>,
-        offset: Option<u64>,
-        error: io::Error,
-    },
+    Io { path: Option<PathBuf>, offset: Option<u64>, error: io::Error },
 }
 
 impl CaptureError {
@@ -138,11 +126,7 @@ impl std::fmt::Debug for CaptureReader {
 
 impl CaptureReader {
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let io_err = |error| CaptureError::Io {
-            path: Some(path.to_path_buf()),
-            offset: None,
-            error,
-        };
+        let io_err = |error| CaptureError::Io { path: Some(path.to_path_buf()), offset: None, error };
         let file = File::open(path).map_err(io_err)?;
         let total = file.metadata().map_err(io_err)?.len();
         let input = Input::new(Box::new(file), Some(path.to_path_buf()));
@@ -150,10 +134,7 @@ impl CaptureReader {
     }
 
     /// Reads from any byte stream; `total_len` only feeds [`Self::total_bytes`].
-    pub fn from_reader(
-        r: Box<dyn Read + Send>,
-        total_len: Option<u64>,
-    ) -> Result<Self, CaptureError> {
+    pub fn from_reader(r: Box<dyn Read + Send>, total_len: Option<u64>) -> Result<Self, CaptureError> {
         Self::start(Input::new(r, None), total_len)
     }
 
@@ -259,19 +240,11 @@ struct Input {
 
 impl Input {
     fn new(r: Box<dyn Read + Send>, path: Option<PathBuf>) -> Self {
-        Self {
-            r: BufReader::with_capacity(256 * 1024, r),
-            pos: 0,
-            path,
-        }
+        Self { r: BufReader::with_capacity(256 * 1024, r), pos: 0, path }
     }
 
     fn io_error(&self, error: io::Error) -> CaptureError {
-        CaptureError::Io {
-            path: self.path.clone(),
-            offset: Some(self.pos),
-            error,
-        }
+        CaptureError::Io { path: self.path.clone(), offset: Some(self.pos), error }
     }
 
     /// Fills `buf` unless the stream ends first; returns how many bytes were read.
@@ -303,10 +276,7 @@ impl Input {
 }
 
 /// Reads a fixed-size header at a record boundary: `Ok(None)` on a clean end of file.
-fn read_header<const N: usize>(
-    input: &mut Input,
-    what: &str,
-) -> Result<Option<[u8; N]>, CaptureError> {
+fn read_header<const N: usize>(input: &mut Input, what: &str) -> Result<Option<[u8; N]>, CaptureError> {
     let start = input.pos;
     let mut h = [0u8; N];
     match input.fill(&mut h)? {
@@ -411,11 +381,7 @@ fn read_file_header(input: &mut Input) -> Result<Format, CaptureError> {
     }
     let magic = u32::from_be_bytes(m);
     if magic == PCAPNG_SHB {
-        let mut st = PcapngState {
-            endian: Endian { big: false },
-            interfaces: Vec::new(),
-            last_time_ns: 0,
-        };
+        let mut st = PcapngState { endian: Endian { big: false }, interfaces: Vec::new(), last_time_ns: 0 };
         read_shb(input, &mut st, 0)?;
         return Ok(Format::Pcapng(st));
     }
@@ -427,11 +393,7 @@ fn read_file_header(input: &mut Input) -> Result<Format, CaptureError> {
         0xa1b2_cd34 => (true, false, true),
         0x34cd_b2a1 => (false, false, true),
         _ => {
-            return Err(CaptureError::NotACapture {
-                offset: 0,
-                magic,
-                hint: magic_hint(m),
-            });
+            return Err(CaptureError::NotACapture { offset: 0, magic, hint: magic_hint(m) });
         }
     };
     let mut h = [0u8; 20];
@@ -439,10 +401,7 @@ fn read_file_header(input: &mut Input) -> Result<Format, CaptureError> {
     if got < h.len() {
         return Err(CaptureError::Truncated {
             offset: 0,
-            detail: format!(
-                "the pcap file header needs 24 bytes but only {} remain",
-                got + 4
-            ),
+            detail: format!("the pcap file header needs 24 bytes but only {} remain", got + 4),
         });
     }
     let e = Endian { big };
@@ -450,27 +409,15 @@ fn read_file_header(input: &mut Input) -> Result<Format, CaptureError> {
     if major != 2 {
         return Err(CaptureError::Corrupt {
             offset: 4,
-            detail: format!(
-                "pcap version {major}.{} is not supported (expected 2.x)",
-                e.u16(&h, 2)
-            ),
+            detail: format!("pcap version {major}.{} is not supported (expected 2.x)", e.u16(&h, 2)),
         });
     }
     // The upper bits of the link-type field carry FCS information, not the type.
     let code = e.u32(&h, 16) & 0x03ff_ffff;
     let Some(link) = LinkType::from_code(code) else {
-        return Err(CaptureError::UnsupportedLinkType {
-            offset: 20,
-            link_type: code,
-            name: net::link_type_name(code),
-        });
+        return Err(CaptureError::UnsupportedLinkType { offset: 20, link_type: code, name: net::link_type_name(code) });
     };
-    Ok(Format::Pcap(PcapState {
-        endian: e,
-        nanos,
-        record_header_len: if modified { 24 } else { 16 },
-        link,
-    }))
+    Ok(Format::Pcap(PcapState { endian: e, nanos, record_header_len: if modified { 24 } else { 16 }, link }))
 }
 
 /// Recognises a few things people mistake for captures, to make the error actionable.
@@ -479,19 +426,13 @@ fn magic_hint(m: [u8; 4]) -> &'static str {
         [0x1f, 0x8b, ..] => ": it looks gzip-compressed, decompress it first",
         [0x28, 0xb5, 0x2f, 0xfd] => ": it looks zstd-compressed, decompress it first",
         [b'P', b'K', 3, 4] => ": it looks like a zip archive, extract the capture first",
-        [b's', b'n', b'o', b'o'] => {
-            ": it looks like a Solaris snoop file, convert it with `editcap -F pcap`"
-        }
+        [b's', b'n', b'o', b'o'] => ": it looks like a Solaris snoop file, convert it with `editcap -F pcap`",
         [b'<', ..] => ": it looks like HTML or XML text (a failed download?)",
         _ => "",
     }
 }
 
-fn read_pcap_record(
-    input: &mut Input,
-    p: &PcapState,
-    buf: &mut Vec<u8>,
-) -> Result<Option<Frame>, CaptureError> {
+fn read_pcap_record(input: &mut Input, p: &PcapState, buf: &mut Vec<u8>) -> Result<Option<Frame>, CaptureError> {
     let offset = input.pos;
     let mut h = [0u8; 24];
     let hlen = p.record_header_len;
@@ -525,16 +466,8 @@ fn read_pcap_record(
             detail: format!("record header says {caplen} bytes but only {got} remain"),
         });
     }
-    let frac_ns = if p.nanos {
-        u64::from(frac)
-    } else {
-        u64::from(frac) * 1000
-    };
-    Ok(Some(Frame {
-        offset,
-        time_ns: u64::from(sec) * 1_000_000_000 + frac_ns,
-        link: Some(p.link),
-    }))
+    let frac_ns = if p.nanos { u64::from(frac) } else { u64::from(frac) * 1000 };
+    Ok(Some(Frame { offset, time_ns: u64::from(sec) * 1_000_000_000 + frac_ns, link: Some(p.link) }))
 }
 
 /// Reads the rest of a Section Header Block whose first 4 bytes (`type`) were consumed.
@@ -544,16 +477,10 @@ fn read_shb(input: &mut Input, st: &mut PcapngState, offset: u64) -> Result<(), 
     if n < h.len() {
         return Err(CaptureError::Truncated {
             offset,
-            detail: format!(
-                "pcapng section header needs at least 12 bytes but only {} remain",
-                n + 4
-            ),
+            detail: format!("pcapng section header needs at least 12 bytes but only {} remain", n + 4),
         });
     }
-    let big = match (
-        u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
-        u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-    ) {
+    let big = match (u32::from_le_bytes([h[4], h[5], h[6], h[7]]), u32::from_be_bytes([h[4], h[5], h[6], h[7]])) {
         (PCAPNG_BOM, _) => false,
         (_, PCAPNG_BOM) => true,
         (bom, _) => {
@@ -574,10 +501,7 @@ fn read_shb(input: &mut Input, st: &mut PcapngState, offset: u64) -> Result<(), 
     if major != 1 {
         return Err(CaptureError::Corrupt {
             offset,
-            detail: format!(
-                "pcapng version {major}.{} is not supported (expected 1.x)",
-                e.u16(&body, 2)
-            ),
+            detail: format!("pcapng version {major}.{} is not supported (expected 1.x)", e.u16(&body, 2)),
         });
     }
     st.endian = e;
@@ -611,10 +535,7 @@ fn read_block_rest(
     if got < want as usize {
         return Err(CaptureError::Truncated {
             offset,
-            detail: format!(
-                "block header says {len} bytes but only {} remain",
-                got as u64 + u64::from(already)
-            ),
+            detail: format!("block header says {len} bytes but only {} remain", got as u64 + u64::from(already)),
         });
     }
     Ok(())
@@ -651,10 +572,7 @@ fn read_pcapng_block(
     if n < 4 {
         return Err(CaptureError::Truncated {
             offset,
-            detail: format!(
-                "pcapng block header needs 8 bytes but only {} remain",
-                n + 4
-            ),
+            detail: format!("pcapng block header needs 8 bytes but only {} remain", n + 4),
         });
     }
     let e = st.endian;
@@ -672,9 +590,7 @@ fn read_pcapng_block(
         // Interface Description Block.
         1 => {
             if buf.len() < 8 {
-                return Err(corrupt(format!(
-                    "interface description block is {len} bytes, too short"
-                )));
+                return Err(corrupt(format!("interface description block is {len} bytes, too short")));
             }
             let code = u32::from(e.u16(buf, 0));
             let mut iface = Interface {
@@ -689,11 +605,7 @@ fn read_pcapng_block(
                     (9, [r, ..]) => iface.resol = TsResol::Bin(r & 0x7f),
                     (14, v) => {
                         if let Some(&b) = v.first_chunk::<8>() {
-                            iface.offset_s = if e.big {
-                                i64::from_be_bytes(b)
-                            } else {
-                                i64::from_le_bytes(b)
-                            };
+                            iface.offset_s = if e.big { i64::from_be_bytes(b) } else { i64::from_le_bytes(b) };
                         }
                     }
                     _ => {}
@@ -705,15 +617,9 @@ fn read_pcapng_block(
         // Enhanced Packet Block, and the obsolete Packet Block (16-bit interface id).
         2 | 6 => {
             if buf.len() < 20 {
-                return Err(corrupt(format!(
-                    "packet block is {len} bytes, too short for its header"
-                )));
+                return Err(corrupt(format!("packet block is {len} bytes, too short for its header")));
             }
-            let id = if ty == 6 {
-                e.u32(buf, 0)
-            } else {
-                u32::from(e.u16(buf, 0))
-            };
+            let id = if ty == 6 { e.u32(buf, 0) } else { u32::from(e.u16(buf, 0)) };
             let ts = (u64::from(e.u32(buf, 4)) << 32) | u64::from(e.u32(buf, 8));
             let caplen = e.u32(buf, 12);
             let iface = st.interfaces.get(id as usize).ok_or_else(|| {
@@ -739,23 +645,15 @@ fn read_pcapng_block(
             st.last_time_ns = time_ns;
             buf.truncate(end);
             buf.drain(..20);
-            Ok(Some(Block::Packet(Frame {
-                offset,
-                time_ns,
-                link,
-            })))
+            Ok(Some(Block::Packet(Frame { offset, time_ns, link })))
         }
         // Simple Packet Block: interface 0, captured length implied by snaplen and block size.
         3 => {
             if buf.len() < 4 {
-                return Err(corrupt(format!(
-                    "simple packet block is {len} bytes, too short"
-                )));
+                return Err(corrupt(format!("simple packet block is {len} bytes, too short")));
             }
             let Some(iface) = st.interfaces.first() else {
-                return Err(corrupt(
-                    "simple packet block before any interface description".into(),
-                ));
+                return Err(corrupt("simple packet block before any interface description".into()));
             };
             let orig = e.u32(buf, 0) as usize;
             let mut caplen = orig.min(buf.len() - 4);
@@ -765,11 +663,7 @@ fn read_pcapng_block(
             let link = iface.link;
             buf.truncate(4 + caplen);
             buf.drain(..4);
-            Ok(Some(Block::Packet(Frame {
-                offset,
-                time_ns: st.last_time_ns,
-                link,
-            })))
+            Ok(Some(Block::Packet(Frame { offset, time_ns: st.last_time_ns, link })))
         }
         // Name resolution, statistics, decryption secrets, custom blocks...
         _ => Ok(Some(Block::Other)),
@@ -814,10 +708,7 @@ mod tests {
                 Ok(Some(d)) => out.push(d),
                 Ok(None) => return (out, None),
                 Err(e) => {
-                    assert!(
-                        r.next_datagram().unwrap().is_none(),
-                        "reader must be finished after an error"
-                    );
+                    assert!(r.next_datagram().unwrap().is_none(), "reader must be finished after an error");
                     return (out, Some(e));
                 }
             }
@@ -853,10 +744,7 @@ mod tests {
             return Some(dir);
         }
         if std::env::var_os("CI").is_some() {
-            panic!(
-                "capture corpus missing at {} (required when CI is set)",
-                dir.display()
-            );
+            panic!("capture corpus missing at {} (required when CI is set)", dir.display());
         }
         eprintln!("skipping: capture corpus not found at {}", dir.display());
         None
@@ -889,23 +777,12 @@ mod tests {
             assert!(err.is_none(), "{name}: {err:?}");
             assert_eq!(dgs.len() as u64, want, "{name}");
             let s = r.stats();
-            assert_eq!(
-                (s.frames_read, s.datagrams, s.frames_skipped, s.bad_frames),
-                (want, want, 0, 0),
-                "{name}"
-            );
+            assert_eq!((s.frames_read, s.datagrams, s.frames_skipped, s.bad_frames), (want, want, 0, 0), "{name}");
             let total = std::fs::metadata(&path).unwrap().len();
             assert_eq!(r.total_bytes(), Some(total), "{name}");
             assert_eq!(r.bytes_consumed(), total, "{name}");
-            assert!(
-                dgs.windows(2).all(|w| w[0].file_offset < w[1].file_offset),
-                "{name}"
-            );
-            assert!(
-                dgs.iter()
-                    .all(|d| d.time_ns > 1_000_000_000 * 1_000_000_000),
-                "{name}: timestamps"
-            );
+            assert!(dgs.windows(2).all(|w| w[0].file_offset < w[1].file_offset), "{name}");
+            assert!(dgs.iter().all(|d| d.time_ns > 1_000_000_000 * 1_000_000_000), "{name}: timestamps");
         }
     }
 
@@ -914,10 +791,7 @@ mod tests {
         let Some(dir) = captures_dir() else { return };
         let mut r = CaptureReader::open(&dir.join("sipp_g711a_30ms.pcap")).unwrap();
         let d = r.next_datagram().unwrap().unwrap();
-        assert_eq!(
-            (d.src, d.dst),
-            (sa("10.1.3.143:5000"), sa("10.1.6.18:2006"))
-        );
+        assert_eq!((d.src, d.dst), (sa("10.1.3.143:5000"), sa("10.1.6.18:2006")));
         assert_eq!(d.payload.len(), 12 + 240);
         assert_eq!(d.file_offset, 24);
 
@@ -926,18 +800,12 @@ mod tests {
         let (dgs, _) = read_all(&mut r);
         let (first, last) = (&dgs[0], &dgs[dgs.len() - 1]);
         assert_eq!(last.time_ns - first.time_ns, 59_983_022_000);
-        assert_eq!(
-            (first.src, first.dst),
-            (sa("10.24.17.53:12668"), sa("10.24.17.123:16596"))
-        );
+        assert_eq!((first.src, first.dst), (sa("10.24.17.53:12668"), sa("10.24.17.123:16596")));
 
         // Linux cooked capture.
         let mut r = CaptureReader::open(&dir.join("asterisk_opus_rfc2833.pcap")).unwrap();
         let d = r.next_datagram().unwrap().unwrap();
-        assert_eq!(
-            (d.src, d.dst),
-            (sa("10.0.0.51:4002"), sa("10.0.0.45:12906"))
-        );
+        assert_eq!((d.src, d.dst), (sa("10.0.0.51:4002"), sa("10.0.0.45:12906")));
     }
 
     #[test]
@@ -960,16 +828,9 @@ mod tests {
                 assert_eq!(got.len(), all.len() - 1);
                 assert_eq!(got[..], all[..all.len() - 1]);
                 let msg = err.to_string();
-                assert!(
-                    msg.starts_with(&format!("capture truncated at byte {last}: ")),
-                    "{msg}"
-                );
+                assert!(msg.starts_with(&format!("capture truncated at byte {last}: ")), "{msg}");
                 // pcap counts what is left of the record data, pcapng of the whole block.
-                let left = if name.ends_with(".pcap") && cut - last > 16 {
-                    cut - last - 16
-                } else {
-                    cut - last
-                };
+                let left = if name.ends_with(".pcap") && cut - last > 16 { cut - last - 16 } else { cut - last };
                 assert!(msg.contains(&format!("only {left} remain")), "{msg}");
             }
         }
@@ -980,22 +841,13 @@ mod tests {
         let err = reader(b"<html><body>404</body></html>".to_vec()).unwrap_err();
         assert_eq!(err.offset(), Some(0));
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("not a pcap or pcapng file (magic 0x3c68746d at byte 0)"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("not a pcap or pcapng file (magic 0x3c68746d at byte 0)"), "{msg}");
         let err = reader(vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap_err();
         assert!(err.to_string().contains("gzip"), "{err}");
         let err = reader(Vec::new()).unwrap_err();
-        assert!(
-            matches!(err, CaptureError::Truncated { offset: 0, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, CaptureError::Truncated { offset: 0, .. }), "{err}");
         let err = reader(pcap_file(1, &[])[..10].to_vec()).unwrap_err();
-        assert!(
-            matches!(err, CaptureError::Truncated { offset: 0, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, CaptureError::Truncated { offset: 0, .. }), "{err}");
         // A header-only capture is valid and empty.
         let mut r = reader(pcap_file(1, &[])).unwrap();
         assert!(r.next_datagram().unwrap().is_none());
@@ -1048,10 +900,7 @@ mod tests {
         ];
         for (link, frame) in cases {
             let mut r = reader(pcap_file(link, &[full(&frame)])).unwrap();
-            let d = r
-                .next_datagram()
-                .unwrap()
-                .unwrap_or_else(|| panic!("link {link}"));
+            let d = r.next_datagram().unwrap().unwrap_or_else(|| panic!("link {link}"));
             assert_eq!(d.payload, b"payload", "link {link}");
             assert_eq!((d.src, d.dst), (sa("192.0.2.1:5060"), sa("192.0.2.2:5060")));
             assert_eq!(d.time_ns, 1_700_000_000_250_000_000);
@@ -1061,36 +910,18 @@ mod tests {
         let ip6 = ipv6_udp(0, &[17, 0, 1, 4, 0, 0, 0, 0], 4000, 4002, b"six");
         let mut r = reader(pcap_file(229, &[full(&ip6)])).unwrap();
         let d = r.next_datagram().unwrap().unwrap();
-        assert_eq!(
-            (d.src, d.dst, &d.payload[..]),
-            (sa("[::1]:4000"), sa("[2001:db8::2]:4002"), &b"six"[..])
-        );
+        assert_eq!((d.src, d.dst, &d.payload[..]), (sa("[::1]:4000"), sa("[2001:db8::2]:4002"), &b"six"[..]));
 
         // A mix on Ethernet: fragments, padding, snaplen cut, ARP, TCP, a short UDP length.
-        let good = ether(
-            0x0800,
-            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"good"),
-        );
-        let first_frag = ether(
-            0x0800,
-            &ipv4_udp_opts([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[1; 64], &[], 0x2000),
-        );
-        let mut later_frag = ether(
-            0x0800,
-            &ipv4_udp_opts([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[1; 64], &[], 0x0008),
-        );
+        let good = ether(0x0800, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"good"));
+        let first_frag = ether(0x0800, &ipv4_udp_opts([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[1; 64], &[], 0x2000));
+        let mut later_frag = ether(0x0800, &ipv4_udp_opts([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[1; 64], &[], 0x0008));
         later_frag[14 + 9] = 17;
         let mut padded = good.clone();
         padded.extend_from_slice(&[0xee; 20]);
-        let mut short_udp = ether(
-            0x0800,
-            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"shortXYZ"),
-        );
+        let mut short_udp = ether(0x0800, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"shortXYZ"));
         short_udp[14 + 24..14 + 26].copy_from_slice(&13u16.to_be_bytes());
-        let big = ether(
-            0x0800,
-            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[9; 200]),
-        );
+        let big = ether(0x0800, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &[9; 200]));
         let arp = ether(0x0806, &[0; 28]);
         let mut tcp = good.clone();
         tcp[14 + 9] = 6;
@@ -1144,11 +975,7 @@ mod tests {
     /// pcapng block builder (little-endian unless `big`).
     fn block(big: bool, ty: u32, body: &[u8]) -> Vec<u8> {
         let w = |x: u32| {
-            if big {
-                x.to_be_bytes()
-            } else {
-                x.to_le_bytes()
-            }
+            if big { x.to_be_bytes() } else { x.to_le_bytes() }
         };
         let mut body = body.to_vec();
         body.resize(body.len().next_multiple_of(4), 0);
@@ -1157,18 +984,9 @@ mod tests {
     }
 
     fn shb(big: bool) -> Vec<u8> {
-        let mut b = if big {
-            0x1a2b_3c4du32.to_be_bytes()
-        } else {
-            0x1a2b_3c4du32.to_le_bytes()
-        }
-        .to_vec();
+        let mut b = if big { 0x1a2b_3c4du32.to_be_bytes() } else { 0x1a2b_3c4du32.to_le_bytes() }.to_vec();
         let h = |x: u16| {
-            if big {
-                x.to_be_bytes()
-            } else {
-                x.to_le_bytes()
-            }
+            if big { x.to_be_bytes() } else { x.to_le_bytes() }
         };
         b.extend_from_slice(&h(1));
         b.extend_from_slice(&h(0));
@@ -1207,10 +1025,7 @@ mod tests {
 
     #[test]
     fn pcapng_two_interfaces_and_resolutions() {
-        let eth = ether(
-            0x0800,
-            &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, b"eth-us"),
-        );
+        let eth = ether(0x0800, &ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, b"eth-us"));
         let raw = ipv4_udp([10, 0, 0, 3], [10, 0, 0, 4], 3000, 4000, b"raw-ns");
         let raw6 = ipv6_udp(17, &[], 5, 6, b"raw-2^-10");
         let mut f = shb(false);
@@ -1228,20 +1043,13 @@ mod tests {
         f.extend(epb(3, 1024 * 5 + 512, &raw6, raw6.len() as u32));
         // Simple packet block on interface 0 inherits the last timestamp.
         let off_d = f.len() as u64;
-        f.extend(block(
-            false,
-            3,
-            &[&(eth.len() as u32).to_le_bytes()[..], &eth[..]].concat(),
-        ));
+        f.extend(block(false, 3, &[&(eth.len() as u32).to_le_bytes()[..], &eth[..]].concat()));
 
         let total = f.len() as u64;
         let mut r = reader(f).unwrap();
         let (got, err) = read_all(&mut r);
         assert!(err.is_none(), "{err:?}");
-        let summary: Vec<(u64, u64, &[u8])> = got
-            .iter()
-            .map(|d| (d.file_offset, d.time_ns, &d.payload[..]))
-            .collect();
+        let summary: Vec<(u64, u64, &[u8])> = got.iter().map(|d| (d.file_offset, d.time_ns, &d.payload[..])).collect();
         assert_eq!(
             summary,
             [
@@ -1273,19 +1081,11 @@ mod tests {
         assert_eq!((d.time_ns, &d.payload[..]), (3_000_000_000, &b"be"[..]));
 
         // Unknown interface id.
-        let bad = [
-            shb(false),
-            idb(1, None, None),
-            epb(4, 0, &ip, ip.len() as u32),
-        ]
-        .concat();
+        let bad = [shb(false), idb(1, None, None), epb(4, 0, &ip, ip.len() as u32)].concat();
         let (_, err) = read_all(&mut reader(bad).unwrap());
         let err = err.unwrap();
         assert!(err.to_string().contains("interface 4"), "{err}");
-        assert_eq!(
-            err.offset(),
-            Some(shb(false).len() as u64 + idb(1, None, None).len() as u64)
-        );
+        assert_eq!(err.offset(), Some(shb(false).len() as u64 + idb(1, None, None).len() as u64));
 
         // Trailer mismatch and impossible length.
         let mut bad = [shb(false), idb(1, None, None)].concat();
@@ -1298,18 +1098,12 @@ mod tests {
         bad[at + 4..at + 8].copy_from_slice(&7u32.to_le_bytes());
         let (_, err) = read_all(&mut reader(bad).unwrap());
         let err = err.unwrap();
-        assert!(
-            matches!(err, CaptureError::Corrupt { .. }) && err.offset() == Some(at as u64),
-            "{err}"
-        );
+        assert!(matches!(err, CaptureError::Corrupt { .. }) && err.offset() == Some(at as u64), "{err}");
 
         // Bad byte-order magic.
         let mut bad = shb(false);
         bad[8] = 0;
-        assert!(matches!(
-            reader(bad).unwrap_err(),
-            CaptureError::Corrupt { offset: 8, .. }
-        ));
+        assert!(matches!(reader(bad).unwrap_err(), CaptureError::Corrupt { offset: 8, .. }));
     }
 
     #[test]

@@ -84,12 +84,7 @@ pub fn parse_sip(payload: &[u8]) -> Option<SipMessage> {
         None => body,
     };
     let sdp = content_type.and_then(|ct| sdp_from_body(&ct, body, 0));
-    Some(SipMessage {
-        call_id,
-        kind,
-        cseq_method,
-        sdp,
-    })
+    Some(SipMessage { call_id, kind, cseq_method, sdp })
 }
 
 /// Splits at the first empty line (CRLF CRLF or LF LF); no empty line means no body.
@@ -99,10 +94,7 @@ fn split_head(msg: &[u8]) -> (&[u8], &[u8]) {
         if b == b'\n' {
             let line = msg.get(line_start..i).unwrap_or(&[]);
             if trim_cr(line).is_empty() && line_start > 0 {
-                return (
-                    msg.get(..line_start).unwrap_or(&[]),
-                    msg.get(i + 1..).unwrap_or(&[]),
-                );
+                return (msg.get(..line_start).unwrap_or(&[]), msg.get(i + 1..).unwrap_or(&[]));
             }
             line_start = i + 1;
         }
@@ -124,27 +116,16 @@ fn parse_start_line(line: &[u8]) -> Option<SipKind> {
             return None;
         }
         let status: u16 = code.parse().ok()?;
-        return (100..=699)
-            .contains(&status)
-            .then_some(SipKind::Response { status });
+        return (100..=699).contains(&status).then_some(SipKind::Response { status });
     }
     let uri = parts.next()?;
     let version = parts.next()?;
-    let is_token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
-    };
-    if !version.eq_ignore_ascii_case("SIP/2.0")
-        || parts.next().is_some()
-        || !is_token(first)
-        || uri.is_empty()
-    {
+    let is_token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+    if !version.eq_ignore_ascii_case("SIP/2.0") || parts.next().is_some() || !is_token(first) || uri.is_empty() {
         return None;
     }
-    Some(SipKind::Request {
-        method: first.to_owned(),
-    })
+    Some(SipKind::Request { method: first.to_owned() })
 }
 
 /// Header (name, value) pairs with folded continuation lines joined.
@@ -170,12 +151,7 @@ fn headers<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<(String, String)> {
 
 /// The SDP in a body of the given Content-Type, looking inside multipart bodies.
 fn sdp_from_body(content_type: &str, body: &[u8], depth: u8) -> Option<Sdp> {
-    let media_type = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media_type == "application/sdp" {
         return parse_sdp(body);
     }
@@ -185,9 +161,7 @@ fn sdp_from_body(content_type: &str, body: &[u8], depth: u8) -> Option<Sdp> {
     }
     let boundary = content_type.split(';').skip(1).find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"').to_owned())
+        k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim().trim_matches('"').to_owned())
     })?;
     if boundary.is_empty() {
         return None;
@@ -201,11 +175,7 @@ fn sdp_from_body(content_type: &str, body: &[u8], depth: u8) -> Option<Sdp> {
     while !rest.starts_with(b"--") {
         let end = find(rest, delimiter).unwrap_or(rest.len());
         let part = rest.get(..end)?;
-        let (head, content) = split_head(
-            part.strip_prefix(b"\r\n")
-                .or(part.strip_prefix(b"\n"))
-                .unwrap_or(part),
-        );
+        let (head, content) = split_head(part.strip_prefix(b"\r\n").or(part.strip_prefix(b"\n")).unwrap_or(part));
         let part_type = headers(head.split(|&b| b == b'\n').map(trim_cr))
             .into_iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-type") || n.eq_ignore_ascii_case("c"))
@@ -299,10 +269,7 @@ pub fn parse_sdp(body: &[u8]) -> Option<Sdp> {
             m.direction.clone_from(&session_dir);
         }
     }
-    Some(Sdp {
-        connection: session_conn,
-        media,
-    })
+    Some(Sdp { connection: session_conn, media })
 }
 
 /// `IN IP4 192.0.2.1` or `IN IP6 2001:db8::1`; a multicast `/ttl[/count]` suffix is dropped.
@@ -321,12 +288,7 @@ fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
     let encoding = enc.next()?.to_owned();
     let clock_rate = enc.next()?.parse().ok()?;
     let channels = enc.next().and_then(|c| c.parse().ok());
-    Some(RtpMap {
-        pt,
-        encoding,
-        clock_rate,
-        channels,
-    })
+    Some(RtpMap { pt, encoding, clock_rate, channels })
 }
 
 #[cfg(test)]
@@ -339,11 +301,7 @@ mod tests {
     fn corpus_sip_call() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
         if !dir.is_dir() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "capture corpus missing at {}",
-                dir.display()
-            );
+            assert!(std::env::var_os("CI").is_none(), "capture corpus missing at {}", dir.display());
             eprintln!("skipping: capture corpus not found at {}", dir.display());
             return;
         }
@@ -359,12 +317,7 @@ mod tests {
         let with_sdp: Vec<_> = sip.iter().filter(|m| m.sdp.is_some()).collect();
         assert_eq!(with_sdp.len(), 2);
         let (invite, ok) = (with_sdp[0], with_sdp[1]);
-        assert_eq!(
-            invite.kind,
-            SipKind::Request {
-                method: "INVITE".into()
-            }
-        );
+        assert_eq!(invite.kind, SipKind::Request { method: "INVITE".into() });
         assert_eq!(ok.kind, SipKind::Response { status: 200 });
         assert_eq!(ok.cseq_method.as_deref(), Some("INVITE"));
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
@@ -378,21 +331,14 @@ mod tests {
                     port,
                     connection: Some(lo),
                     payload_types: vec![0],
-                    rtpmap: vec![RtpMap {
-                        pt: 0,
-                        encoding: "PCMU".into(),
-                        clock_rate: 8000,
-                        channels: None
-                    }],
+                    rtpmap: vec![RtpMap { pt: 0, encoding: "PCMU".into(), clock_rate: 8000, channels: None }],
                     direction: None,
                     rtcp_mux: false,
                 }]
             );
         }
         let methods: Vec<_> = sip.iter().map(|m| m.kind.clone()).collect();
-        assert!(methods.contains(&SipKind::Request {
-            method: "BYE".into()
-        }));
+        assert!(methods.contains(&SipKind::Request { method: "BYE".into() }));
         assert!(methods.contains(&SipKind::Response { status: 180 }));
     }
 
@@ -417,20 +363,9 @@ mod tests {
         assert_eq!(sdp.connection, Some(s));
         assert_eq!(sdp.media.len(), 3);
         let a = &sdp.media[0];
-        assert_eq!(
-            (a.kind.as_str(), a.port, a.connection),
-            ("audio", 49170, Some(s))
-        );
+        assert_eq!((a.kind.as_str(), a.port, a.connection), ("audio", 49170, Some(s)));
         assert_eq!(a.payload_types, [0, 8, 96, 101]);
-        assert_eq!(
-            a.rtpmap[0],
-            RtpMap {
-                pt: 96,
-                encoding: "opus".into(),
-                clock_rate: 48000,
-                channels: Some(2)
-            }
-        );
+        assert_eq!(a.rtpmap[0], RtpMap { pt: 96, encoding: "opus".into(), clock_rate: 48000, channels: Some(2) });
         assert_eq!(a.rtpmap[1].encoding, "telephone-event");
         assert_eq!(a.direction.as_deref(), Some("sendonly"));
         assert!(a.rtcp_mux);
@@ -439,10 +374,7 @@ mod tests {
         assert_eq!(v.direction.as_deref(), Some("recvonly"));
         assert!(!v.rtcp_mux);
         let m3 = &sdp.media[2];
-        assert_eq!(
-            (m3.port, m3.connection),
-            (5000, Some("233.252.0.1".parse().unwrap()))
-        );
+        assert_eq!((m3.port, m3.connection), (5000, Some("233.252.0.1".parse().unwrap())));
     }
 
     #[test]
@@ -455,23 +387,12 @@ mod tests {
         );
         let m = parse_sip(msg.as_bytes()).unwrap();
         assert_eq!(m.call_id, "folded-id");
-        assert_eq!(
-            m.kind,
-            SipKind::Request {
-                method: "INVITE".into()
-            }
-        );
+        assert_eq!(m.kind, SipKind::Request { method: "INVITE".into() });
         // Bytes after Content-Length are ignored.
         assert_eq!(m.sdp.unwrap().media.len(), 1);
         // A Content-Length larger than the datagram uses what is there.
-        let cut = msg.replace(
-            &format!("Content-Length: {}", body.len()),
-            "Content-Length: 5000",
-        );
-        assert_eq!(
-            parse_sip(cut.as_bytes()).unwrap().sdp.unwrap().media.len(),
-            2
-        );
+        let cut = msg.replace(&format!("Content-Length: {}", body.len()), "Content-Length: 5000");
+        assert_eq!(parse_sip(cut.as_bytes()).unwrap().sdp.unwrap().media.len(), 2);
     }
 
     #[test]
@@ -487,15 +408,9 @@ mod tests {
             body.len()
         );
         let sdp = parse_sip(msg.as_bytes()).unwrap().sdp.unwrap();
-        assert_eq!(
-            sdp.media.iter().map(|m| m.port).collect::<Vec<_>>(),
-            [7000, 7002]
-        );
+        assert_eq!(sdp.media.iter().map(|m| m.port).collect::<Vec<_>>(), [7000, 7002]);
         // A broken multipart is just "no SDP".
-        let broken = msg.replace(
-            "--XyZ\r\nContent-Type: application/sdp",
-            "--Q\r\nContent-Type: application/sdp",
-        );
+        let broken = msg.replace("--XyZ\r\nContent-Type: application/sdp", "--Q\r\nContent-Type: application/sdp");
         let broken = broken.replace("--XyZ--", "");
         assert!(parse_sip(broken.as_bytes()).unwrap().sdp.is_none());
     }
@@ -519,10 +434,7 @@ mod tests {
         // SIP without a body, and with a non-SDP body.
         let m = parse_sip(b"OPTIONS sip:a SIP/2.0\r\ncall-id: o1\r\n").unwrap();
         assert_eq!((m.call_id.as_str(), m.sdp), ("o1", None));
-        let m = parse_sip(
-            b"MESSAGE sip:a SIP/2.0\r\nCall-ID: m\r\nContent-Type: text/plain\r\n\r\nv=0\r\n",
-        )
-        .unwrap();
+        let m = parse_sip(b"MESSAGE sip:a SIP/2.0\r\nCall-ID: m\r\nContent-Type: text/plain\r\n\r\nv=0\r\n").unwrap();
         assert_eq!(m.sdp, None);
     }
 

@@ -15,11 +15,7 @@ pub const fn alaw_to_linear(byte: u8) -> i16 {
     let a = byte ^ 0x55;
     let exponent = (a >> 4) & 0x07;
     let mantissa = (a & 0x0f) as i16;
-    let magnitude = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
+    let magnitude = if exponent == 0 { (mantissa << 4) + 8 } else { ((mantissa << 4) + 0x108) << (exponent - 1) };
     if a & 0x80 != 0 { magnitude } else { -magnitude }
 }
 

@@ -61,6 +61,19 @@ impl TimelineConfig {
     }
 }
 
+/// The header fields that place a packet, with its payload format's clock rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketId {
+    /// Synchronisation source.
+    pub ssrc: u32,
+    /// Sequence number.
+    pub seq: u16,
+    /// RTP timestamp.
+    pub ts: u32,
+    /// Clock rate of the packet's payload format, in Hz.
+    pub clock_rate: u32,
+}
+
 /// The audio one packet contributes.
 #[derive(Debug, Clone, Copy)]
 pub enum Media<'a> {
@@ -378,17 +391,8 @@ impl Leg {
 
     /// Offers one RTP packet. `now_ns` is its arrival relative to the recording's origin;
     /// `cursor` is the first position not yet handed out (positions before it are closed).
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_rtp(
-        &mut self,
-        now_ns: i64,
-        cursor: i64,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
-        clock_rate: u32,
-        media: Media<'_>,
-    ) -> Placement {
+    pub fn on_rtp(&mut self, now_ns: i64, cursor: i64, id: PacketId, media: Media<'_>) -> Placement {
+        let PacketId { ssrc, seq, ts, clock_rate } = id;
         self.stats.packets += 1;
         let clock_rate = clock_rate.max(1);
         match &self.segment {
@@ -429,7 +433,12 @@ impl Leg {
             Media::ComfortNoise => 0,
             Media::Undecodable => {
                 // Time of an undecodable frame: the timestamp step seen so far, else 20 ms.
-                self.segment.as_ref().and_then(|s| s.reference).map(|r| r.len).filter(|l| *l > 0).unwrap_or_else(|| self.cfg.ms_to_samples(20))
+                self.segment
+                    .as_ref()
+                    .and_then(|s| s.reference)
+                    .map(|r| r.len)
+                    .filter(|l| *l > 0)
+                    .unwrap_or_else(|| self.cfg.ms_to_samples(20))
             }
         }
     }
@@ -563,7 +572,8 @@ impl Leg {
 
     /// Handles a telephone-event packet (RFC 4733). Events never touch the audio timeline; an
     /// event's timestamp is its start and stays put while its duration grows.
-    pub fn on_event(&mut self, now_ns: i64, cursor: i64, ssrc: u32, seq: u16, ts: u32, clock_rate: u32, payload: &[u8]) -> Placement {
+    pub fn on_event(&mut self, now_ns: i64, cursor: i64, id: PacketId, payload: &[u8]) -> Placement {
+        let PacketId { ssrc, seq, ts, clock_rate } = id;
         self.stats.packets += 1;
         let clock_rate = clock_rate.max(1);
         match &mut self.segment {
@@ -594,14 +604,15 @@ impl Leg {
         }
         let code = payload[0];
         let duration = u32::from(u16::from_be_bytes([payload[2], payload[3]]));
-        if let Some(a) = &mut self.active_event {
-            if a.ssrc == ssrc && a.ts == ts {
-                a.duration = a.duration.max(duration);
-                let (start, duration) = (a.start, a.duration);
-                let end = start + self.scale_ts(i64::from(duration), clock_rate);
-                self.event_end = self.event_end.max(end);
-                return Placement::Event;
-            }
+        if let Some(a) = &mut self.active_event
+            && a.ssrc == ssrc
+            && a.ts == ts
+        {
+            a.duration = a.duration.max(duration);
+            let (start, duration) = (a.start, a.duration);
+            let end = start + self.scale_ts(i64::from(duration), clock_rate);
+            self.event_end = self.event_end.max(end);
+            return Placement::Event;
         }
         // A new event: close the previous one, unless this is a stray repeat of an event already
         // closed (redundant end packets arrive after the next event started only if reordered).

@@ -147,7 +147,9 @@ impl PayloadMap {
             rate_s.parse().ok().filter(|r| *r > 0).ok_or_else(|| PayloadMapError::BadClockRate(rate_s.to_string()))?;
         let channels = match parts.next() {
             None => None,
-            Some(c) => Some(c.parse::<u8>().ok().filter(|c| *c > 0).ok_or_else(|| PayloadMapError::BadChannels(c.to_string()))?),
+            Some(c) => Some(
+                c.parse::<u8>().ok().filter(|c| *c > 0).ok_or_else(|| PayloadMapError::BadChannels(c.to_string()))?,
+            ),
         };
         if parts.next().is_some() {
             return Err(PayloadMapError::Syntax(s.to_string()));
@@ -176,7 +178,17 @@ mod tests {
         assert_eq!(f.to_string(), "opus/48000/2");
         let (pt, f) = PayloadMap::parse_mapping("101=telephone-event/8000").unwrap();
         assert_eq!((pt, f.codec), (101, Codec::TelephoneEvent));
-        for bad in ["96", "96=opus", "x=opus/48000", "128=opus/48000", "72=opus/8000", "96=opus/0", "96=opus/8000/0", "96=/8000", "96=a/1/2/3"] {
+        for bad in [
+            "96",
+            "96=opus",
+            "x=opus/48000",
+            "128=opus/48000",
+            "72=opus/8000",
+            "96=opus/0",
+            "96=opus/8000/0",
+            "96=/8000",
+            "96=a/1/2/3",
+        ] {
             assert!(PayloadMap::parse_mapping(bad).is_err(), "{bad}");
         }
     }

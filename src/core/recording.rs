@@ -9,7 +9,7 @@
 //! driver that polls after each input holds at most a reorder window of audio per leg.
 
 use super::g711;
-use super::leg::{Leg, Media, Placement, TimelineConfig};
+use super::leg::{Leg, Media, PacketId, Placement, TimelineConfig};
 use super::payload::{Codec, PayloadMap};
 use super::rtp::{self, Packet};
 
@@ -60,7 +60,16 @@ impl Recording {
     /// A recording whose position 0 is `origin_ns` (or, if `None`, the first datagram's time).
     pub fn new(cfg: RecordingConfig, legs: Vec<LegSpec>, origin_ns: Option<u64>) -> Self {
         let built = legs.iter().map(|_| Leg::new(cfg.timeline, cfg.keep_dtmf_digits)).collect();
-        Recording { cfg, specs: legs, legs: built, origin_ns, cursor: 0, finished: false, last_arrival: 0, decoded: Vec::new() }
+        Recording {
+            cfg,
+            specs: legs,
+            legs: built,
+            origin_ns,
+            cursor: 0,
+            finished: false,
+            last_arrival: 0,
+            decoded: Vec::new(),
+        }
     }
 
     /// The output sample rate.
@@ -113,19 +122,20 @@ impl Recording {
             l.on_unknown_payload_type(packet.ssrc, packet.sequence);
             return Handled::Rtp(Placement::Dropped);
         };
-        let (ssrc, seq, ts, rate) = (packet.ssrc, packet.sequence, packet.timestamp, format.clock_rate);
+        let id =
+            PacketId { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp, clock_rate: format.clock_rate };
         let placement = match format.codec {
-            Codec::TelephoneEvent => l.on_event(rel, cursor, ssrc, seq, ts, rate, packet.payload),
-            Codec::ComfortNoise => l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::ComfortNoise),
+            Codec::TelephoneEvent => l.on_event(rel, cursor, id, packet.payload),
+            Codec::ComfortNoise => l.on_rtp(rel, cursor, id, Media::ComfortNoise),
             Codec::Pcmu | Codec::Pcma if self.cfg.timeline.sample_rate == 8000 => {
                 self.decoded.clear();
                 let table = if format.codec == Codec::Pcmu { &g711::ULAW_TABLE } else { &g711::ALAW_TABLE };
                 g711::decode(table, packet.payload, &mut self.decoded);
-                l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::Samples(&self.decoded))
+                l.on_rtp(rel, cursor, id, Media::Samples(&self.decoded))
             }
             _ => {
                 l.note_unsupported(&format.encoding);
-                l.on_rtp(rel, cursor, ssrc, seq, ts, rate, Media::Undecodable)
+                l.on_rtp(rel, cursor, id, Media::Undecodable)
             }
         };
         Handled::Rtp(placement)

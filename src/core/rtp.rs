@@ -196,11 +196,7 @@ impl<'a> RtcpPacket<'a> {
                 return None;
             }
             let len = 4 * (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1);
-            let item = RtcpItem {
-                packet_type: rest[1],
-                count: rest[0] & 0x1f,
-                body: rest.get(4..len)?,
-            };
+            let item = RtcpItem { packet_type: rest[1], count: rest[0] & 0x1f, body: rest.get(4..len)? };
             rest = &rest[len..];
             Some(item)
         })

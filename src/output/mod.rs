@@ -5,6 +5,4 @@
 
 pub mod wav;
 
-pub use wav::{
-    RepairReport, WavError, WavInfo, WavSpec, WavStatus, WavWriter, create_file, inspect, repair,
-};
+pub use wav::{RepairReport, WavError, WavInfo, WavSpec, WavStatus, WavWriter, create_file, inspect, repair};

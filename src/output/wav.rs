@@ -65,23 +65,13 @@ impl WavSpec {
     fn validate(&self) -> Result<(), WavError> {
         if self.channels == 0 || self.channels > u16::MAX / 2 {
             return Err(WavError::InvalidSpec {
-                reason: format!(
-                    "channel count {} must be 1..={}",
-                    self.channels,
-                    u16::MAX / 2
-                ),
+                reason: format!("channel count {} must be 1..={}", self.channels, u16::MAX / 2),
             });
         }
         if self.sample_rate == 0 {
-            return Err(WavError::InvalidSpec {
-                reason: "sample rate must be non-zero".to_string(),
-            });
+            return Err(WavError::InvalidSpec { reason: "sample rate must be non-zero".to_string() });
         }
-        if self
-            .sample_rate
-            .checked_mul(u32::from(self.block_align()))
-            .is_none()
-        {
+        if self.sample_rate.checked_mul(u32::from(self.block_align())).is_none() {
             return Err(WavError::InvalidSpec {
                 reason: format!(
                     "byte rate {} Hz x {} channels x 2 bytes does not fit in 32 bits",
@@ -157,10 +147,7 @@ pub enum WavError {
         "WAV holds {written_frames} frames but the timeline produced {expected_frames}; \
          the recording is incomplete (header was patched to the frames actually present)"
     )]
-    LengthMismatch {
-        expected_frames: u64,
-        written_frames: u64,
-    },
+    LengthMismatch { expected_frames: u64, written_frames: u64 },
     #[error("{} is not a usable WAV file: {reason}", path.display())]
     NotWav { path: PathBuf, reason: String },
     /// A valid WAV that this module cannot handle (not 16-bit PCM, or cannot be repaired in place).
@@ -170,9 +157,7 @@ pub enum WavError {
     InvalidSpec { reason: String },
     /// An earlier write failed part-way, so the stream may end in a partial frame; writing on would
     /// shift every later sample (swapping stereo channels), so the writer refuses.
-    #[error(
-        "an earlier write to this WAV failed; stop writing, then finalize or run repair on the file"
-    )]
+    #[error("an earlier write to this WAV failed; stop writing, then finalize or run repair on the file")]
     WriterFailed,
 }
 
@@ -220,11 +205,7 @@ impl<W: Write + Seek> WavWriter<W> {
     /// Like [`WavWriter::new`], but data chunks larger than `threshold_bytes` are written as RF64.
     /// Values above [`DEFAULT_RF64_THRESHOLD`] are clamped to it (a RIFF file cannot hold more);
     /// smaller values exist so tests can exercise RF64 without writing 4 GiB.
-    pub fn with_rf64_threshold(
-        inner: W,
-        spec: WavSpec,
-        threshold_bytes: u64,
-    ) -> Result<Self, WavError> {
+    pub fn with_rf64_threshold(inner: W, spec: WavSpec, threshold_bytes: u64) -> Result<Self, WavError> {
         Self::build(inner, spec, threshold_bytes, None, None)
     }
 
@@ -236,9 +217,7 @@ impl<W: Write + Seek> WavWriter<W> {
         sync: Option<SyncFn<W>>,
     ) -> Result<Self, WavError> {
         spec.validate()?;
-        let base = inner
-            .stream_position()
-            .map_err(|e| path_err(path.as_deref(), "get stream position of", e))?;
+        let base = inner.stream_position().map_err(|e| path_err(path.as_deref(), "get stream position of", e))?;
         // Flushed immediately so that even a crash before the first sample flush leaves a
         // header that `repair` can parse.
         inner
@@ -266,10 +245,7 @@ impl<W: Write + Seek> WavWriter<W> {
         }
         let channels = usize::from(self.spec.channels);
         if !interleaved.len().is_multiple_of(channels) {
-            return Err(WavError::PartialFrame {
-                samples: interleaved.len(),
-                channels: self.spec.channels,
-            });
+            return Err(WavError::PartialFrame { samples: interleaved.len(), channels: self.spec.channels });
         }
         if interleaved.is_empty() {
             return Ok(());
@@ -317,10 +293,7 @@ impl<W: Write + Seek> WavWriter<W> {
         let (info, raw) = self.patch_header()?;
         // A trailing partial frame (only possible after a failed write) also counts as a mismatch.
         if info.frames != expected_frames || raw != info.data_bytes {
-            return Err(WavError::LengthMismatch {
-                expected_frames,
-                written_frames: info.frames,
-            });
+            return Err(WavError::LengthMismatch { expected_frames, written_frames: info.frames });
         }
         Ok(info)
     }
@@ -330,10 +303,7 @@ impl<W: Write + Seek> WavWriter<W> {
         self.inner.flush().map_err(|e| self.io_err("flush", e))?;
         // Measure the stream itself rather than trusting the frame counter: the counter cannot
         // see bytes that never reached the stream.
-        let end = self
-            .inner
-            .seek(SeekFrom::End(0))
-            .map_err(|e| self.io_err("seek to end of", e))?;
+        let end = self.inner.seek(SeekFrom::End(0)).map_err(|e| self.io_err("seek to end of", e))?;
         let raw = end.saturating_sub(self.base + HEADER_LEN);
         let block_align = u64::from(self.spec.block_align());
         let data_bytes = raw - raw % block_align;
@@ -378,11 +348,8 @@ pub fn create_file_with_rf64_threshold(
     threshold_bytes: u64,
 ) -> Result<WavWriter<BufWriter<File>>, WavError> {
     spec.validate()?;
-    let file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| path_err(Some(path), "create", e))?;
+    let file =
+        File::options().write(true).create_new(true).open(path).map_err(|e| path_err(Some(path), "create", e))?;
     // Make the directory entry durable now, so that after a power cut the (repairable) file
     // still exists; the contents are fsynced in finalize.
     sync_parent_dir(path)?;
@@ -406,9 +373,7 @@ fn sync_parent_dir(path: &Path) -> Result<(), WavError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| path_err(Some(dir), "fsync directory", e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| path_err(Some(dir), "fsync directory", e))
 }
 
 #[cfg(not(unix))]
@@ -418,11 +383,7 @@ fn sync_parent_dir(_path: &Path) -> Result<(), WavError> {
 
 fn path_err(path: Option<&Path>, action: &'static str, source: io::Error) -> WavError {
     match path {
-        Some(p) => WavError::File {
-            path: p.to_path_buf(),
-            action,
-            source,
-        },
+        Some(p) => WavError::File { path: p.to_path_buf(), action, source },
         None => WavError::Io(source),
     }
 }
@@ -463,19 +424,11 @@ fn build_header(spec: &WavSpec, data_bytes: u64, rf64: bool) -> [u8; HEADER_LEN 
     put(&mut h, 56, &1u16.to_le_bytes()); // WAVE_FORMAT_PCM
     put(&mut h, 58, &spec.channels.to_le_bytes());
     put(&mut h, 60, &spec.sample_rate.to_le_bytes());
-    put(
-        &mut h,
-        64,
-        &(spec.sample_rate * u32::from(block_align)).to_le_bytes(),
-    );
+    put(&mut h, 64, &(spec.sample_rate * u32::from(block_align)).to_le_bytes());
     put(&mut h, 68, &block_align.to_le_bytes());
     put(&mut h, 70, &16u16.to_le_bytes());
     put(&mut h, 72, b"data");
-    let data32 = if rf64 {
-        SIZE_IN_DS64
-    } else {
-        data_bytes as u32
-    };
+    let data32 = if rf64 { SIZE_IN_DS64 } else { data_bytes as u32 };
     put(&mut h, 76, &data32.to_le_bytes());
     h
 }
@@ -517,10 +470,8 @@ impl Parsed {
 
     /// Sizes consistent with the file length.
     fn is_finalised(&self) -> bool {
-        let data_end = self
-            .data_offset
-            .checked_add(self.declared_data)
-            .and_then(|e| e.checked_add(self.declared_data & 1));
+        let data_end =
+            self.data_offset.checked_add(self.declared_data).and_then(|e| e.checked_add(self.declared_data & 1));
         self.riff_size.checked_add(8) == Some(self.file_len)
             && self.declared_data.is_multiple_of(self.block_align)
             && data_end.is_some_and(|e| e <= self.file_len)
@@ -563,44 +514,26 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 fn not_wav(path: &Path, reason: impl Into<String>) -> WavError {
-    WavError::NotWav {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    WavError::NotWav { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn unsupported(path: &Path, reason: impl Into<String>) -> WavError {
-    WavError::Unsupported {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    WavError::Unsupported { path: path.to_path_buf(), reason: reason.into() }
 }
 
-fn read_at<R: Read + Seek>(
-    r: &mut R,
-    offset: u64,
-    buf: &mut [u8],
-    path: &Path,
-    what: &str,
-) -> Result<(), WavError> {
-    r.seek(SeekFrom::Start(offset))
-        .and_then(|_| r.read_exact(buf))
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                not_wav(
-                    path,
-                    format!("file ends inside the {what} at offset {offset}"),
-                )
-            } else {
-                path_err(Some(path), "read", e)
-            }
-        })
+fn read_at<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8], path: &Path, what: &str) -> Result<(), WavError> {
+    r.seek(SeekFrom::Start(offset)).and_then(|_| r.read_exact(buf)).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            not_wav(path, format!("file ends inside the {what} at offset {offset}"))
+        } else {
+            path_err(Some(path), "read", e)
+        }
+    })
 }
 
 /// KSDATAFORMAT_SUBTYPE_PCM, for WAVE_FORMAT_EXTENSIBLE files.
-const PCM_SUBFORMAT_GUID: [u8; 16] = [
-    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
-];
+const PCM_SUBFORMAT_GUID: [u8; 16] =
+    [0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71];
 /// Guard against walking millions of bogus chunks in a corrupt file.
 const MAX_CHUNKS_BEFORE_DATA: usize = 4096;
 
@@ -620,20 +553,14 @@ fn parse_header<R: Read + Seek>(r: &mut R, file_len: u64, path: &Path) -> Result
         other => {
             return Err(not_wav(
                 path,
-                format!(
-                    "starts with {:?}, expected \"RIFF\" or \"RF64\"",
-                    other.escape_ascii().to_string()
-                ),
+                format!("starts with {:?}, expected \"RIFF\" or \"RF64\"", other.escape_ascii().to_string()),
             ));
         }
     };
     if &head[8..12] != b"WAVE" {
         return Err(not_wav(
             path,
-            format!(
-                "RIFF form type is {:?}, expected \"WAVE\"",
-                head[8..12].escape_ascii().to_string()
-            ),
+            format!("RIFF form type is {:?}, expected \"WAVE\"", head[8..12].escape_ascii().to_string()),
         ));
     }
     let riff32 = le_u32(&head, 4);
@@ -646,16 +573,10 @@ fn parse_header<R: Read + Seek>(r: &mut R, file_len: u64, path: &Path) -> Result
     let (data_offset, data32) = loop {
         chunks += 1;
         if chunks > MAX_CHUNKS_BEFORE_DATA {
-            return Err(not_wav(
-                path,
-                "too many chunks before the data chunk (corrupt header?)",
-            ));
+            return Err(not_wav(path, "too many chunks before the data chunk (corrupt header?)"));
         }
         if pos.checked_add(8).is_none_or(|end| end > file_len) {
-            return Err(not_wav(
-                path,
-                format!("no data chunk before end of file ({file_len} bytes)"),
-            ));
+            return Err(not_wav(path, format!("no data chunk before end of file ({file_len} bytes)")));
         }
         let mut ch = [0u8; 8];
         read_at(r, pos, &mut ch, path, "chunk header")?;
@@ -665,18 +586,11 @@ fn parse_header<R: Read + Seek>(r: &mut R, file_len: u64, path: &Path) -> Result
             b"fmt " => fmt = Some(parse_fmt(r, payload, size, path)?),
             b"ds64" if rf64 => {
                 if size < DS64_PAYLOAD_LEN {
-                    return Err(not_wav(
-                        path,
-                        format!("ds64 chunk is {size} bytes, need at least 28"),
-                    ));
+                    return Err(not_wav(path, format!("ds64 chunk is {size} bytes, need at least 28")));
                 }
                 let mut d = [0u8; 24];
                 read_at(r, payload, &mut d, path, "ds64 chunk")?;
-                ds64 = Some(Ds64 {
-                    payload_offset: payload,
-                    riff: le_u64(&d, 0),
-                    data: le_u64(&d, 8),
-                });
+                ds64 = Some(Ds64 { payload_offset: payload, riff: le_u64(&d, 0), data: le_u64(&d, 8) });
             }
             b"JUNK" if pos == DS64_CHUNK_OFFSET && size == DS64_PAYLOAD_LEN => junk_reserved = true,
             b"data" => break (payload, size),
@@ -690,51 +604,21 @@ fn parse_header<R: Read + Seek>(r: &mut R, file_len: u64, path: &Path) -> Result
     };
     let (riff_size, declared_data) = if rf64 {
         let Some(d) = ds64 else {
-            return Err(not_wav(
-                path,
-                "RF64 file without a ds64 chunk before the data chunk",
-            ));
+            return Err(not_wav(path, "RF64 file without a ds64 chunk before the data chunk"));
         };
-        let riff = if riff32 == SIZE_IN_DS64 {
-            d.riff
-        } else {
-            u64::from(riff32)
-        };
-        let data = if data32 == SIZE_IN_DS64 {
-            d.data
-        } else {
-            u64::from(data32)
-        };
+        let riff = if riff32 == SIZE_IN_DS64 { d.riff } else { u64::from(riff32) };
+        let data = if data32 == SIZE_IN_DS64 { d.data } else { u64::from(data32) };
         (riff, data)
     } else {
         (u64::from(riff32), u64::from(data32))
     };
-    Ok(Parsed {
-        rf64,
-        riff_size,
-        ds64,
-        junk_reserved,
-        spec,
-        block_align,
-        data_offset,
-        data32,
-        declared_data,
-        file_len,
-    })
+    Ok(Parsed { rf64, riff_size, ds64, junk_reserved, spec, block_align, data_offset, data32, declared_data, file_len })
 }
 
 /// Reads a `fmt ` chunk and checks it is 16-bit integer PCM (plain or WAVE_FORMAT_EXTENSIBLE).
-fn parse_fmt<R: Read + Seek>(
-    r: &mut R,
-    payload: u64,
-    size: u32,
-    path: &Path,
-) -> Result<(WavSpec, u64), WavError> {
+fn parse_fmt<R: Read + Seek>(r: &mut R, payload: u64, size: u32, path: &Path) -> Result<(WavSpec, u64), WavError> {
     if size < 16 {
-        return Err(not_wav(
-            path,
-            format!("fmt chunk is {size} bytes, need at least 16"),
-        ));
+        return Err(not_wav(path, format!("fmt chunk is {size} bytes, need at least 16")));
     }
     let mut f = [0u8; 40];
     let n = size.min(40) as usize;
@@ -750,29 +634,17 @@ fn parse_fmt<R: Read + Seek>(
         _ => false,
     };
     if !is_pcm {
-        return Err(unsupported(
-            path,
-            format!("format tag {tag:#06x} is not integer PCM"),
-        ));
+        return Err(unsupported(path, format!("format tag {tag:#06x} is not integer PCM")));
     }
     if bits != 16 {
-        return Err(unsupported(
-            path,
-            format!("{bits}-bit samples; only 16-bit PCM is handled"),
-        ));
+        return Err(unsupported(path, format!("{bits}-bit samples; only 16-bit PCM is handled")));
     }
-    let spec = WavSpec {
-        sample_rate,
-        channels,
-    };
-    spec.validate()
-        .map_err(|e| not_wav(path, format!("bad fmt chunk: {e}")))?;
+    let spec = WavSpec { sample_rate, channels };
+    spec.validate().map_err(|e| not_wav(path, format!("bad fmt chunk: {e}")))?;
     if block_align != spec.block_align() {
         return Err(not_wav(
             path,
-            format!(
-                "block align {block_align} does not match {channels} channels of 16-bit samples"
-            ),
+            format!("block align {block_align} does not match {channels} channels of 16-bit samples"),
         ));
     }
     Ok((spec, u64::from(block_align)))
@@ -796,15 +668,8 @@ fn status_from(p: &Parsed) -> WavStatus {
 }
 
 fn open_and_parse(path: &Path, write: bool) -> Result<(File, Parsed), WavError> {
-    let mut file = File::options()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| path_err(Some(path), "open", e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| path_err(Some(path), "stat", e))?
-        .len();
+    let mut file = File::options().read(true).write(write).open(path).map_err(|e| path_err(Some(path), "open", e))?;
+    let file_len = file.metadata().map_err(|e| path_err(Some(path), "stat", e))?.len();
     let parsed = parse_header(&mut file, file_len, path)?;
     Ok((file, parsed))
 }
@@ -825,10 +690,7 @@ pub fn repair(path: &Path) -> Result<RepairReport, WavError> {
 /// Repairs an unfinished file: truncates a trailing partial frame, sets the sizes from the file
 /// length (converting to RF64 in place, via the reserved `JUNK` chunk, when the audio exceeds
 /// `threshold_bytes`), and fsyncs. Idempotent: a finalised file is left byte-for-byte unchanged.
-pub fn repair_with_rf64_threshold(
-    path: &Path,
-    threshold_bytes: u64,
-) -> Result<RepairReport, WavError> {
+pub fn repair_with_rf64_threshold(path: &Path, threshold_bytes: u64) -> Result<RepairReport, WavError> {
     let (mut file, p) = open_and_parse(path, true)?;
     if p.is_finalised() {
         return Ok(RepairReport {
@@ -889,18 +751,13 @@ pub fn repair_with_rf64_threshold(
             .map_err(|e| path_err(Some(path), "write repaired header to", e))
     };
     if partial > 0 {
-        file.set_len(new_len)
-            .map_err(|e| path_err(Some(path), "truncate partial frame of", e))?;
+        file.set_len(new_len).map_err(|e| path_err(Some(path), "truncate partial frame of", e))?;
     }
     let data_size_offset = p.data_offset - 4;
     if !rf64 {
         // fits_riff guarantees both values fit in 32 bits.
         write_at(&mut file, 4, &(riff_size as u32).to_le_bytes())?;
-        write_at(
-            &mut file,
-            data_size_offset,
-            &(data_bytes as u32).to_le_bytes(),
-        )?;
+        write_at(&mut file, data_size_offset, &(data_bytes as u32).to_le_bytes())?;
     } else if let (true, Some(d)) = (p.rf64, p.ds64) {
         write_at(&mut file, d.payload_offset, &ds64_payload[..24])?;
         write_at(&mut file, 4, &SIZE_IN_DS64.to_le_bytes())?;
@@ -919,8 +776,7 @@ pub fn repair_with_rf64_threshold(
         put(&mut id, 4, &SIZE_IN_DS64.to_le_bytes());
         write_at(&mut file, 0, &id)?;
     }
-    file.sync_all()
-        .map_err(|e| path_err(Some(path), "fsync", e))?;
+    file.sync_all().map_err(|e| path_err(Some(path), "fsync", e))?;
 
     // Re-read what we wrote: a repair that does not produce a consistent header must not be
     // reported as success.
@@ -934,12 +790,7 @@ pub fn repair_with_rf64_threshold(
             ),
         ));
     }
-    Ok(RepairReport {
-        frames,
-        was_finalised: false,
-        truncated_bytes: partial,
-        rf64,
-    })
+    Ok(RepairReport { frames, was_finalised: false, truncated_bytes: partial, rf64 })
 }
 
 #[cfg(test)]
@@ -950,26 +801,19 @@ mod tests {
     use std::process::Command;
 
     fn spec(sample_rate: u32, channels: u16) -> WavSpec {
-        WavSpec {
-            sample_rate,
-            channels,
-        }
+        WavSpec { sample_rate, channels }
     }
 
     /// Deterministic samples that include both extremes.
     fn samples(frames: usize, channels: u16, seed: u64) -> Vec<i16> {
         let n = frames * usize::from(channels);
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|i| match i {
                 0 => i16::MIN,
                 1 => i16::MAX,
                 _ => {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     (x >> 48) as i16
                 }
             })
@@ -988,12 +832,7 @@ mod tests {
         s.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
-    fn write_mem(
-        spec: WavSpec,
-        s: &[i16],
-        threshold: u64,
-        expected: u64,
-    ) -> (Vec<u8>, Result<WavInfo, WavError>) {
+    fn write_mem(spec: WavSpec, s: &[i16], threshold: u64, expected: u64) -> (Vec<u8>, Result<WavInfo, WavError>) {
         let mut cur = Cursor::new(Vec::new());
         let mut w = WavWriter::with_rf64_threshold(&mut cur, spec, threshold).expect("new");
         // Several calls of uneven size, like packets.
@@ -1008,18 +847,12 @@ mod tests {
     fn hound_read(bytes: &[u8]) -> (hound::WavSpec, Vec<i16>) {
         let r = hound::WavReader::new(Cursor::new(bytes)).expect("hound parses header");
         let spec = r.spec();
-        let s = r
-            .into_samples::<i16>()
-            .collect::<Result<Vec<_>, _>>()
-            .expect("hound reads samples");
+        let s = r.into_samples::<i16>().collect::<Result<Vec<_>, _>>().expect("hound reads samples");
         (spec, s)
     }
 
     fn sox_available() -> bool {
-        let ok = Command::new("sox")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let ok = Command::new("sox").arg("--version").output().is_ok_and(|o| o.status.success());
         if !ok {
             println!("sox not installed: skipping sox cross-check");
         }
@@ -1031,16 +864,9 @@ mod tests {
         if !sox_available() {
             return;
         }
-        let out = Command::new("soxi")
-            .arg("-s")
-            .arg(path)
-            .output()
-            .expect("run soxi");
+        let out = Command::new("soxi").arg("-s").arg(path).output().expect("run soxi");
         assert!(out.status.success(), "soxi failed: {out:?}");
-        let n: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("soxi -s prints a number");
+        let n: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("soxi -s prints a number");
         assert_eq!(n, frames, "soxi sample count");
         let out = Command::new("sox")
             .arg(path)
@@ -1072,16 +898,7 @@ mod tests {
         let s = samples(1000, 1, 1);
         let (bytes, res) = write_mem(sp, &s, DEFAULT_RF64_THRESHOLD, 1000);
         let info = res.expect("finalize");
-        assert_eq!(
-            info,
-            WavInfo {
-                frames: 1000,
-                data_bytes: 2000,
-                rf64: false,
-                sample_rate: 8000,
-                channels: 1
-            }
-        );
+        assert_eq!(info, WavInfo { frames: 1000, data_bytes: 2000, rf64: false, sample_rate: 8000, channels: 1 });
         assert_eq!(bytes.len(), 80 + 2000);
         assert_eq!(&bytes[0..4], b"RIFF");
         assert_eq!(le32(&bytes, 4) as usize, bytes.len() - 8);
@@ -1108,10 +925,7 @@ mod tests {
         }
         assert_eq!(w.frames_written(), 4801);
         let info = w.finalize(4801).expect("finalize");
-        assert_eq!(
-            (info.frames, info.data_bytes, info.rf64),
-            (4801, 4801 * 4, false)
-        );
+        assert_eq!((info.frames, info.data_bytes, info.rf64), (4801, 4801 * 4, false));
 
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(le32(&bytes, 4) as usize, bytes.len() - 8);
@@ -1155,16 +969,7 @@ mod tests {
         let path = dir.path().join("lost.wav");
         let w = create_file(&path, spec(8000, 1)).expect("create");
         let err = w.finalize(23 * 60 * 8000).expect_err("must not succeed");
-        assert!(
-            matches!(
-                err,
-                WavError::LengthMismatch {
-                    expected_frames: 11_040_000,
-                    written_frames: 0
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, WavError::LengthMismatch { expected_frames: 11_040_000, written_frames: 0 }), "{err:?}");
         assert!(err.to_string().contains("11040000"), "{err}");
         // What exists is still a valid (empty) WAV.
         assert!(inspect(&path).expect("inspect").finalised);
@@ -1176,16 +981,7 @@ mod tests {
         let s = samples(100, 2, 3);
         let (bytes, res) = write_mem(sp, &s, DEFAULT_RF64_THRESHOLD, 160);
         let err = res.expect_err("short");
-        assert!(
-            matches!(
-                err,
-                WavError::LengthMismatch {
-                    expected_frames: 160,
-                    written_frames: 100
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, WavError::LengthMismatch { expected_frames: 160, written_frames: 100 }), "{err:?}");
         assert_eq!(hound_read(&bytes).1, s);
     }
 
@@ -1199,16 +995,7 @@ mod tests {
         assert_eq!(w.frames_written(), 100);
         w.inner.get_mut().truncate(80 + 50 * 2);
         let err = w.finalize(100).expect_err("must detect");
-        assert!(
-            matches!(
-                err,
-                WavError::LengthMismatch {
-                    expected_frames: 100,
-                    written_frames: 50
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, WavError::LengthMismatch { expected_frames: 100, written_frames: 50 }), "{err:?}");
     }
 
     #[test]
@@ -1216,16 +1003,7 @@ mod tests {
         let mut cur = Cursor::new(Vec::new());
         let mut w = WavWriter::new(&mut cur, spec(8000, 2)).expect("new");
         let err = w.write_samples(&[1, 2, 3]).expect_err("partial");
-        assert!(
-            matches!(
-                err,
-                WavError::PartialFrame {
-                    samples: 3,
-                    channels: 2
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, WavError::PartialFrame { samples: 3, channels: 2 }), "{err:?}");
         assert_eq!(w.frames_written(), 0);
         w.write_samples(&[]).expect("empty is fine");
         w.finalize(0).expect("finalize");
@@ -1246,10 +1024,7 @@ mod tests {
         let path = dir.path().join("exists.wav");
         std::fs::write(&path, b"precious").expect("write");
         let err = create_file(&path, spec(8000, 1)).expect_err("exists");
-        assert!(
-            matches!(&err, WavError::File { path: p, .. } if p == &path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, WavError::File { path: p, .. } if p == &path), "{err:?}");
         assert!(err.to_string().contains("exists.wav"), "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), b"precious");
     }
@@ -1282,15 +1057,7 @@ mod tests {
         assert!(hound::WavReader::open(&path).is_ok_and(|r| r.len() == 0));
 
         let rep = repair(&path).expect("repair");
-        assert_eq!(
-            rep,
-            RepairReport {
-                frames: 8000,
-                was_finalised: false,
-                truncated_bytes: 0,
-                rf64: false
-            }
-        );
+        assert_eq!(rep, RepairReport { frames: 8000, was_finalised: false, truncated_bytes: 0, rf64: false });
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(hound_read(&bytes).1, s);
         assert!(inspect(&path).expect("inspect").finalised);
@@ -1378,15 +1145,7 @@ mod tests {
         append(&path, &[0x7f]);
 
         let rep = repair_with_rf64_threshold(&path, 4096).expect("repair");
-        assert_eq!(
-            rep,
-            RepairReport {
-                frames: 3000,
-                was_finalised: false,
-                truncated_bytes: 1,
-                rf64: true
-            }
-        );
+        assert_eq!(rep, RepairReport { frames: 3000, was_finalised: false, truncated_bytes: 1, rf64: true });
         let bytes = std::fs::read(&path).expect("read");
         assert_rf64_header(&bytes, 6000, 3000);
         let st = inspect(&path).expect("inspect");
@@ -1443,23 +1202,14 @@ mod tests {
         let path = dir.path().join("notes.txt");
         std::fs::write(&path, b"this is not audio at all, just some text").expect("write");
         let err = repair(&path).expect_err("not wav");
-        assert!(
-            matches!(&err, WavError::NotWav { path: p, .. } if p == &path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, WavError::NotWav { path: p, .. } if p == &path), "{err:?}");
         assert!(err.to_string().contains("notes.txt"), "{err}");
-        assert_eq!(
-            std::fs::read(&path).expect("read"),
-            b"this is not audio at all, just some text"
-        );
+        assert_eq!(std::fs::read(&path).expect("read"), b"this is not audio at all, just some text");
 
         let empty = dir.path().join("empty.wav");
         std::fs::write(&empty, b"").expect("write");
         let err = inspect(&empty).expect_err("empty");
-        assert!(
-            matches!(&err, WavError::NotWav { path: p, .. } if p == &empty),
-            "{err:?}"
-        );
+        assert!(matches!(&err, WavError::NotWav { path: p, .. } if p == &empty), "{err:?}");
 
         // A header cut short (crash right at creation on a non-buffered path).
         let cut = dir.path().join("cut.wav");
@@ -1469,10 +1219,7 @@ mod tests {
 
         let missing = dir.path().join("missing.wav");
         let err = inspect(&missing).expect_err("missing");
-        assert!(
-            matches!(&err, WavError::File { path: p, .. } if p == &missing),
-            "{err:?}"
-        );
+        assert!(matches!(&err, WavError::File { path: p, .. } if p == &missing), "{err:?}");
     }
 
     /// A canonical 44-byte header as other tools write it, sizes not yet patched.
@@ -1568,10 +1315,7 @@ mod tests {
                 self.inner.seek(pos)
             }
         }
-        let mut f = Flaky {
-            inner: Cursor::new(Vec::new()),
-            budget: 6,
-        };
+        let mut f = Flaky { inner: Cursor::new(Vec::new()), budget: 6 };
         let mut w = WavWriter::new(&mut f, spec(8000, 2)).expect("new");
         let err = w.write_samples(&[1, 2, 3, 4]).expect_err("fails part-way");
         assert!(matches!(err, WavError::Io(_)), "{err:?}");
@@ -1579,16 +1323,7 @@ mod tests {
         assert!(matches!(err, WavError::WriterFailed), "{err:?}");
         // 6 bytes = 1 frame + half a frame: a mismatch even though the whole frames match.
         let err = w.finalize(1).expect_err("stray bytes");
-        assert!(
-            matches!(
-                err,
-                WavError::LengthMismatch {
-                    expected_frames: 1,
-                    written_frames: 1
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, WavError::LengthMismatch { expected_frames: 1, written_frames: 1 }), "{err:?}");
         // The header covers the whole frame; repair cuts the half frame off.
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("failed.wav");

@@ -41,7 +41,7 @@ pub fn payload(rng: &mut Rng, index: u64, samples: usize, period: u64, quiet: u6
     if period > 0 && index % period < quiet {
         return vec![0xff; samples];
     }
-    (0..samples).map(|_| (rng.next() & 0x7f) as u8 | 0x00).collect()
+    (0..samples).map(|_| (rng.next() & 0x7f) as u8).collect()
 }
 
 /// A paced PCMU stream: `count` packets of 20 ms starting at `start_ns`, from `seq0`/`ts0`.
@@ -50,7 +50,13 @@ pub fn pcmu_stream(count: u64, start_ns: u64, seq0: u16, ts0: u32, ssrc: u32, se
     (0..count)
         .map(|i| Sent {
             at: start_ns + i * 20 * MS,
-            bytes: rtp(0, seq0.wrapping_add(i as u16), ts0.wrapping_add(160 * i as u32), ssrc, &payload(&mut rng, i, 160, 0, 0)),
+            bytes: rtp(
+                0,
+                seq0.wrapping_add(i as u16),
+                ts0.wrapping_add(160 * i as u32),
+                ssrc,
+                &payload(&mut rng, i, 160, 0, 0),
+            ),
         })
         .collect()
 }
@@ -68,9 +74,8 @@ pub fn config() -> RecordingConfig {
 /// Runs legs (each a list of arrivals) through a recording, interleaving by arrival time and
 /// polling after every datagram the way a live driver does.
 pub fn run(cfg: RecordingConfig, legs: &[Vec<Sent>], origin: Option<u64>) -> Output {
-    let specs = (0..legs.len())
-        .map(|i| LegSpec { label: format!("leg{i}"), payload_map: PayloadMap::default() })
-        .collect();
+    let specs =
+        (0..legs.len()).map(|i| LegSpec { label: format!("leg{i}"), payload_map: PayloadMap::default() }).collect();
     let mut rec = Recording::new(cfg, specs, origin);
     let mut all: Vec<(u64, usize, usize)> = Vec::new();
     for (l, sent) in legs.iter().enumerate() {
