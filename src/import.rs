@@ -709,6 +709,13 @@ fn close_call(
             Err(e) => failure = Some(e.to_string()),
         }
     }
+    // The renames are only durable once the directory itself is synced.
+    if failure.is_none()
+        && let Some(dir) = files.first().and_then(|f| Path::new(f).parent())
+        && let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all())
+    {
+        failure = Some(format!("cannot sync directory {}: {e}", dir.display()));
+    }
     if let Some(message) = failure {
         report.errors.push(ImportIssue {
             kind: IssueKind::Write,
