@@ -57,7 +57,7 @@ impl TimelineConfig {
 
     /// Nanoseconds → sample positions at the output rate (floor).
     pub fn ns_to_samples(&self, ns: i64) -> i64 {
-        (i128::from(ns) * i128::from(self.sample_rate)).div_euclid(1_000_000_000) as i64
+        mul_div_floor(ns, i64::from(self.sample_rate), 1_000_000_000)
     }
 }
 
@@ -326,11 +326,11 @@ impl Leg {
     }
 
     fn scale_ts(&self, delta_ts: i64, clock_rate: u32) -> i64 {
-        (i128::from(delta_ts) * i128::from(self.cfg.sample_rate)).div_euclid(i128::from(clock_rate)) as i64
+        mul_div_floor(delta_ts, i64::from(self.cfg.sample_rate), i64::from(clock_rate))
     }
 
     fn ts_to_ns(delta_ts: i64, clock_rate: u32) -> i64 {
-        (i128::from(delta_ts) * 1_000_000_000 / i128::from(clock_rate)) as i64
+        mul_div_floor(delta_ts, 1_000_000_000, i64::from(clock_rate))
     }
 
     /// Starts a new segment for `ssrc` (first packet, or an SSRC change) anchored at `anchor_pos`.
@@ -672,6 +672,15 @@ impl Leg {
             }
             !done
         });
+    }
+}
+
+/// `a × b / c` rounded down, in 64-bit arithmetic when it cannot overflow (the per-packet case),
+/// else in 128-bit. `c` must be positive.
+fn mul_div_floor(a: i64, b: i64, c: i64) -> i64 {
+    match a.checked_mul(b) {
+        Some(p) => p.div_euclid(c),
+        None => (i128::from(a) * i128::from(b)).div_euclid(i128::from(c)) as i64,
     }
 }
 

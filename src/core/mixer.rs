@@ -35,14 +35,24 @@ impl Layout {
 pub fn mix(layout: Layout, planes: &[&[i16]], out: &mut Vec<i16>) {
     let frames = planes.first().map_or(0, |p| p.len());
     debug_assert!(planes.iter().all(|p| p.len() == frames), "every leg yields the same frames");
-    match layout {
-        Layout::Stereo => {
-            out.reserve(frames * planes.len());
-            for i in 0..frames {
-                out.extend(planes.iter().map(|p| p[i]));
+    match (layout, planes) {
+        (_, [only]) => out.extend_from_slice(only),
+        (Layout::Stereo, [left, right]) => out.extend(left.iter().zip(right.iter()).flat_map(|(&l, &r)| [l, r])),
+        (Layout::Stereo, _) => {
+            let start = out.len();
+            let channels = planes.len();
+            out.resize(start + frames * channels, 0);
+            for (c, plane) in planes.iter().enumerate() {
+                for (frame, &s) in out[start..].chunks_exact_mut(channels).zip(plane.iter()) {
+                    frame[c] = s;
+                }
             }
         }
-        Layout::Mono | Layout::Separate => {
+        // Two legs: saturating add is exactly the clamped sum.
+        (Layout::Mono | Layout::Separate, [a, b]) => {
+            out.extend(a.iter().zip(b.iter()).map(|(&a, &b)| a.saturating_add(b)))
+        }
+        (Layout::Mono | Layout::Separate, _) => {
             out.reserve(frames);
             for i in 0..frames {
                 let sum: i32 = planes.iter().map(|p| i32::from(p[i])).sum();
@@ -61,6 +71,16 @@ mod tests {
         let mut out = Vec::new();
         mix(Layout::Stereo, &[&[1, 2], &[-1, -2]], &mut out);
         assert_eq!(out, [1, -1, 2, -2]);
+    }
+
+    #[test]
+    fn three_legs_interleave_and_sum() {
+        let mut out = Vec::new();
+        mix(Layout::Stereo, &[&[1, 2], &[3, 4], &[5, 6]], &mut out);
+        assert_eq!(out, [1, 3, 5, 2, 4, 6]);
+        out.clear();
+        mix(Layout::Mono, &[&[30000, 1], &[30000, 2], &[-5, 3]], &mut out);
+        assert_eq!(out, [i16::MAX, 6]);
     }
 
     #[test]

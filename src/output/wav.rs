@@ -251,9 +251,9 @@ impl<W: Write + Seek> WavWriter<W> {
             return Ok(());
         }
         self.buf.clear();
-        self.buf.reserve(interleaved.len() * 2);
-        for s in interleaved {
-            self.buf.extend_from_slice(&s.to_le_bytes());
+        self.buf.resize(interleaved.len() * 2, 0);
+        for (dst, s) in self.buf.chunks_exact_mut(2).zip(interleaved) {
+            dst.copy_from_slice(&s.to_le_bytes());
         }
         if let Err(e) = self.inner.write_all(&self.buf) {
             self.failed = true;
