@@ -292,7 +292,8 @@ struct CallPlan {
 
 struct PlannedLeg {
     label: String,
-    flow: Option<FlowKey>,
+    /// The leg's streams: usually one; more when a re-INVITE moved the media to a new port.
+    flows: Vec<FlowKey>,
     map: PayloadMap,
 }
 
@@ -439,28 +440,32 @@ fn plan(opts: &ImportOptions, flows: &HashMap<FlowKey, Flow>, sip_calls: &BTreeM
         if call.caller.media.is_empty() && call.callee.media.is_empty() {
             continue;
         }
-        // caller→callee flows are sent to the callee's media address (or from the caller's).
-        let find = |to: &SipSide, from: &SipSide| {
-            media_flows
-                .iter()
-                .find(|(k, _)| to.media.contains(&k.1) && !claimed.contains_key(*k))
-                .or_else(|| media_flows.iter().find(|(k, _)| from.media.contains(&k.0) && !claimed.contains_key(*k)))
-                .map(|(k, _)| **k)
+        // caller→callee flows are sent to one of the callee's media addresses (every address its
+        // SDP ever gave, so a re-INVITE to a new port continues the same leg), or, failing that,
+        // sent from one of the caller's.
+        let find = |to: &SipSide, from: &SipSide, claimed: &HashMap<FlowKey, ()>| {
+            let unclaimed = |k: &FlowKey| !claimed.contains_key(k);
+            let by_dst: Vec<FlowKey> =
+                media_flows.iter().map(|(k, _)| **k).filter(|k| to.media.contains(&k.1) && unclaimed(k)).collect();
+            if by_dst.is_empty() {
+                media_flows.iter().map(|(k, _)| **k).filter(|k| from.media.contains(&k.0) && unclaimed(k)).collect()
+            } else {
+                by_dst
+            }
         };
-        let caller_flow = find(&call.callee, &call.caller);
-        let callee_flow = find(&call.caller, &call.callee);
         let mut legs = Vec::new();
-        for (label, flow, receiver, sender) in
-            [("caller", caller_flow, &call.callee, &call.caller), ("callee", callee_flow, &call.caller, &call.callee)]
+        for (label, receiver, sender) in
+            [("caller", &call.callee, &call.caller), ("callee", &call.caller, &call.callee)]
         {
-            if let Some(k) = flow {
-                claimed.insert(k, ());
+            let leg_flows = find(receiver, sender, &claimed);
+            for k in &leg_flows {
+                claimed.insert(*k, ());
             }
             // The sender uses the receiver's payload numbers; fall back to its own.
             let mut signalled = sender.map.clone();
             signalled.extend(receiver.map.iter().cloned());
-            let map = leg_map(&signalled, flow.and_then(|k| flows.get(&k)), &opts.payload_overrides);
-            legs.push(PlannedLeg { label: label.to_string(), flow, map });
+            let map = leg_map(&signalled, leg_flows.first().and_then(|k| flows.get(k)), &opts.payload_overrides);
+            legs.push(PlannedLeg { label: label.to_string(), flows: leg_flows, map });
         }
         plans.push(CallPlan { call_id: call_id.clone(), legs, first_ns: call.first_ns, datagrams: 0 });
     }
@@ -472,14 +477,14 @@ fn plan(opts: &ImportOptions, flows: &HashMap<FlowKey, Flow>, sip_calls: &BTreeM
         let reverse = (k.1, k.0);
         let mut legs = vec![PlannedLeg {
             label: "a".into(),
-            flow: Some(**k),
+            flows: vec![**k],
             map: leg_map(&[], Some(f), &opts.payload_overrides),
         }];
         if let Some(rf) = flows.get(&reverse).filter(|rf| rf.looks_like_rtp() && !claimed.contains_key(&reverse)) {
             claimed.insert(reverse, ());
             legs.push(PlannedLeg {
                 label: "b".into(),
-                flow: Some(reverse),
+                flows: vec![reverse],
                 map: leg_map(&[], Some(rf), &opts.payload_overrides),
             });
         }
@@ -556,7 +561,7 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
     let mut route: HashMap<FlowKey, (usize, usize)> = HashMap::new();
     for (pi, p) in plans.iter_mut().enumerate() {
         for (li, l) in p.legs.iter().enumerate() {
-            if let Some(k) = l.flow {
+            for &k in &l.flows {
                 route.insert(k, (pi, li));
                 p.datagrams += flows.get(&k).map_or(0, |f| f.datagrams);
                 let (s, d) = (k.0, k.1);
@@ -572,8 +577,8 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
         p.first_ns = p
             .legs
             .iter()
-            .filter_map(|l| l.flow)
-            .filter_map(|k| flows.get(&k))
+            .flat_map(|l| l.flows.iter())
+            .filter_map(|k| flows.get(k))
             .map(|f| f.first_ns)
             .min()
             .unwrap_or(p.first_ns);
@@ -740,8 +745,8 @@ fn close_call(
                 channel: if opts.layout == Layout::Stereo { i as u16 } else { 0 },
                 file: if opts.layout == Layout::Separate { files.get(i).cloned() } else { None },
                 start_offset_ms: leg.start().map(ms),
-                src: planned.flow.map(|k| k.0.to_string()),
-                dst: planned.flow.map(|k| k.1.to_string()),
+                src: planned.flows.first().map(|k| k.0.to_string()),
+                dst: planned.flows.first().map(|k| k.1.to_string()),
                 ssrcs: leg.ssrcs().iter().map(|s| format!("0x{s:08x}")).collect(),
                 payload_types: leg.seen_formats().iter().map(|(pt, f)| (pt.to_string(), f.clone())).collect(),
                 packets: s.packets,

@@ -1,6 +1,8 @@
 //! Shared test harness: synthetic RTP streams and a driver that runs a `Recording` to the end.
 #![allow(dead_code)]
 
+pub mod pcapgen;
+
 use callvault::core::leg::TimelineConfig;
 use callvault::core::payload::PayloadMap;
 use callvault::core::recording::{LegSpec, Recording, RecordingConfig};
