@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod core;
+pub mod engine;
 pub mod fuzz_targets;
 pub mod import;
 pub mod output;
