@@ -6,6 +6,7 @@
 //! - [`import`]: the `callvault import` job: a capture in, recordings out.
 
 pub mod capture;
+pub mod config;
 pub mod core;
 pub mod engine;
 pub mod fuzz_targets;

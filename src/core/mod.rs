@@ -10,3 +10,4 @@ pub mod payload;
 pub mod recording;
 pub mod rtp;
 pub mod seq;
+pub mod session;

@@ -87,6 +87,27 @@ impl Recording {
         &self.specs
     }
 
+    /// Adds a leg mid-recording (transfer, consult, conference); returns its index. It is
+    /// silent up to its first packet, like any leg.
+    pub fn add_leg(&mut self, spec: LegSpec) -> usize {
+        self.legs.push(Leg::new(self.cfg.timeline, self.cfg.keep_dtmf_digits));
+        self.specs.push(spec);
+        self.legs.len() - 1
+    }
+
+    /// The time of position 0, once known.
+    pub fn origin_ns(&self) -> Option<u64> {
+        self.origin_ns
+    }
+
+    /// The timeline position (samples from the origin) of time `now_ns`; 0 before the origin.
+    pub fn position_at(&self, now_ns: u64) -> i64 {
+        match self.origin_ns {
+            Some(o) => self.cfg.timeline.ns_to_samples(now_ns as i64 - o as i64).max(0),
+            None => 0,
+        }
+    }
+
     /// Frames handed out so far.
     pub fn frames_emitted(&self) -> u64 {
         self.cursor as u64

@@ -1,0 +1,435 @@
+//! `callvault serve` configuration: embedded defaults, overridden by a TOML file.
+//!
+//! Every key is documented in `docs/configuration.md` with its default. Unknown keys and
+//! out-of-range values are refused at start, naming the key and the reason: a typo must not
+//! silently leave a default in force.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::mixer::Layout;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and the line.
+        message: String,
+    },
+    /// A value is of the right type but not usable.
+    #[error("invalid config: {key} = {value}: {reason}")]
+    Invalid {
+        /// The key, e.g. `rtp.port_min`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// Which receive back end the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only: refuse to start without it.
+    IoUring,
+    /// epoll + recvmmsg.
+    Epoll,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where spool, keys and catalog live.
+    pub data_dir: PathBuf,
+    /// The ACD's control socket.
+    pub control: ControlConfig,
+    /// RTP ports and addresses.
+    pub rtp: RtpConfig,
+    /// Worker threads and receive back end.
+    pub engine: EngineConfig,
+    /// Capacity and time limits.
+    pub limits: LimitsConfig,
+    /// How recordings are made.
+    pub recording: RecordingDefaults,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Socket path; empty means `<data_dir>/control.sock`.
+    pub socket: PathBuf,
+    /// File mode of the socket, as an octal string such as "0660".
+    pub socket_mode: String,
+    /// Peer uids allowed besides root and the daemon's own uid.
+    pub allow_uids: Vec<u32>,
+    /// Peer gids allowed (the peer's primary gid, checked with SO_PEERCRED).
+    pub allow_gids: Vec<u32>,
+    /// Concurrent client connections.
+    pub max_clients: usize,
+}
+
+/// `[rtp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// Address the RTP sockets bind to.
+    pub bind: IpAddr,
+    /// Address told to the ACD in `start` replies; empty means `bind` (or 127.0.0.1 when
+    /// `bind` is unspecified).
+    pub advertise: String,
+    /// Lowest port handed out (even).
+    pub port_min: u16,
+    /// Highest port handed out.
+    pub port_max: u16,
+    /// Legs that do not say get RTCP on the RTP port (true) or on port + 1 (false).
+    pub rtcp_mux: bool,
+    /// SO_RCVBUF per socket, bytes (the kernel doubles it and caps it at net.core.rmem_max).
+    pub receive_buffer_bytes: usize,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Pin worker `i` to the i-th allowed core.
+    pub pin_threads: bool,
+    /// Receive back end.
+    pub backend: BackendChoice,
+    /// A wait returns after this many completions…
+    pub batch: u32,
+    /// …or after this long, microseconds.
+    pub batch_wait_us: u64,
+    /// Receive buffers per worker (a power of two).
+    pub buffers: u16,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent calls; descriptors are budgeted for this many at start.
+    pub max_calls: usize,
+    /// Legs per call (start + add_leg).
+    pub max_legs_per_call: usize,
+    /// A call is finalised after this long, seconds; 0 means never.
+    pub max_duration_s: u64,
+    /// A call whose legs all stay silent this long (no packets) is finalised, seconds.
+    pub silence_timeout_s: u64,
+    /// A `leg_silent` event is sent after a leg has sent nothing for this long, seconds.
+    pub leg_silent_event_s: u64,
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingDefaults {
+    /// Layout when `start` does not say: "stereo", "mono" or "separate".
+    pub layout: String,
+    /// Keep DTMF digit values (they may be card numbers).
+    pub dtmf_digits: bool,
+    /// How long a packet may be late and still be placed, ms.
+    pub reorder_window_ms: u32,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HTTP listen address for /metrics; empty turns it off.
+    pub listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./callvault-data"),
+            control: ControlConfig::default(),
+            rtp: RtpConfig::default(),
+            engine: EngineConfig::default(),
+            limits: LimitsConfig::default(),
+            recording: RecordingDefaults::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::new(),
+            socket_mode: "0660".into(),
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            max_clients: 64,
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            advertise: String::new(),
+            port_min: 16384,
+            port_max: 32767,
+            rtcp_mux: false,
+            receive_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { workers: 0, pin_threads: true, backend: BackendChoice::Auto, batch: 64, batch_wait_us: 1000, buffers: 4096 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_calls: 2000,
+            max_legs_per_call: 8,
+            max_duration_s: 0,
+            silence_timeout_s: 30 * 60,
+            leg_silent_event_s: 30,
+        }
+    }
+}
+
+impl Default for RecordingDefaults {
+    fn default() -> Self {
+        RecordingDefaults { layout: "stereo".into(), dtmf_digits: false, reorder_window_ms: 200 }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Parses a layout name.
+pub fn parse_layout(name: &str) -> Option<Layout> {
+    match name {
+        "stereo" => Some(Layout::Stereo),
+        "mono" => Some(Layout::Mono),
+        "separate" => Some(Layout::Separate),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks config text (`path` is for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that have the right type but may not be usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "\"\"", "must name a directory"));
+        }
+        self.socket_mode()?;
+        if self.control.max_clients == 0 {
+            return Err(invalid("control.max_clients", 0, "at least one client must be able to connect"));
+        }
+        let rtp = &self.rtp;
+        if rtp.port_min == 0 || rtp.port_min % 2 != 0 {
+            return Err(invalid("rtp.port_min", rtp.port_min, "must be an even port above 0 (RTP even, RTCP odd)"));
+        }
+        if rtp.port_max <= rtp.port_min {
+            return Err(invalid("rtp.port_max", rtp.port_max, format!("must be above rtp.port_min ({})", rtp.port_min)));
+        }
+        if !rtp.advertise.is_empty() && rtp.advertise.parse::<IpAddr>().is_err() {
+            return Err(invalid("rtp.advertise", &rtp.advertise, "must be an IP address (or empty for rtp.bind)"));
+        }
+        if rtp.receive_buffer_bytes < 4096 {
+            return Err(invalid("rtp.receive_buffer_bytes", rtp.receive_buffer_bytes, "must be at least 4096"));
+        }
+        let e = &self.engine;
+        if e.workers > 1024 {
+            return Err(invalid("engine.workers", e.workers, "at most 1024 (0 means one per core)"));
+        }
+        if e.batch == 0 {
+            return Err(invalid("engine.batch", 0, "must be at least 1"));
+        }
+        if !(50..=100_000).contains(&e.batch_wait_us) {
+            return Err(invalid("engine.batch_wait_us", e.batch_wait_us, "must be between 50 and 100000"));
+        }
+        if !e.buffers.is_power_of_two() || e.buffers < 64 {
+            return Err(invalid("engine.buffers", e.buffers, "must be a power of two, at least 64"));
+        }
+        let l = &self.limits;
+        if l.max_calls == 0 {
+            return Err(invalid("limits.max_calls", 0, "must be at least 1"));
+        }
+        if !(1..=64).contains(&l.max_legs_per_call) {
+            return Err(invalid("limits.max_legs_per_call", l.max_legs_per_call, "must be between 1 and 64"));
+        }
+        if l.silence_timeout_s == 0 {
+            return Err(invalid("limits.silence_timeout_s", 0, "must be at least 1 (calls must never be kept forever)"));
+        }
+        if l.leg_silent_event_s == 0 {
+            return Err(invalid("limits.leg_silent_event_s", 0, "must be at least 1"));
+        }
+        if parse_layout(&self.recording.layout).is_none() {
+            return Err(invalid("recording.layout", &self.recording.layout, "must be \"stereo\", \"mono\" or \"separate\""));
+        }
+        if !(20..=2000).contains(&self.recording.reorder_window_ms) {
+            return Err(invalid("recording.reorder_window_ms", self.recording.reorder_window_ms, "must be 20 to 2000"));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("metrics.listen", &self.metrics.listen, "must be IP:PORT (or empty to turn it off)"));
+        }
+        Ok(())
+    }
+
+    /// The control socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.control.socket.as_os_str().is_empty() {
+            self.data_dir.join("control.sock")
+        } else {
+            self.control.socket.clone()
+        }
+    }
+
+    /// The spool directory (recordings in progress and finished).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    /// The socket file mode.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        let s = self.control.socket_mode.trim_start_matches("0o");
+        match u32::from_str_radix(s, 8) {
+            Ok(m) if m <= 0o777 => Ok(m),
+            _ => Err(ConfigError::Invalid {
+                key: "control.socket_mode",
+                value: self.control.socket_mode.clone(),
+                reason: "must be an octal file mode such as \"0660\"".into(),
+            }),
+        }
+    }
+
+    /// The address given to the ACD for RTP.
+    pub fn advertised_host(&self) -> IpAddr {
+        if let Ok(a) = self.rtp.advertise.parse() {
+            return a;
+        }
+        if self.rtp.bind.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { self.rtp.bind }
+    }
+
+    /// The default layout.
+    pub fn default_layout(&self) -> Layout {
+        parse_layout(&self.recording.layout).unwrap_or_default()
+    }
+
+    /// Legs × sockets per leg × calls, plus a reserve: what the descriptor budget must allow.
+    pub fn descriptors_needed(&self) -> u64 {
+        // Two sockets per leg (RTP + RTCP), two legs per call on average at capacity, plus a
+        // spool file per call and a reserve for clients, logs and the rings.
+        (self.limits.max_calls as u64) * (2 * 2 + 1) + 256
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_embedded_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./callvault-data"));
+        assert_eq!(c.socket_path(), PathBuf::from("./callvault-data/control.sock"));
+        assert_eq!((c.rtp.port_min, c.rtp.port_max), (16384, 32767));
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+        assert_eq!(c.limits.silence_timeout_s, 1800);
+        assert_eq!(c.limits.max_duration_s, 0);
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let c = parse("data_dir = \"/var/lib/callvault\"\n[rtp]\nport_min = 20000\nport_max = 20099\n[engine]\nbackend = \"epoll\"\nworkers = 2\n").unwrap();
+        assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/callvault/spool"));
+        assert_eq!((c.rtp.port_min, c.rtp.port_max), (20000, 20099));
+        assert_eq!(c.engine.backend, BackendChoice::Epoll);
+        assert_eq!(c.engine.workers, 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = parse("[rtp]\nport_mni = 20000\n").unwrap_err().to_string();
+        assert!(e.contains("port_mni"), "{e}");
+        let e = parse("colour = 1\n").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = parse("[rtp]\nport_min = \"low\"\n").unwrap_err().to_string();
+        assert!(e.contains("port_min"), "{e}");
+        let e = parse("[rtp]\nport_max = 70000\n").unwrap_err().to_string();
+        assert!(e.contains("port_max"), "{e}");
+    }
+
+    #[test]
+    fn unusable_values_name_key_and_reason() {
+        for (text, key) in [
+            ("[rtp]\nport_min = 16385\n", "rtp.port_min"),
+            ("[rtp]\nport_min = 20000\nport_max = 19000\n", "rtp.port_max"),
+            ("[rtp]\nadvertise = \"example\"\n", "rtp.advertise"),
+            ("[engine]\nbuffers = 1000\n", "engine.buffers"),
+            ("[engine]\nbackend = \"kqueue\"\n", "backend"),
+            ("[limits]\nsilence_timeout_s = 0\n", "limits.silence_timeout_s"),
+            ("[recording]\nlayout = \"quad\"\n", "recording.layout"),
+            ("[control]\nsocket_mode = \"rw\"\n", "control.socket_mode"),
+            ("[metrics]\nlisten = \"9464\"\n", "metrics.listen"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+}
