@@ -11,4 +11,5 @@ pub mod core;
 pub mod engine;
 pub mod fuzz_targets;
 pub mod import;
+pub mod log;
 pub mod output;
