@@ -49,7 +49,8 @@ Examples:
   callvault repair recordings/*.wav.partial
   callvault repair --json spool/call-01J9Z.wav.partial
 
-A file ending in .partial is renamed without the suffix once repaired. Finalised files are left
+A file ending in .partial is renamed without the suffix once repaired, unless a file of that name
+already exists (then nothing is changed and the exit code is 1). Finalised files are left
 unchanged. Exit codes: 0 all repaired or already fine; 1 some file could not be repaired.";
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,18 +236,27 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
     let mut failed = false;
     let mut results = Vec::new();
     for path in &args.files {
-        let outcome = wav::repair(path).and_then(|r| {
-            let mut final_path = path.clone();
-            if path.extension().is_some_and(|e| e == "partial") {
-                final_path = path.with_extension("");
-                std::fs::rename(path, &final_path).map_err(|source| wav::WavError::File {
-                    path: final_path.clone(),
-                    action: "rename repaired file to",
-                    source,
-                })?;
-            }
-            Ok((r, final_path))
-        });
+        let is_partial = path.extension().is_some_and(|e| e == "partial");
+        let final_path = if is_partial { path.with_extension("") } else { path.clone() };
+        let outcome = if is_partial && final_path.exists() {
+            // Never replace a recording: the finished file may be the good copy.
+            Err(wav::WavError::WouldReplace { path: final_path.clone() })
+        } else {
+            wav::repair(path).and_then(|r| {
+                if is_partial {
+                    // A hard link cannot replace an existing file, unlike rename: no clobbering
+                    // even if the name was taken since the check above.
+                    std::fs::hard_link(path, &final_path)
+                        .and_then(|()| std::fs::remove_file(path))
+                        .map_err(|source| wav::WavError::File {
+                            path: final_path.clone(),
+                            action: "rename repaired file to",
+                            source,
+                        })?;
+                }
+                Ok((r, final_path.clone()))
+            })
+        };
         match outcome {
             Ok((r, final_path)) => {
                 if !args.json {

@@ -255,6 +255,17 @@ fn repair_recovers_an_unfinished_recording() {
     let fixed = tmp.path().join("call-1.wav");
     assert!(!partial.exists());
     assert_eq!(hound::WavReader::open(&fixed).unwrap().duration(), 8000);
+    // A .partial whose finished name is taken is left alone: the finished file may be the good
+    // copy (found when tried as a new user would: repair used to replace it).
+    let mut w = create_file(&partial, WavSpec { sample_rate: 8000, channels: 2 }).unwrap();
+    w.write_samples(&[5i16; 20]).unwrap();
+    w.flush().unwrap();
+    std::mem::forget(w);
+    let o = callvault(&["repair", partial.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hound::WavReader::open(&fixed).unwrap().duration(), 8000, "the finished file is untouched");
+    assert!(partial.exists(), "the unfinished data is kept");
     // Repairing a non-WAV fails with exit 1 and the path.
     let junk = tmp.path().join("junk.wav");
     std::fs::write(&junk, b"nope").unwrap();

@@ -377,9 +377,16 @@ impl Leg {
 
     /// A packet whose payload type is not in the leg's map: not placed, but it still counts for
     /// the sequence bookkeeping, or its sequence numbers would show up as loss.
-    pub fn on_unknown_payload_type(&mut self, ssrc: u32, seq: u16) {
+    /// It still marks where the leg starts and which SSRCs it used: the leg did send.
+    pub fn on_unknown_payload_type(&mut self, now_ns: i64, cursor: i64, ssrc: u32, seq: u16) {
         self.stats.packets += 1;
         self.stats.unknown_payload_type += 1;
+        if !self.ssrcs.contains(&ssrc) {
+            self.ssrcs.push(ssrc);
+        }
+        if self.start.is_none() {
+            self.start = Some(self.first_anchor(now_ns, cursor));
+        }
         if let Some(seg) = self.segment.as_mut().filter(|s| s.ssrc == ssrc) {
             match seg.seq.classify(seq) {
                 SeqClass::Duplicate => self.stats.duplicates += 1,

@@ -140,7 +140,7 @@ impl Recording {
         let format = spec.payload_map.get(packet.payload_type);
         l.note_format(packet.payload_type, format);
         let Some(format) = format else {
-            l.on_unknown_payload_type(packet.ssrc, packet.sequence);
+            l.on_unknown_payload_type(rel, cursor, packet.ssrc, packet.sequence);
             return Handled::Rtp(Placement::Dropped);
         };
         let id =
@@ -198,5 +198,26 @@ impl Recording {
         }
         self.cursor += n as i64;
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::payload::PayloadMap;
+
+    #[test]
+    fn a_leg_sending_only_unmapped_payload_types_still_has_a_start_and_ssrcs() {
+        // Found when tried as a new user would: an Opus capture without --pt reported
+        // start_offset_ms null and no SSRCs, as if the leg had never sent.
+        let spec = LegSpec { label: "a".into(), payload_map: PayloadMap::with_static_types() };
+        let mut rec = Recording::new(RecordingConfig::default(), vec![spec], Some(0));
+        let mut p = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+        p.extend([0u8; 40]);
+        assert_eq!(rec.handle_datagram(30_000_000, 0, &p), Handled::Rtp(Placement::Dropped));
+        let leg = &rec.legs()[0];
+        assert_eq!(leg.start(), Some(240));
+        assert_eq!(leg.ssrcs(), &[0xdead_beef]);
+        assert_eq!(leg.stats().unknown_payload_type, 1);
     }
 }

@@ -130,6 +130,12 @@ pub enum WavError {
     /// I/O failure on a stream whose path is unknown (e.g. an in-memory or caller-supplied writer).
     #[error("I/O error on WAV stream: {0}")]
     Io(#[from] io::Error),
+    /// Repairing `X.partial` would replace an existing `X`.
+    #[error("{} already exists: not replacing it; the unfinished recording stays in {}.partial", path.display(), path.display())]
+    WouldReplace {
+        /// The existing file.
+        path: PathBuf,
+    },
     /// I/O failure on a named file.
     #[error("cannot {action} {}: {source}", path.display())]
     File {
