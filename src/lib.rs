@@ -7,9 +7,13 @@
 
 pub mod capture;
 pub mod config;
+pub mod control;
 pub mod core;
+pub mod ctl;
 pub mod engine;
 pub mod fuzz_targets;
 pub mod import;
 pub mod log;
+pub mod metrics;
 pub mod output;
+pub mod serve;

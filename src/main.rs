@@ -11,9 +11,13 @@ use callvault::core::payload::{PayloadFormat, PayloadMap};
 use callvault::import::{self, ImportOptions, ImportReport};
 use callvault::output::wav;
 
+#[path = "cli/live.rs"]
+mod live;
+
 #[derive(Parser)]
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
-#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import).\n\
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import),\n\
+4 control socket unreachable (ctl).\n\
 Run `callvault help <command>` for each command's options and examples.")]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +32,12 @@ enum Command {
     /// Repair WAV files left unfinished by a crash (header sizes set from the data present).
     #[command(after_help = REPAIR_EXAMPLES)]
     Repair(RepairArgs),
+    /// Run the recording daemon: the ACD starts and stops calls over the control socket.
+    #[command(after_help = live::SERVE_EXAMPLES)]
+    Serve(live::ServeArgs),
+    /// Talk to a running daemon over its control socket.
+    #[command(after_help = live::CTL_EXAMPLES)]
+    Ctl(live::CtlArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -106,6 +116,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Import(args) => import_cmd(args),
         Command::Repair(args) => repair_cmd(args),
+        Command::Serve(args) => live::serve_cmd(args),
+        Command::Ctl(args) => live::ctl_cmd(args),
     }
 }
 

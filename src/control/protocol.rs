@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::{Map, Value};
 
 use crate::core::mixer::Layout;
-use crate::core::payload::{PayloadFormat, PayloadMap, parse_mapping};
+use crate::core::payload::{PayloadFormat, PayloadMap};
 use crate::core::session::PauseMode;
 use crate::engine::CallError;
 use crate::engine::call::SourceFilter;
@@ -260,7 +260,7 @@ fn parse_leg(v: &Value) -> Result<LegRequest, CallError> {
                 let Value::String(fmt) = fmt else {
                     return Err(bad(format!("payload type {pt}: the format must be a string such as \"PCMU/8000\"")));
                 };
-                let (pt, format): (u8, PayloadFormat) = parse_mapping(&format!("{pt}={fmt}"))
+                let (pt, format): (u8, PayloadFormat) = PayloadMap::parse_mapping(&format!("{pt}={fmt}"))
                     .map_err(|e| bad(format!("leg {label:?}: payload type {pt}: {e}")))?;
                 payload_map.insert(pt, format);
             }

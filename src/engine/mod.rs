@@ -209,7 +209,7 @@ pub struct WorkerHandle {
 /// The running engine.
 pub struct Engine {
     workers: Vec<WorkerHandle>,
-    threads: Vec<JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     kind: BackendKind,
     clock: Clock,
 }
@@ -293,7 +293,7 @@ impl Engine {
             workers.push(WorkerHandle { tx, stats });
             threads.push(handle);
         }
-        Ok(Engine { workers, threads, kind: kind.unwrap_or(BackendKind::Epoll), clock })
+        Ok(Engine { workers, threads: std::sync::Mutex::new(threads), kind: kind.unwrap_or(BackendKind::Epoll), clock })
     }
 
     /// The back end in use.
@@ -324,8 +324,8 @@ impl Engine {
             .map_err(|_| CallError::new("internal", format!("worker {index} did not answer within 10 s")))?
     }
 
-    /// Finalises every call and stops every worker.
-    pub fn shutdown(self) {
+    /// Finalises every call and stops every worker (once; later calls return at once).
+    pub fn shutdown(&self) {
         let mut waits = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
@@ -336,7 +336,8 @@ impl Engine {
         for rx in waits {
             let _ = rx.recv_timeout(Duration::from_secs(60));
         }
-        for t in self.threads {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }

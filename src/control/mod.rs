@@ -1,0 +1,537 @@
+//! The ACD's control socket: a Unix stream socket carrying newline-delimited JSON.
+//!
+//! One thread per client connection (clients are few: ACD nodes and operators); requests for a
+//! call go to the worker that owns it and wait for its answer. The registry of active calls and
+//! the port allocator sit behind one mutex taken per request, never per packet.
+
+pub mod protocol;
+pub mod server;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::core::recording::{LegSpec, RecordingConfig};
+use crate::engine::ports::{PortAllocator, PortError};
+use crate::engine::{CallError, Engine, Event, LegSetup, Op, StartCall};
+use protocol::{Command, LegRequest, PROTOCOL_VERSION};
+
+/// How many recent events are kept for `subscribe` with `since`.
+const EVENT_BACKLOG: usize = 10_000;
+
+/// An active call as the control plane knows it.
+#[derive(Debug, Clone)]
+struct Entry {
+    recording_id: Option<String>,
+    worker: usize,
+    /// RTP ports (each with its RTCP port + 1 unless rtcp-mux) to return when the call ends.
+    ports: Vec<u16>,
+    labels: Vec<String>,
+    started: Instant,
+}
+
+struct Registry {
+    calls: HashMap<String, Entry>,
+    ports: PortAllocator,
+    legs_per_worker: Vec<usize>,
+}
+
+/// A connection that asked for events.
+struct Subscriber {
+    id: u64,
+    out: Arc<Mutex<UnixStream>>,
+}
+
+struct EventLog {
+    next_seq: u64,
+    backlog: VecDeque<Value>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// Everything a client connection needs.
+pub struct Control {
+    cfg: Config,
+    engine: Engine,
+    registry: Mutex<Registry>,
+    events: Mutex<EventLog>,
+    draining: AtomicBool,
+    clients: AtomicUsize,
+    started: Instant,
+    finished: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Control {
+    /// The control plane over a running engine.
+    pub fn new(cfg: Config, engine: Engine) -> Arc<Control> {
+        let ports = PortAllocator::new(cfg.rtp.bind, cfg.rtp.port_min, cfg.rtp.port_max, cfg.rtp.receive_buffer_bytes);
+        let workers = engine.workers().len();
+        Arc::new(Control {
+            cfg,
+            engine,
+            registry: Mutex::new(Registry { calls: HashMap::new(), ports, legs_per_worker: vec![0; workers] }),
+            events: Mutex::new(EventLog { next_seq: 1, backlog: VecDeque::new(), subscribers: Vec::new() }),
+            draining: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+            started: Instant::now(),
+            finished: Default::default(),
+            failed: Default::default(),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Calls active now.
+    pub fn active_calls(&self) -> usize {
+        self.registry.lock().map(|r| r.calls.len()).unwrap_or(0)
+    }
+
+    /// Counts of finished and failed recordings since start.
+    pub fn recordings_ended(&self) -> (u64, u64) {
+        (self.finished.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+
+    /// Whether new calls are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new calls from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Handles one request line, returning the reply object (`id` and `ok` included).
+    pub fn handle_line(&self, line: &[u8], conn: &ConnContext) -> Value {
+        let (id, parsed) = protocol::parse_line(line);
+        let result = parsed.and_then(|cmd| self.execute(cmd, conn));
+        reply(id, result)
+    }
+
+    fn execute(&self, cmd: Command, conn: &ConnContext) -> Result<Value, CallError> {
+        match cmd {
+            Command::Start(s) => self.start(s),
+            Command::Stop { call_id } => {
+                let result = self.to_worker(&call_id, Op::Stop);
+                if let Ok(summary) = &result {
+                    self.forget(&call_id, summary["recording_id"].as_str());
+                }
+                result
+            }
+            Command::Pause { call_id, mode } => self.to_worker(&call_id, Op::Pause(mode)),
+            Command::Resume { call_id } => self.to_worker(&call_id, Op::Resume),
+            Command::Update { call_id, metadata } => self.to_worker(&call_id, Op::Update(metadata)),
+            Command::Status { call_id } => self.to_worker(&call_id, Op::Status),
+            Command::AddLeg { call_id, leg } => self.add_leg(&call_id, leg),
+            Command::RemoveLeg { call_id, label } => {
+                let result = self.to_worker(&call_id, Op::RemoveLeg(label.clone()))?;
+                let mut reg = self.lock_registry();
+                if let Some(port) = result["released_port"].as_u64() {
+                    let port = port as u16;
+                    reg.ports.release(port);
+                    if let Some(e) = reg.calls.get_mut(&call_id) {
+                        e.ports.retain(|p| *p != port);
+                        e.labels.retain(|l| *l != label);
+                        let w = e.worker;
+                        reg.legs_per_worker[w] = reg.legs_per_worker[w].saturating_sub(1);
+                    }
+                }
+                Ok(result)
+            }
+            Command::List => {
+                let reg = self.lock_registry();
+                let mut calls: Vec<Value> = reg
+                    .calls
+                    .iter()
+                    .filter_map(|(id, e)| {
+                        Some(json!({
+                            "call_id": id,
+                            "recording_id": e.recording_id.as_ref()?,
+                            "worker": e.worker,
+                            "legs": e.labels,
+                            "elapsed_ms": e.started.elapsed().as_millis() as u64,
+                        }))
+                    })
+                    .collect();
+                calls.sort_by(|a, b| a["call_id"].as_str().cmp(&b["call_id"].as_str()));
+                Ok(json!({"calls": calls}))
+            }
+            Command::Stats => Ok(self.stats()),
+            Command::Drain => {
+                self.drain();
+                crate::log::info("draining: new calls are refused, active calls run to their end");
+                Ok(json!({"draining": true, "calls_active": self.active_calls()}))
+            }
+            Command::Health => Ok(self.health()),
+            Command::Subscribe { since } => self.subscribe(since, conn),
+        }
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding the lock is a bug elsewhere; the registry itself stays consistent
+        // (every change is a single insert/remove), so carry on rather than refuse every request.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn worker_of(&self, call_id: &str) -> Result<usize, CallError> {
+        let reg = self.lock_registry();
+        match reg.calls.get(call_id) {
+            Some(e) if e.recording_id.is_some() => Ok(e.worker),
+            Some(_) => Err(CallError::new("invalid_state", format!("call {call_id:?} is still starting"))),
+            None => Err(CallError::unknown_call(call_id)),
+        }
+    }
+
+    fn to_worker(&self, call_id: &str, op: Op) -> Result<Value, CallError> {
+        let worker = self.worker_of(call_id)?;
+        self.engine.call(worker, call_id, op)
+    }
+
+    /// Drops a call from the registry (stop reply or finished event, whichever comes first) and
+    /// returns its ports.
+    fn forget(&self, call_id: &str, recording_id: Option<&str>) {
+        let mut reg = self.lock_registry();
+        let matches = reg.calls.get(call_id).is_some_and(|e| e.recording_id.as_deref() == recording_id);
+        if matches && let Some(e) = reg.calls.remove(call_id) {
+            for p in &e.ports {
+                reg.ports.release(*p);
+            }
+            reg.legs_per_worker[e.worker] = reg.legs_per_worker[e.worker].saturating_sub(e.labels.len());
+        }
+    }
+
+    fn allocate(&self, reg: &mut Registry, leg: &LegRequest) -> Result<crate::engine::ports::LegPorts, CallError> {
+        let mux = leg.rtcp_mux.unwrap_or(self.cfg.rtp.rtcp_mux);
+        let active = reg.calls.len();
+        reg.ports.allocate(mux, active).map_err(|e| match e {
+            PortError::Exhausted { .. } => CallError::new("ports_exhausted", e.to_string()),
+            PortError::Descriptors { .. } => CallError::new("descriptors_exhausted", e.to_string()),
+        })
+    }
+
+    fn leg_reply(&self, label: &str, ports: &crate::engine::ports::LegPorts) -> Value {
+        let mut v = json!({"label": label, "host": self.cfg.advertised_host().to_string(), "port": ports.port});
+        match ports.rtcp {
+            Some(_) => v["rtcp_port"] = json!(ports.port + 1),
+            None => v["rtcp_mux"] = json!(true),
+        }
+        v
+    }
+
+    fn start(&self, s: protocol::StartRequest) -> Result<Value, CallError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(CallError::new("draining", "this recorder is draining: start the call on another recorder"));
+        }
+        if s.legs.len() > self.cfg.limits.max_legs_per_call {
+            return Err(CallError::new(
+                "bad_request",
+                format!("{} legs requested; at most {} ([limits] max_legs_per_call)", s.legs.len(), self.cfg.limits.max_legs_per_call),
+            ));
+        }
+        let (worker, setups, replies) = {
+            let mut reg = self.lock_registry();
+            if reg.calls.contains_key(&s.call_id) {
+                return Err(CallError::new(
+                    "call_exists",
+                    format!("call {:?} is already being recorded; stop it first or use another call_id", s.call_id),
+                ));
+            }
+            if reg.calls.len() >= self.cfg.limits.max_calls {
+                return Err(CallError::new(
+                    "capacity",
+                    format!(
+                        "{} calls active, the configured maximum ([limits] max_calls); start the call on another recorder",
+                        reg.calls.len()
+                    ),
+                ));
+            }
+            // Least-loaded worker by legs.
+            let worker = (0..reg.legs_per_worker.len()).min_by_key(|&w| reg.legs_per_worker[w]).unwrap_or(0);
+            let mut setups = Vec::new();
+            let mut replies = Vec::new();
+            for leg in &s.legs {
+                match self.allocate(&mut reg, leg) {
+                    Ok(ports) => {
+                        replies.push(self.leg_reply(&leg.label, &ports));
+                        setups.push(LegSetup {
+                            spec: LegSpec { label: leg.label.clone(), payload_map: leg.payload_map.clone() },
+                            ports,
+                            source: leg.source,
+                            channel: leg.channel,
+                        });
+                    }
+                    Err(e) => {
+                        for st in &setups {
+                            reg.ports.release(st.ports.port);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            let ports = setups.iter().map(|st| st.ports.port).collect();
+            reg.calls.insert(
+                s.call_id.clone(),
+                Entry {
+                    recording_id: None,
+                    worker,
+                    ports,
+                    labels: s.legs.iter().map(|l| l.label.clone()).collect(),
+                    started: Instant::now(),
+                },
+            );
+            reg.legs_per_worker[worker] += s.legs.len();
+            (worker, setups, replies)
+        };
+        let mut recording = RecordingConfig::default();
+        recording.timeline.reorder_window_ms = self.cfg.recording.reorder_window_ms;
+        recording.keep_dtmf_digits = s.dtmf_digits.unwrap_or(self.cfg.recording.dtmf_digits);
+        let recording_id = ulid::Ulid::new().to_string();
+        let start = StartCall {
+            recording_id: recording_id.clone(),
+            metadata: s.metadata,
+            layout: s.layout.unwrap_or(self.cfg.default_layout()),
+            channels: s.channels,
+            recording,
+            legs: setups,
+        };
+        match self.engine.call(worker, &s.call_id, Op::Start(Box::new(start))) {
+            Ok(_) => {
+                let mut reg = self.lock_registry();
+                if let Some(e) = reg.calls.get_mut(&s.call_id) {
+                    e.recording_id = Some(recording_id.clone());
+                }
+                crate::log::info(&format!("call {:?}: recording {recording_id} started on worker {worker}", s.call_id));
+                Ok(json!({"call_id": s.call_id, "recording_id": recording_id, "legs": replies}))
+            }
+            Err(e) => {
+                // The worker dropped the sockets; return the ports and the name.
+                let mut reg = self.lock_registry();
+                if let Some(entry) = reg.calls.remove(&s.call_id) {
+                    for p in &entry.ports {
+                        reg.ports.release(*p);
+                    }
+                    reg.legs_per_worker[worker] = reg.legs_per_worker[worker].saturating_sub(entry.labels.len());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn add_leg(&self, call_id: &str, leg: LegRequest) -> Result<Value, CallError> {
+        let (worker, setup, reply) = {
+            let mut reg = self.lock_registry();
+            let (worker, count) = match reg.calls.get(call_id) {
+                Some(e) if e.recording_id.is_some() => (e.worker, e.labels.len()),
+                Some(_) => return Err(CallError::new("invalid_state", format!("call {call_id:?} is still starting"))),
+                None => return Err(CallError::unknown_call(call_id)),
+            };
+            if count >= self.cfg.limits.max_legs_per_call {
+                return Err(CallError::new(
+                    "bad_request",
+                    format!("call {call_id:?} has {count} legs, the maximum ([limits] max_legs_per_call)"),
+                ));
+            }
+            let ports = self.allocate(&mut reg, &leg)?;
+            let reply = self.leg_reply(&leg.label, &ports);
+            let port = ports.port;
+            if let Some(e) = reg.calls.get_mut(call_id) {
+                e.ports.push(port);
+                e.labels.push(leg.label.clone());
+            }
+            reg.legs_per_worker[worker] += 1;
+            let setup = LegSetup {
+                spec: LegSpec { label: leg.label.clone(), payload_map: leg.payload_map },
+                ports,
+                source: leg.source,
+                channel: leg.channel,
+            };
+            (worker, setup, reply)
+        };
+        let port = setup.ports.port;
+        match self.engine.call(worker, call_id, Op::AddLeg(Box::new(setup))) {
+            Ok(v) => {
+                let mut reply = reply;
+                reply["channel"] = v["channel"].clone();
+                Ok(json!({"call_id": call_id, "recording_id": v["recording_id"], "leg": reply}))
+            }
+            Err(e) => {
+                let mut reg = self.lock_registry();
+                reg.ports.release(port);
+                if let Some(entry) = reg.calls.get_mut(call_id) {
+                    entry.ports.retain(|p| *p != port);
+                    entry.labels.retain(|l| *l != leg.label);
+                }
+                reg.legs_per_worker[worker] = reg.legs_per_worker[worker].saturating_sub(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn stats(&self) -> Value {
+        let reg = self.lock_registry();
+        let workers: Vec<Value> = self
+            .engine
+            .workers()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let s = &w.stats;
+                json!({
+                    "worker": i,
+                    "calls": s.calls.load(Ordering::Relaxed),
+                    "legs": reg.legs_per_worker.get(i).copied().unwrap_or(0),
+                    "datagrams": s.datagrams.load(Ordering::Relaxed),
+                    "bytes": s.bytes.load(Ordering::Relaxed),
+                    "kernel_drops": s.kernel_drops.load(Ordering::Relaxed),
+                    "wrong_source": s.wrong_source.load(Ordering::Relaxed),
+                    "stale": s.stale.load(Ordering::Relaxed),
+                    "truncated": s.truncated.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let active = reg.calls.len();
+        let port_pairs_free = reg.ports.capacity() - reg.ports.allocated();
+        json!({
+            "backend": self.engine.backend_kind().name(),
+            "calls_active": active,
+            "max_calls": self.cfg.limits.max_calls,
+            "capacity_remaining": self.cfg.limits.max_calls.saturating_sub(active).min(port_pairs_free / 2),
+            "ports_free": port_pairs_free,
+            "draining": self.draining.load(Ordering::SeqCst),
+            "workers": workers,
+        })
+    }
+
+    fn health(&self) -> Value {
+        let now = self.engine.clock().now_ns();
+        let stalled: Vec<usize> = self
+            .engine
+            .workers()
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| now.saturating_sub(w.stats.heartbeat.load(Ordering::Relaxed)) > 5_000_000_000)
+            .map(|(i, _)| i)
+            .collect();
+        let status = if !stalled.is_empty() {
+            "degraded"
+        } else if self.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else {
+            "ok"
+        };
+        json!({
+            "status": status,
+            "protocol_version": PROTOCOL_VERSION,
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": self.engine.backend_kind().name(),
+            "workers": self.engine.workers().len(),
+            "stalled_workers": stalled,
+            "calls_active": self.active_calls(),
+            "uptime_s": self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Whether every worker ticked recently (for the systemd watchdog).
+    pub fn workers_alive(&self) -> bool {
+        self.health()["stalled_workers"].as_array().is_some_and(|a| a.is_empty())
+    }
+
+    fn subscribe(&self, since: Option<u64>, conn: &ConnContext) -> Result<Value, CallError> {
+        let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if !log.subscribers.iter().any(|s| s.id == conn.id) {
+            log.subscribers.push(Subscriber { id: conn.id, out: conn.out.clone() });
+        }
+        let last = log.next_seq - 1;
+        let replay: Vec<Value> = match since {
+            Some(n) => log.backlog.iter().filter(|e| e["seq"].as_u64().is_some_and(|s| s > n)).cloned().collect(),
+            None => Vec::new(),
+        };
+        let oldest = log.backlog.front().and_then(|e| e["seq"].as_u64());
+        let missed = since.is_some_and(|n| oldest.is_some_and(|o| o > n + 1));
+        drop(log);
+        // The reply goes first; replayed events follow it on the same connection.
+        let reply = json!({"subscribed": true, "last_seq": last, "replayed": replay.len(), "events_lost": missed});
+        conn.pending_events.lock().unwrap_or_else(|p| p.into_inner()).extend(replay);
+        Ok(reply)
+    }
+
+    /// Records an event and sends it to every subscriber; a subscriber that cannot keep up
+    /// (write blocked past its timeout) or went away is dropped.
+    pub fn publish(&self, event: Event) {
+        if matches!(event.event, "recording_finished" | "recording_failed") {
+            self.forget(&event.call_id, Some(&event.recording_id));
+            let counter = if event.event == "recording_failed" { &self.failed } else { &self.finished };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let state = event.body["end_reason"].as_str().unwrap_or("");
+            crate::log::info(&format!(
+                "call {:?}: recording {} {} ({state}, {} ms)",
+                event.call_id,
+                event.recording_id,
+                if event.event == "recording_failed" { "FAILED" } else { "finished" },
+                event.body["duration_ms"]
+            ));
+        }
+        let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        let mut line = json!({"event": event.event, "seq": seq, "call_id": event.call_id, "recording_id": event.recording_id});
+        if let Value::Object(body) = event.body {
+            for (k, v) in body {
+                line.as_object_mut().expect("object").entry(k).or_insert(v);
+            }
+        }
+        if log.backlog.len() == EVENT_BACKLOG {
+            log.backlog.pop_front();
+        }
+        log.backlog.push_back(line.clone());
+        let text = format!("{line}\n");
+        log.subscribers.retain(|s| {
+            let mut out = s.out.lock().unwrap_or_else(|p| p.into_inner());
+            out.write_all(text.as_bytes()).is_ok()
+        });
+    }
+
+    /// A connection closed: stop sending it events.
+    fn disconnected(&self, id: u64) {
+        let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        log.subscribers.retain(|s| s.id != id);
+    }
+}
+
+/// What a request handler knows about its connection.
+pub struct ConnContext {
+    /// Unique per connection.
+    pub id: u64,
+    /// The connection's write half, shared with the event publisher.
+    pub out: Arc<Mutex<UnixStream>>,
+    /// Events to write after the current reply (replay on `subscribe`).
+    pub pending_events: Mutex<Vec<Value>>,
+}
+
+/// Builds a reply line's object.
+pub fn reply(id: Value, result: Result<Value, CallError>) -> Value {
+    match result {
+        Ok(Value::Object(body)) => {
+            let mut v = json!({"id": id, "ok": true});
+            let obj = v.as_object_mut().expect("object");
+            for (k, val) in body {
+                obj.entry(k).or_insert(val);
+            }
+            v
+        }
+        Ok(other) => json!({"id": id, "ok": true, "result": other}),
+        Err(e) => json!({"id": id, "ok": false, "error": {"code": e.code, "message": e.message}}),
+    }
+}
+
+/// How long a write to a slow client may block before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,257 @@
+//! `callvault serve`: the daemon. Start-up order matters: everything that can be refused
+//! (config, directories, descriptor budget, receive back end, control socket) is checked before
+//! systemd is told READY; SIGTERM finalises every active recording before exit.
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::config::{BackendChoice, Config};
+use crate::control::{self, Control};
+use crate::engine::backend::{BackendConfig, BackendKind};
+use crate::engine::worker::WorkerLimits;
+use crate::engine::{Engine, EngineSettings};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A directory.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Not enough file descriptors for the configured capacity.
+    #[error(
+        "[limits] max_calls = {max_calls} needs {needed} file descriptors but the limit is {limit}; raise LimitNOFILE (ulimit -n) or lower max_calls"
+    )]
+    Descriptors {
+        /// Configured capacity.
+        max_calls: usize,
+        /// Needed.
+        needed: u64,
+        /// Available.
+        limit: u64,
+    },
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The control socket.
+    #[error(transparent)]
+    Socket(#[from] control::server::SocketError),
+    /// The metrics listener.
+    #[error("cannot listen for metrics on {addr}: {source}; set [metrics] listen to another address or \"\"")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Signal handling.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns after every recording is finalised.
+pub fn run(cfg: Config) -> Result<(), ServeError> {
+    let spool = cfg.spool_dir();
+    for dir in [&cfg.data_dir, &spool] {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir { path: dir.clone(), source })?;
+    }
+    let limit = raise_descriptor_limit();
+    let needed = cfg.descriptors_needed();
+    if limit < needed {
+        return Err(ServeError::Descriptors { max_calls: cfg.limits.max_calls, needed, limit });
+    }
+    // Blocked before any thread starts, so every thread inherits the mask and only the main
+    // thread's sigtimedwait sees them.
+    let signals = block_signals().map_err(ServeError::Signals)?;
+    let workers = match cfg.engine.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let settings = EngineSettings {
+        workers,
+        pin_threads: cfg.engine.pin_threads,
+        backend: match cfg.engine.backend {
+            BackendChoice::Auto => None,
+            BackendChoice::IoUring => Some(BackendKind::IoUring),
+            BackendChoice::Epoll => Some(BackendKind::Epoll),
+        },
+        backend_config: BackendConfig {
+            buffer_size: 2048,
+            buffers: cfg.engine.buffers,
+            batch: cfg.engine.batch,
+        },
+        limits: WorkerLimits {
+            max_duration_ns: (cfg.limits.max_duration_s > 0).then(|| cfg.limits.max_duration_s * 1_000_000_000),
+            silence_timeout_ns: cfg.limits.silence_timeout_s * 1_000_000_000,
+            leg_silent_ns: cfg.limits.leg_silent_event_s * 1_000_000_000,
+            batch_wait: Duration::from_micros(cfg.engine.batch_wait_us),
+        },
+        spool: spool.clone(),
+    };
+    let (events_tx, events_rx) = mpsc::channel();
+    let engine = Engine::start(&settings, events_tx)?;
+    let backend = engine.backend_kind();
+    let socket_path = cfg.socket_path();
+    let listener = control::server::bind(&socket_path, cfg.socket_mode()?)?;
+    let metrics = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        let addr = cfg.metrics.listen.parse().expect("validated");
+        Some(crate::metrics::bind(addr).map_err(|source| ServeError::Metrics { addr: cfg.metrics.listen.clone(), source })?)
+    };
+    let control = Control::new(cfg.clone(), engine);
+    let dispatcher = {
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                for event in events_rx {
+                    c.publish(event);
+                }
+            })
+            .map_err(ServeError::Signals)?
+    };
+    {
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::server::serve(listener, c))
+            .map_err(ServeError::Signals)?;
+    }
+    if let Some(listener) = metrics {
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::metrics::serve(listener, c))
+            .map_err(ServeError::Signals)?;
+    }
+    crate::log::info(&format!(
+        "callvault {} serving: {} worker(s) on {}, control socket {}, RTP {}:{}-{}, spool {}, metrics {}",
+        env!("CARGO_PKG_VERSION"),
+        workers,
+        backend.name(),
+        socket_path.display(),
+        cfg.rtp.bind,
+        cfg.rtp.port_min,
+        cfg.rtp.port_max,
+        spool.display(),
+        if cfg.metrics.listen.is_empty() { "off" } else { &cfg.metrics.listen },
+    ));
+    notify(&format!("READY=1\nSTATUS=recording; {workers} worker(s) on {}", backend.name()));
+
+    let watchdog = watchdog_interval();
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
+    let signal = loop {
+        match wait_signal(&signals, tick) {
+            Some(sig) => break sig,
+            None => {
+                if watchdog.is_some() && control.workers_alive() {
+                    notify("WATCHDOG=1");
+                }
+            }
+        }
+    };
+    let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+    let active = control.active_calls();
+    crate::log::info(&format!("{name}: finalising {active} active recording(s)"));
+    notify(&format!("STOPPING=1\nSTATUS=finalising {active} recording(s)"));
+    control.drain();
+    let _ = std::fs::remove_file(&socket_path);
+    control.engine().shutdown();
+    // The workers sent their last events before answering; the dispatcher ends when every
+    // sender is gone, so wait (bounded) for it to have published them.
+    drop(control);
+    let _ = join_timeout(dispatcher, Duration::from_secs(10));
+    crate::log::info("stopped");
+    Ok(())
+}
+
+fn join_timeout(handle: std::thread::JoinHandle<()>, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !handle.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = handle.join();
+    true
+}
+
+/// Raises the soft descriptor limit to the hard limit; returns the resulting soft limit.
+fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `raised` is a valid rlimit; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    lim.rlim_cur
+}
+
+fn block_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use, sigaddset adds
+    // valid signal numbers, and pthread_sigmask reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: `set` was initialised by block_signals; a null siginfo pointer is allowed; `ts`
+    // is a valid timespec that outlives the call.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+/// The systemd watchdog interval, when systemd asked for one.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok())
+        && pid != std::process::id()
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec))
+}
+
+/// Sends a state line to systemd (sd_notify) when started by it; does nothing otherwise.
+pub fn notify(state: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = UnixDatagram::unbound() else { return };
+    let sent = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = sent {
+        crate::log::warn(&format!("sd_notify to {path}: {e}"));
+    }
+}
