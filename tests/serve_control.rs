@@ -1,0 +1,362 @@
+//! The live daemon's control socket and call handling, against a real `callvault serve` on
+//! loopback: every bad input gets an error reply and leaves the daemon running; legs join and
+//! leave; pauses mask or cut; SIGTERM finalises active recordings.
+
+mod live;
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use live::{Daemon, Options, channel, read_wav, send_pcmu};
+use serde_json::{Value, json};
+
+fn start_two_legs(c: &mut live::Client, call_id: &str) -> (u16, u16, String) {
+    let r = c.request(json!({"id": 1, "cmd": "start", "call_id": call_id,
+        "metadata": {"agent": "1001"},
+        "legs": [{"label": "customer"}, {"label": "agent", "payload_types": {"8": "PCMA/8000"}}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["legs"][0]["host"], "127.0.0.1");
+    let p0 = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    let p1 = r["legs"][1]["port"].as_u64().unwrap() as u16;
+    assert_eq!(r["legs"][0]["rtcp_port"], p0 + 1);
+    (p0, p1, r["recording_id"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn bad_requests_get_error_replies_and_the_connection_lives_on() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    c.send_line(b"{this is not json");
+    let r = c.reply();
+    assert_eq!((r["ok"].clone(), r["error"]["code"].clone()), (json!(false), json!("bad_json")));
+    c.send_line(&vec![b'x'; 70 * 1024]);
+    assert_eq!(c.reply()["error"]["code"], "line_too_long");
+    let r = c.request(json!({"id": "abc", "cmd": "teleport"}));
+    assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!("abc"), json!("unknown_command")));
+    let r = c.request(json!({"id": [1, 2], "cmd": "stop", "call_id": "nope"}));
+    assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!([1, 2]), json!("unknown_call")));
+    assert_eq!(c.request(json!({"cmd": "start", "call_id": "x", "legs": []}))["error"]["code"], "bad_request");
+    assert_eq!(
+        c.request(json!({"cmd": "start", "call_id": "x", "format": "mp3", "legs": [{"label": "a"}]}))["error"]["code"],
+        "unsupported_format"
+    );
+    assert_eq!(c.request(json!({"cmd": "pause", "call_id": "nope"}))["error"]["code"], "unknown_call");
+    // Still alive and serving on the same connection.
+    let h = c.request(json!({"id": 9, "cmd": "health"}));
+    assert_eq!(h["ok"], true);
+    assert_eq!(h["protocol_version"], 1);
+    assert_eq!(h["backend"], "epoll");
+}
+
+#[test]
+fn many_clients_at_once() {
+    let d = Daemon::start(Options::default());
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let socket = d.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = live::Client::connect(&socket).unwrap();
+                for j in 0..10 {
+                    let call = format!("c-{i}-{j}");
+                    let r = c.request(json!({"id": j, "cmd": "start", "call_id": call, "legs": [{"label": "a", "rtcp_mux": true}]}));
+                    assert_eq!(r["ok"], true, "{r}");
+                    assert_eq!(r["legs"][0]["rtcp_mux"], true);
+                    let r = c.request(json!({"id": j, "cmd": "stop", "call_id": call}));
+                    assert_eq!(r["ok"], true, "{r}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut c = d.client().unwrap();
+    let s = c.request(json!({"cmd": "stats"}));
+    assert_eq!(s["calls_active"], 0, "{s}");
+    assert_eq!(c.request(json!({"cmd": "list"}))["calls"], json!([]));
+}
+
+#[test]
+fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, p1, rid) = start_two_legs(&mut c, "call/1");
+    assert_eq!(c.request(json!({"cmd": "start", "call_id": "call/1", "legs": [{"label": "a"}]}))["error"]["code"], "call_exists");
+    let customer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = std::thread::spawn(move || send_pcmu(&agent, ("127.0.0.1", p1), 2, 50, 0x00));
+    send_pcmu(&customer, ("127.0.0.1", p0), 1, 50, 0x80);
+    t.join().unwrap();
+    let status = c.request(json!({"cmd": "status", "call_id": "call/1"}));
+    assert_eq!(status["state"], "recording");
+    assert_eq!(status["legs"][0]["packets"], 50);
+    assert!(status["legs"][0]["last_packet_age_ms"].as_u64().unwrap() < 5000);
+    assert_eq!(c.request(json!({"cmd": "list"}))["calls"][0]["call_id"], "call/1");
+    let r = c.request(json!({"cmd": "update", "call_id": "call/1", "metadata": {"queue": "sales"}}));
+    assert_eq!(r["metadata"], json!({"agent": "1001", "queue": "sales"}));
+    let stop = c.request(json!({"cmd": "stop", "call_id": "call/1"}));
+    assert_eq!(stop["ok"], true, "{stop}");
+    assert_eq!(stop["recording_id"], rid.as_str());
+    let file = PathBuf::from(stop["file"].as_str().unwrap());
+    assert!(file.is_absolute() && file.exists(), "{stop}");
+    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("call_1-"), "sanitised: {file:?}");
+    let (channels, samples) = read_wav(&file);
+    assert_eq!(channels, 2);
+    let left = channel(&samples, 2, 0);
+    let right = channel(&samples, 2, 1);
+    // µ-law 0x80 is +32124, A-law is not mapped on the agent leg's PT 0 … the agent sent PT 0
+    // (PCMU, static) with 0x00 = -32124.
+    assert!(left.iter().filter(|&&s| s == 32124).count() >= 49 * 160, "customer audio on the left");
+    assert!(right.iter().filter(|&&s| s == -32124).count() >= 49 * 160, "agent audio on the right");
+    let sidecar: Value =
+        serde_json::from_str(&std::fs::read_to_string(file.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(sidecar["metadata"]["queue"], "sales");
+    assert_eq!(sidecar["end_reason"], "stopped");
+    assert!(sidecar["started_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(sidecar["legs"][1]["label"], "agent");
+    // Starting the same call id again makes a new recording.
+    let (_, _, rid2) = start_two_legs(&mut c, "call/1");
+    assert_ne!(rid, rid2);
+    // No partial files are left for finished recordings.
+    let stop = c.request(json!({"cmd": "stop", "call_id": "call/1"}));
+    assert_eq!(stop["ok"], true);
+    let partials = std::fs::read_dir(d.spool()).unwrap().filter(|e| {
+        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "partial")
+    });
+    assert_eq!(partials.count(), 0);
+}
+
+#[test]
+fn wrong_sources_garbage_and_unknown_ports_are_counted_not_recorded() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let r = c.request(json!({"cmd": "start", "call_id": "c", "legs": [
+        {"label": "customer", "source": "127.0.0.9"}, {"label": "agent"}]}));
+    let p0 = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    let p1 = r["legs"][1]["port"].as_u64().unwrap() as u16;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 10, 0x80);
+    for junk in [&b""[..], b"\x00", b"\x80", &[0xffu8; 300], b"GET / HTTP/1.1\r\n\r\n"] {
+        s.send_to(junk, ("127.0.0.1", p1)).unwrap();
+    }
+    // A port nobody was given.
+    s.send_to(&[0x80; 172], ("127.0.0.1", p1 + 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = c.request(json!({"cmd": "status", "call_id": "c"}));
+    assert_eq!(st["legs"][0]["wrong_source"], 10, "{st}");
+    assert_eq!(st["legs"][0]["packets"], 0);
+    assert!(st["legs"][1]["malformed"].as_u64().unwrap() >= 4, "{st}");
+    let stop = c.request(json!({"cmd": "stop", "call_id": "c"}));
+    let (ch, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+    assert!(channel(&samples, ch, 0).iter().all(|&x| x == 0), "refused packets are not recorded");
+    assert_eq!(stop["legs"][0]["silent"], true);
+    assert_eq!(c.request(json!({"cmd": "health"}))["status"], "ok");
+}
+
+#[test]
+fn transfer_and_conference_legs_join_and_leave() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, p1, _) = start_two_legs(&mut c, "t");
+    let s0 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s1 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = std::thread::spawn(move || send_pcmu(&s1, ("127.0.0.1", p1), 2, 25, 0x00));
+    send_pcmu(&s0, ("127.0.0.1", p0), 1, 25, 0x80);
+    t.join().unwrap();
+    // The first agent leaves; a second joins on the freed channel; a supervisor is mixed in.
+    let r = c.request(json!({"cmd": "remove_leg", "call_id": "t", "label": "agent"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(c.request(json!({"cmd": "remove_leg", "call_id": "t", "label": "agent"}))["error"]["code"], "unknown_leg");
+    let r = c.request(json!({"cmd": "add_leg", "call_id": "t", "leg": {"label": "agent2"}}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["leg"]["channel"], 1);
+    let p2 = r["leg"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        c.request(json!({"cmd": "add_leg", "call_id": "t", "leg": {"label": "agent2"}}))["error"]["code"],
+        "leg_exists"
+    );
+    let s2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s2, ("127.0.0.1", p2), 3, 25, 0x00);
+    // The old agent's port is closed: what it sends now is not recorded.
+    let old = UdpSocket::bind("127.0.0.1:0").unwrap();
+    old.send_to(&[0x80; 172], ("127.0.0.1", p1)).unwrap();
+    let stop = c.request(json!({"cmd": "stop", "call_id": "t"}));
+    assert_eq!(stop["ok"], true, "{stop}");
+    let legs = stop["legs"].as_array().unwrap();
+    assert_eq!(legs.len(), 3);
+    assert_eq!(legs[1]["packets"], 25);
+    assert!(legs[1]["left_ms"].as_u64().is_some());
+    assert_eq!(legs[2]["label"], "agent2");
+    assert_eq!(legs[2]["packets"], 25);
+    let (ch, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+    assert_eq!(ch, 2);
+    let right = channel(&samples, 2, 1);
+    assert!(right.iter().filter(|&&x| x == -32124).count() >= 48 * 160, "both agents on the right channel");
+}
+
+#[test]
+fn pause_masks_or_cuts_and_dtmf_in_a_pause_is_not_kept() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    for (call, mode) in [("m", "mask"), ("k", "cut")] {
+        let r = c.request(json!({"cmd": "start", "call_id": call, "legs": [{"label": "a"}], "layout": "mono"}));
+        let port = r["legs"][0]["port"].as_u64().unwrap() as u16;
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = std::thread::spawn(move || send_pcmu(&s, ("127.0.0.1", port), 1, 100, 0x80));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(c.request(json!({"cmd": "pause", "call_id": call, "mode": mode}))["ok"], true);
+        assert_eq!(c.request(json!({"cmd": "pause", "call_id": call}))["error"]["code"], "invalid_state");
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(c.request(json!({"cmd": "resume", "call_id": call}))["ok"], true);
+        sender.join().unwrap();
+        let stop = c.request(json!({"cmd": "stop", "call_id": call}));
+        let (_, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+        let pause = &stop["pauses"][0];
+        let paused_ms = pause["end_ms"].as_u64().unwrap() - pause["start_ms"].as_u64().unwrap();
+        assert!((700..=1000).contains(&paused_ms), "{pause}");
+        let loud = samples.iter().filter(|&&x| x == 32124).count();
+        let sent = 100 * 160;
+        let paused = (paused_ms * 8) as usize;
+        // Either way the paused audio is gone; a cut also leaves the time out of the file.
+        assert!(loud <= sent - paused + 160, "{mode}: {loud} loud samples");
+        if mode == "cut" {
+            assert!(samples.len() <= sent - paused + 4000, "{mode}: {} samples", samples.len());
+        } else {
+            assert!(samples.len() >= sent, "{mode}: {} samples", samples.len());
+        }
+    }
+}
+
+#[test]
+fn port_exhaustion_is_refused_with_the_range_and_ports_come_back() {
+    let d = Daemon::start(Options { pairs: 2, ..Options::default() });
+    let mut c = d.client().unwrap();
+    let r = c.request(json!({"cmd": "start", "call_id": "a", "legs": [{"label": "x"}, {"label": "y"}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c.request(json!({"cmd": "start", "call_id": "b", "legs": [{"label": "x"}]}));
+    assert_eq!(r["error"]["code"], "ports_exhausted", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("exhausted: 1 calls active") && msg.contains("port_max"), "{msg}");
+    assert_eq!(c.request(json!({"cmd": "stop", "call_id": "a"}))["ok"], true);
+    let r = c.request(json!({"cmd": "start", "call_id": "b", "legs": [{"label": "x"}]}));
+    assert_eq!(r["ok"], true, "ports are returned at stop: {r}");
+}
+
+#[test]
+fn silent_calls_are_finalised_and_reported() {
+    let d = Daemon::start(Options {
+        extra: "[limits]\nsilence_timeout_s = 2\nleg_silent_event_s = 1\n".into(),
+        ..Options::default()
+    });
+    let mut events = d.client().unwrap();
+    assert_eq!(events.request(json!({"cmd": "subscribe"}))["subscribed"], true);
+    let mut c = d.client().unwrap();
+    let r = c.request(json!({"cmd": "start", "call_id": "quiet", "legs": [{"label": "a"}]}));
+    assert_eq!(r["ok"], true);
+    let silent = events.wait_event("leg_silent", Some("quiet"), Duration::from_secs(10));
+    assert_eq!(silent["label"], "a");
+    let done = events.wait_event("recording_finished", Some("quiet"), Duration::from_secs(10));
+    assert_eq!(done["end_reason"], "silence_timeout");
+    assert!(done["seq"].as_u64().unwrap() >= 2);
+    assert_eq!(c.request(json!({"cmd": "status", "call_id": "quiet"}))["error"]["code"], "unknown_call");
+    // A late subscriber can replay what it missed.
+    let mut late = d.client().unwrap();
+    let r = late.request(json!({"cmd": "subscribe", "since": 0}));
+    assert_eq!(r["replayed"], 2, "{r}");
+    assert_eq!(late.next_line().unwrap()["event"], "leg_silent");
+}
+
+#[test]
+fn drain_refuses_new_calls() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    start_two_legs(&mut c, "before");
+    assert_eq!(c.request(json!({"cmd": "drain"}))["draining"], true);
+    let r = c.request(json!({"cmd": "start", "call_id": "after", "legs": [{"label": "a"}]}));
+    assert_eq!(r["error"]["code"], "draining");
+    assert_eq!(c.request(json!({"cmd": "health"}))["status"], "draining");
+    assert_eq!(c.request(json!({"cmd": "stop", "call_id": "before"}))["ok"], true);
+}
+
+#[test]
+fn sigterm_finalises_active_recordings() {
+    let mut d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, _, rid) = start_two_legs(&mut c, "mid-call");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 50, 0x80);
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    let spool = d.spool();
+    let names: Vec<String> =
+        std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
+    let wav = names.iter().find(|n| n.ends_with(".wav") && n.contains(&rid)).expect("finished recording");
+    let (_, samples) = read_wav(&spool.join(wav));
+    assert!(samples.iter().filter(|&&x| x == 32124).count() >= 49 * 160);
+    let sidecar: Value =
+        serde_json::from_str(&std::fs::read_to_string(spool.join(wav).with_extension("json")).unwrap()).unwrap();
+    assert_eq!(sidecar["end_reason"], "shutdown");
+    assert!(!d.socket.exists(), "the socket file is removed at exit");
+    assert!(d.log().contains("finalising 1 active recording"), "{}", d.log());
+}
+
+#[test]
+fn a_quick_restart_gets_the_same_ports_and_socket() {
+    let mut d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, _, _) = start_two_legs(&mut c, "x");
+    assert_eq!(d.terminate(), Some(0));
+    // Immediately: the control socket and the RTP ports are free again.
+    let cfg = d.dir.path().join("callvault.toml");
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let d2 = Daemon::spawn(dir, &cfg);
+    let mut c = d2.client().unwrap();
+    let (q0, _, _) = start_two_legs(&mut c, "x");
+    assert_eq!(p0, q0, "the first port of the range binds again at once");
+}
+
+#[test]
+fn invalid_config_is_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[rtp]\nport_min = 16385\n").unwrap();
+    let o = std::process::Command::new(live::bin()).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rtp.port_min") && err.contains("even"), "{err}");
+    std::fs::write(&cfg, "[engine]\nbakend = \"epoll\"\n").unwrap();
+    let o = std::process::Command::new(live::bin()).args(["serve", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bakend"));
+}
+
+#[test]
+fn ctl_reports_and_exit_codes() {
+    let d = Daemon::start(Options::default());
+    let sock = d.socket.to_str().unwrap().to_string();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(live::bin()).args(["ctl", "--socket", &sock]).args(args).output().unwrap()
+    };
+    let o = ctl(&["start", "k-1", "--leg", "customer", "--leg", "agent,mux", "--meta", "agent=7"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["legs"][1]["rtcp_mux"], true);
+    let o = ctl(&["stop", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown_call"));
+    let o = ctl(&["raw", r#"{"id":5,"cmd":"status","call_id":"k-1"}"#]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"], 5);
+    let o = ctl(&["stop", "k-1"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = std::process::Command::new(live::bin())
+        .args(["ctl", "--socket", "/nonexistent/control.sock", "health"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("callvault serve"));
+    let o = ctl(&["start", "x"]);
+    assert_eq!(o.status.code(), Some(2), "a start without legs is a usage error");
+}
