@@ -396,7 +396,7 @@ pub struct UringBackend {
 impl UringBackend {
     /// Sets up the ring (`SINGLE_ISSUER` + `DEFER_TASKRUN`, kernel 6.1+; created disabled, see the
     /// module docs) and registers the provided-buffer ring. Any failure means io_uring cannot be
-    /// used here and is returned as is, so that [`open`](super::open) falls back to epoll.
+    /// used here and is returned as is, so that [`open`] falls back to epoll.
     pub fn new(cfg: BackendConfig) -> io::Result<Self> {
         if !cfg.buffers.is_power_of_two() || cfg.buffers > 32768 {
             return Err(io::Error::new(
