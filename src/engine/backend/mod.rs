@@ -10,6 +10,9 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+mod common;
+#[cfg(test)]
+mod conformance;
 pub mod epoll;
 pub mod uring;
 
