@@ -277,7 +277,14 @@ fn drain_refuses_new_calls() {
     let r = c.request(json!({"cmd": "start", "call_id": "after", "legs": [{"label": "a"}]}));
     assert_eq!(r["error"]["code"], "draining");
     assert_eq!(c.request(json!({"cmd": "health"}))["status"], "draining");
-    assert_eq!(c.request(json!({"cmd": "stop", "call_id": "before"}))["ok"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = c.request(json!({"cmd": "stop", "call_id": "before"}));
+    assert_eq!(stop["ok"], true);
+    // A call that sent nothing still lasts from start to stop.
+    let ms = stop["duration_ms"].as_u64().unwrap();
+    assert!((450..3000).contains(&ms), "{ms}");
+    let (_, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+    assert_eq!(samples.len() as u64 / 2, ms * 8);
 }
 
 #[test]

@@ -162,6 +162,11 @@ impl Recording {
         Handled::Rtp(placement)
     }
 
+    /// The recording lasts at least until position `pos` (a live call's stop time).
+    pub fn extend_to(&mut self, pos: i64) {
+        self.last_arrival = self.last_arrival.max(pos);
+    }
+
     /// Ends the recording: everything written becomes final.
     pub fn finish(&mut self) {
         self.finished = true;

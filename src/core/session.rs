@@ -230,8 +230,12 @@ impl Session {
         }
     }
 
-    /// Ends the session: all audio becomes final. A pause still open ends here.
-    pub fn finish(&mut self) {
+    /// Ends the session at `now_ns`: the recording lasts until then (a call that went quiet
+    /// before its stop still has its full length), all audio becomes final, and a pause still
+    /// open ends here.
+    pub fn finish(&mut self, now_ns: u64) {
+        let end = self.rec.position_at(now_ns);
+        self.rec.extend_to(end);
         self.rec.finish();
         let end = self.rec.end_position();
         if let Some(p) = self.pauses.last_mut()
@@ -397,7 +401,7 @@ mod tests {
             }
             s.poll(now, &mut |o, x| out[o].extend_from_slice(x));
         }
-        s.finish();
+        s.finish(t0 + ms * MS);
         s.poll(u64::MAX, &mut |o, x| out[o].extend_from_slice(x));
         out
     }
@@ -438,7 +442,7 @@ mod tests {
         assert_eq!(s.resume(MS), Err(SessionError::NotPaused));
         s.pause(MS, PauseMode::Mask).unwrap();
         assert_eq!(s.pause(2 * MS, PauseMode::Cut), Err(SessionError::AlreadyPaused));
-        s.finish();
+        s.finish(3 * MS);
         assert!(s.pauses()[0].end != i64::MAX, "an open pause is closed at finish");
     }
 

@@ -214,7 +214,7 @@ impl LiveCall {
 
     /// Ends the call: drains the timeline, finalises the files and writes the sidecar.
     pub fn finalize(mut self, reason: EndReason, now_ns: u64) -> Finished {
-        self.session.finish();
+        self.session.finish(now_ns);
         self.pump(u64::MAX);
         let mut files = Vec::new();
         for (i, out) in self.outputs.iter_mut().enumerate() {

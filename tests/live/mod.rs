@@ -103,7 +103,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        // SAFETY-free: `kill` the command-line tool keeps the test free of unsafe.
+        // The `kill` tool keeps the test free of unsafe.
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
