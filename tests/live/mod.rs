@@ -62,6 +62,24 @@ impl Daemon {
         Daemon::spawn(dir, &cfg_path)
     }
 
+    /// Like `start`, but when the io_uring back end was asked for and the kernel refuses it, the
+    /// test is skipped with a notice, except under `CI`, where it fails.
+    pub fn start_or_skip(opts: Options) -> Option<Daemon> {
+        let wants_uring = opts.backend == "io_uring";
+        let result = std::panic::catch_unwind(|| Daemon::start(opts));
+        match result {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                if wants_uring && msg.contains("io_uring is unavailable") && std::env::var_os("CI").is_none() {
+                    eprintln!("skipping: io_uring is unavailable here ({msg})");
+                    return None;
+                }
+                std::panic::resume_unwind(e)
+            }
+        }
+    }
+
     pub fn spawn(dir: tempfile::TempDir, cfg_path: &Path) -> Daemon {
         let stderr_path = dir.path().join("daemon.log");
         let child = Command::new(bin())
