@@ -205,7 +205,14 @@ impl Default for RtpConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 0, pin_threads: true, backend: BackendChoice::Auto, batch: 64, batch_wait_us: 1000, buffers: 4096 }
+        EngineConfig {
+            workers: 0,
+            pin_threads: true,
+            backend: BackendChoice::Auto,
+            batch: 64,
+            batch_wait_us: 1000,
+            buffers: 4096,
+        }
     }
 }
 
@@ -253,8 +260,10 @@ impl Config {
 
     /// Parses and checks config text (`path` is for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -272,11 +281,15 @@ impl Config {
             return Err(invalid("control.max_clients", 0, "at least one client must be able to connect"));
         }
         let rtp = &self.rtp;
-        if rtp.port_min == 0 || rtp.port_min % 2 != 0 {
+        if rtp.port_min == 0 || !rtp.port_min.is_multiple_of(2) {
             return Err(invalid("rtp.port_min", rtp.port_min, "must be an even port above 0 (RTP even, RTCP odd)"));
         }
         if rtp.port_max <= rtp.port_min {
-            return Err(invalid("rtp.port_max", rtp.port_max, format!("must be above rtp.port_min ({})", rtp.port_min)));
+            return Err(invalid(
+                "rtp.port_max",
+                rtp.port_max,
+                format!("must be above rtp.port_min ({})", rtp.port_min),
+            ));
         }
         if !rtp.advertise.is_empty() && rtp.advertise.parse::<IpAddr>().is_err() {
             return Err(invalid("rtp.advertise", &rtp.advertise, "must be an IP address (or empty for rtp.bind)"));
@@ -305,13 +318,21 @@ impl Config {
             return Err(invalid("limits.max_legs_per_call", l.max_legs_per_call, "must be between 1 and 64"));
         }
         if l.silence_timeout_s == 0 {
-            return Err(invalid("limits.silence_timeout_s", 0, "must be at least 1 (calls must never be kept forever)"));
+            return Err(invalid(
+                "limits.silence_timeout_s",
+                0,
+                "must be at least 1 (calls must never be kept forever)",
+            ));
         }
         if l.leg_silent_event_s == 0 {
             return Err(invalid("limits.leg_silent_event_s", 0, "must be at least 1"));
         }
         if parse_layout(&self.recording.layout).is_none() {
-            return Err(invalid("recording.layout", &self.recording.layout, "must be \"stereo\", \"mono\" or \"separate\""));
+            return Err(invalid(
+                "recording.layout",
+                &self.recording.layout,
+                "must be \"stereo\", \"mono\" or \"separate\"",
+            ));
         }
         if !(20..=2000).contains(&self.recording.reorder_window_ms) {
             return Err(invalid("recording.reorder_window_ms", self.recording.reorder_window_ms, "must be 20 to 2000"));

@@ -41,12 +41,15 @@ impl Client {
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                     " (is `callvault serve` running? pass --socket or --config to point at it)"
                 }
-                io::ErrorKind::PermissionDenied => " (run as a user allowed by the socket's mode and [control] allow_uids/allow_gids)",
+                io::ErrorKind::PermissionDenied => {
+                    " (run as a user allowed by the socket's mode and [control] allow_uids/allow_gids)"
+                }
                 _ => "",
             };
             ConnectError { path: path.to_path_buf(), source, hint }
         })?;
-        let writer = stream.try_clone().map_err(|source| ConnectError { path: path.to_path_buf(), source, hint: "" })?;
+        let writer =
+            stream.try_clone().map_err(|source| ConnectError { path: path.to_path_buf(), source, hint: "" })?;
         Ok(Client { reader: BufReader::new(stream), writer, next_id: 1 })
     }
 
@@ -79,7 +82,8 @@ impl Client {
         if self.reader.read_line(&mut line)? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection"));
         }
-        serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply line: {e}")))
+        serde_json::from_str(&line)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply line: {e}")))
     }
 
     /// Bounds how long a read waits.
@@ -101,7 +105,8 @@ pub fn leg_object(spec: &str, pts: &[(String, String)]) -> Result<Value, String>
         match p.split_once('=') {
             Some(("source", v)) => leg["source"] = json!(v),
             Some(("channel", v)) => {
-                leg["channel"] = json!(v.parse::<u16>().map_err(|_| format!("--leg {spec:?}: channel must be a number"))?)
+                leg["channel"] =
+                    json!(v.parse::<u16>().map_err(|_| format!("--leg {spec:?}: channel must be a number"))?)
             }
             None if p == "mux" => leg["rtcp_mux"] = json!(true),
             _ => return Err(format!("--leg {spec:?}: unknown option {p:?} (use source=IP[:PORT], channel=N, mux)")),
@@ -133,8 +138,9 @@ pub fn metadata(pairs: &[String]) -> Result<Map<String, Value>, String> {
 
 /// Splits `--pt LABEL:PT=NAME/RATE`.
 pub fn parse_leg_pt(s: &str) -> Result<(String, String), String> {
-    let (label, mapping) =
-        s.split_once(':').ok_or_else(|| format!("--pt {s:?}: expected LABEL:PT=NAME/RATE, e.g. customer:0=PCMU/8000"))?;
+    let (label, mapping) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--pt {s:?}: expected LABEL:PT=NAME/RATE, e.g. customer:0=PCMU/8000"))?;
     Ok((label.to_string(), mapping.to_string()))
 }
 
@@ -146,7 +152,10 @@ mod tests {
     fn legs_from_flags() {
         let pts = vec![("customer".to_string(), "101=telephone-event/8000".to_string())];
         let l = leg_object("customer,source=10.0.0.1:4000,mux", &pts).unwrap();
-        assert_eq!(l, json!({"label":"customer","source":"10.0.0.1:4000","rtcp_mux":true,"payload_types":{"101":"telephone-event/8000"}}));
+        assert_eq!(
+            l,
+            json!({"label":"customer","source":"10.0.0.1:4000","rtcp_mux":true,"payload_types":{"101":"telephone-event/8000"}})
+        );
         assert!(leg_object(",mux", &[]).is_err());
         assert!(leg_object("a,colour=red", &[]).is_err());
         assert_eq!(metadata(&["agent=1001".into()]).unwrap()["agent"], "1001");

@@ -258,13 +258,13 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
                 if is_partial {
                     // A hard link cannot replace an existing file, unlike rename: no clobbering
                     // even if the name was taken since the check above.
-                    std::fs::hard_link(path, &final_path)
-                        .and_then(|()| std::fs::remove_file(path))
-                        .map_err(|source| wav::WavError::File {
+                    std::fs::hard_link(path, &final_path).and_then(|()| std::fs::remove_file(path)).map_err(
+                        |source| wav::WavError::File {
                             path: final_path.clone(),
                             action: "rename repaired file to",
                             source,
-                        })?;
+                        },
+                    )?;
                 }
                 Ok((r, final_path.clone()))
             })

@@ -61,7 +61,9 @@ pub fn render(control: &Control) -> String {
     let per_worker: [(&str, &str, Field); 6] = [
         ("callvault_datagrams_total", "Datagrams received on RTP/RTCP sockets.", |s| &s.datagrams),
         ("callvault_received_bytes_total", "UDP payload bytes received.", |s| &s.bytes),
-        ("callvault_kernel_drops_total", "Datagrams the kernel dropped on full socket buffers (SO_RXQ_OVFL).", |s| &s.kernel_drops),
+        ("callvault_kernel_drops_total", "Datagrams the kernel dropped on full socket buffers (SO_RXQ_OVFL).", |s| {
+            &s.kernel_drops
+        }),
         ("callvault_wrong_source_total", "Datagrams refused because of their source address.", |s| &s.wrong_source),
         ("callvault_stale_total", "Datagrams for sockets already released.", |s| &s.stale),
         ("callvault_truncated_total", "Datagrams longer than a receive buffer.", |s| &s.truncated),

@@ -85,11 +85,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             BackendChoice::IoUring => Some(BackendKind::IoUring),
             BackendChoice::Epoll => Some(BackendKind::Epoll),
         },
-        backend_config: BackendConfig {
-            buffer_size: 2048,
-            buffers: cfg.engine.buffers,
-            batch: cfg.engine.batch,
-        },
+        backend_config: BackendConfig { buffer_size: 2048, buffers: cfg.engine.buffers, batch: cfg.engine.batch },
         limits: WorkerLimits {
             max_duration_ns: (cfg.limits.max_duration_s > 0).then(|| cfg.limits.max_duration_s * 1_000_000_000),
             silence_timeout_ns: cfg.limits.silence_timeout_s * 1_000_000_000,
@@ -107,7 +103,10 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         None
     } else {
         let addr = cfg.metrics.listen.parse().expect("validated");
-        Some(crate::metrics::bind(addr).map_err(|source| ServeError::Metrics { addr: cfg.metrics.listen.clone(), source })?)
+        Some(
+            crate::metrics::bind(addr)
+                .map_err(|source| ServeError::Metrics { addr: cfg.metrics.listen.clone(), source })?,
+        )
     };
     let control = Control::new(cfg.clone(), engine);
     let dispatcher = {

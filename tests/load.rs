@@ -86,7 +86,8 @@ fn concurrent_calls_are_recorded_completely() {
     let worst_late: Duration = senders.into_iter().map(|s| s.join().unwrap()).max().unwrap_or_default();
     std::thread::sleep(Duration::from_millis(500));
     let stats = c.request(json!({"cmd": "stats"}));
-    let kernel_drops: u64 = stats["workers"].as_array().unwrap().iter().map(|w| w["kernel_drops"].as_u64().unwrap()).sum();
+    let kernel_drops: u64 =
+        stats["workers"].as_array().unwrap().iter().map(|w| w["kernel_drops"].as_u64().unwrap()).sum();
     let received: u64 = stats["workers"].as_array().unwrap().iter().map(|w| w["datagrams"].as_u64().unwrap()).sum();
     let sent = calls as u64 * 2 * u64::from(packets);
     let mut incomplete = Vec::new();
@@ -118,5 +119,10 @@ fn concurrent_calls_are_recorded_completely() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(callvault_lost, 0, "callvault lost datagrams it had received");
-    assert!(incomplete.is_empty(), "{} incomplete legs (kernel drops {kernel_drops}): {:?}", incomplete.len(), &incomplete[..incomplete.len().min(10)]);
+    assert!(
+        incomplete.is_empty(),
+        "{} incomplete legs (kernel drops {kernel_drops}): {:?}",
+        incomplete.len(),
+        &incomplete[..incomplete.len().min(10)]
+    );
 }

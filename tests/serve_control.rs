@@ -60,7 +60,9 @@ fn many_clients_at_once() {
                 let mut c = live::Client::connect(&socket).unwrap();
                 for j in 0..10 {
                     let call = format!("c-{i}-{j}");
-                    let r = c.request(json!({"id": j, "cmd": "start", "call_id": call, "legs": [{"label": "a", "rtcp_mux": true}]}));
+                    let r = c.request(
+                        json!({"id": j, "cmd": "start", "call_id": call, "legs": [{"label": "a", "rtcp_mux": true}]}),
+                    );
                     assert_eq!(r["ok"], true, "{r}");
                     assert_eq!(r["legs"][0]["rtcp_mux"], true);
                     let r = c.request(json!({"id": j, "cmd": "stop", "call_id": call}));
@@ -83,7 +85,10 @@ fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
     let d = Daemon::start(Options::default());
     let mut c = d.client().unwrap();
     let (p0, p1, rid) = start_two_legs(&mut c, "call/1");
-    assert_eq!(c.request(json!({"cmd": "start", "call_id": "call/1", "legs": [{"label": "a"}]}))["error"]["code"], "call_exists");
+    assert_eq!(
+        c.request(json!({"cmd": "start", "call_id": "call/1", "legs": [{"label": "a"}]}))["error"]["code"],
+        "call_exists"
+    );
     let customer = UdpSocket::bind("127.0.0.1:0").unwrap();
     let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let t = std::thread::spawn(move || send_pcmu(&agent, ("127.0.0.1", p1), 2, 50, 0x00));
@@ -110,8 +115,7 @@ fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
     // (PCMU, static) with 0x00 = -32124.
     assert!(left.iter().filter(|&&s| s == 32124).count() >= 49 * 160, "customer audio on the left");
     assert!(right.iter().filter(|&&s| s == -32124).count() >= 49 * 160, "agent audio on the right");
-    let sidecar: Value =
-        serde_json::from_str(&std::fs::read_to_string(file.with_extension("json")).unwrap()).unwrap();
+    let sidecar: Value = serde_json::from_str(&std::fs::read_to_string(file.with_extension("json")).unwrap()).unwrap();
     assert_eq!(sidecar["metadata"]["queue"], "sales");
     assert_eq!(sidecar["end_reason"], "stopped");
     assert!(sidecar["started_at"].as_str().unwrap().ends_with('Z'));
@@ -122,9 +126,9 @@ fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
     // No partial files are left for finished recordings.
     let stop = c.request(json!({"cmd": "stop", "call_id": "call/1"}));
     assert_eq!(stop["ok"], true);
-    let partials = std::fs::read_dir(d.spool()).unwrap().filter(|e| {
-        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "partial")
-    });
+    let partials = std::fs::read_dir(d.spool())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "partial"));
     assert_eq!(partials.count(), 0);
 }
 
@@ -168,7 +172,10 @@ fn transfer_and_conference_legs_join_and_leave() {
     // The first agent leaves; a second joins on the freed channel; a supervisor is mixed in.
     let r = c.request(json!({"cmd": "remove_leg", "call_id": "t", "label": "agent"}));
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(c.request(json!({"cmd": "remove_leg", "call_id": "t", "label": "agent"}))["error"]["code"], "unknown_leg");
+    assert_eq!(
+        c.request(json!({"cmd": "remove_leg", "call_id": "t", "label": "agent"}))["error"]["code"],
+        "unknown_leg"
+    );
     let r = c.request(json!({"cmd": "add_leg", "call_id": "t", "leg": {"label": "agent2"}}));
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["leg"]["channel"], 1);
@@ -329,12 +336,16 @@ fn invalid_config_is_refused_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[rtp]\nport_min = 16385\n").unwrap();
-    let o = std::process::Command::new(live::bin()).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let o =
+        std::process::Command::new(live::bin()).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("rtp.port_min") && err.contains("even"), "{err}");
     std::fs::write(&cfg, "[engine]\nbakend = \"epoll\"\n").unwrap();
-    let o = std::process::Command::new(live::bin()).args(["serve", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let o = std::process::Command::new(live::bin())
+        .args(["serve", "--check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bakend"));
 }

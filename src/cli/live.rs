@@ -276,11 +276,8 @@ fn report(reply: &Value, pretty: bool) -> ExitCode {
 }
 
 fn raw(client: &mut Client, requests: &[String], pretty: bool) -> std::io::Result<ExitCode> {
-    let lines: Vec<String> = if requests.is_empty() {
-        std::io::stdin().lines().collect::<Result<_, _>>()?
-    } else {
-        requests.to_vec()
-    };
+    let lines: Vec<String> =
+        if requests.is_empty() { std::io::stdin().lines().collect::<Result<_, _>>()? } else { requests.to_vec() };
     let mut all_ok = true;
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {
         client.send_raw(line)?;

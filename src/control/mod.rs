@@ -234,7 +234,11 @@ impl Control {
         if s.legs.len() > self.cfg.limits.max_legs_per_call {
             return Err(CallError::new(
                 "bad_request",
-                format!("{} legs requested; at most {} ([limits] max_legs_per_call)", s.legs.len(), self.cfg.limits.max_legs_per_call),
+                format!(
+                    "{} legs requested; at most {} ([limits] max_legs_per_call)",
+                    s.legs.len(),
+                    self.cfg.limits.max_legs_per_call
+                ),
             ));
         }
         let (worker, setups, replies) = {
@@ -483,7 +487,8 @@ impl Control {
         let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let seq = log.next_seq;
         log.next_seq += 1;
-        let mut line = json!({"event": event.event, "seq": seq, "call_id": event.call_id, "recording_id": event.recording_id});
+        let mut line =
+            json!({"event": event.event, "seq": seq, "call_id": event.call_id, "recording_id": event.recording_id});
         if let Value::Object(body) = event.body {
             for (k, v) in body {
                 line.as_object_mut().expect("object").entry(k).or_insert(v);

@@ -207,7 +207,9 @@ impl CheckFormat for Command {
         match obj.get("format") {
             None | Some(Value::Null) => Ok(self),
             Some(Value::String(s)) if s == "wav" => Ok(self),
-            Some(other) => Err(CallError::new("unsupported_format", format!("format {other} is not supported; use \"wav\""))),
+            Some(other) => {
+                Err(CallError::new("unsupported_format", format!("format {other} is not supported; use \"wav\"")))
+            }
         }
     }
 }
@@ -316,7 +318,10 @@ mod tests {
             (r#"{"id":2,"cmd":"stop"}"#, "bad_request"),
             (r#"{"id":3,"cmd":"start","call_id":"c","legs":[]}"#, "bad_request"),
             (r#"{"id":4,"cmd":"start","call_id":"c","legs":[{"label":"a"},{"label":"a"}]}"#, "bad_request"),
-            (r#"{"id":5,"cmd":"start","call_id":"c","legs":[{"label":"a","payload_types":{"96":"opus"}}]}"#, "bad_request"),
+            (
+                r#"{"id":5,"cmd":"start","call_id":"c","legs":[{"label":"a","payload_types":{"96":"opus"}}]}"#,
+                "bad_request",
+            ),
             (r#"{"id":6,"cmd":"start","call_id":"c","legs":[{"label":"a","source":"nowhere"}]}"#, "bad_request"),
             (r#"{"id":7,"cmd":"start","call_id":"c","format":"mp3","legs":[{"label":"a"}]}"#, "unsupported_format"),
             (r#"{"id":8,"cmd":"pause","call_id":"c","mode":"blur"}"#, "bad_request"),

@@ -146,7 +146,10 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
     let _leave = Leave(control, id);
     if clients > cfg.max_clients {
         let msg = format!("{} clients connected, the maximum ([control] max_clients)", cfg.max_clients);
-        return write_line(&out, &json!({"id": null, "ok": false, "error": {"code": "too_many_clients", "message": msg}}));
+        return write_line(
+            &out,
+            &json!({"id": null, "ok": false, "error": {"code": "too_many_clients", "message": msg}}),
+        );
     }
     let ctx = ConnContext { id, out: out.clone(), pending_events: Mutex::new(Vec::new()) };
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
@@ -156,7 +159,10 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
             Line::Eof => return Ok(()),
             Line::TooLong => {
                 let msg = format!("request line longer than {MAX_LINE} bytes; it was skipped");
-                write_line(&out, &json!({"id": null, "ok": false, "error": {"code": "line_too_long", "message": msg}}))?;
+                write_line(
+                    &out,
+                    &json!({"id": null, "ok": false, "error": {"code": "line_too_long", "message": msg}}),
+                )?;
             }
             Line::Complete => {
                 let trimmed = line.trim_ascii();
@@ -165,7 +171,8 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
                 }
                 let reply = control.handle_line(trimmed, &ctx);
                 write_line(&out, &reply)?;
-                let pending: Vec<Value> = std::mem::take(&mut *ctx.pending_events.lock().unwrap_or_else(|p| p.into_inner()));
+                let pending: Vec<Value> =
+                    std::mem::take(&mut *ctx.pending_events.lock().unwrap_or_else(|p| p.into_inner()));
                 for e in pending {
                     write_line(&out, &e)?;
                 }

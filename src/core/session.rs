@@ -316,7 +316,13 @@ impl Session {
         (end, None)
     }
 
-    fn emit_range(&mut self, pos: i64, range: std::ops::Range<usize>, silent: bool, sink: &mut dyn FnMut(usize, &[i16])) {
+    fn emit_range(
+        &mut self,
+        pos: i64,
+        range: std::ops::Range<usize>,
+        silent: bool,
+        sink: &mut dyn FnMut(usize, &[i16]),
+    ) {
         let frames = range.len();
         let end_pos = pos + frames as i64;
         if self.layout == Layout::Separate {
@@ -469,7 +475,10 @@ mod tests {
         let mut s = Session::new(RecordingConfig::default(), Layout::Stereo, vec![spec("c"), spec("a")], None, 0);
         let i = s.add_leg(0, spec("supervisor"), None).unwrap();
         assert_eq!(s.leg_channel(i), Some(1));
-        assert!(matches!(s.add_leg(0, spec("x"), Some(2)), Err(SessionError::NoSuchChannel { channel: 2, channels: 2 })));
+        assert!(matches!(
+            s.add_leg(0, spec("x"), Some(2)),
+            Err(SessionError::NoSuchChannel { channel: 2, channels: 2 })
+        ));
     }
 
     #[test]

@@ -166,8 +166,7 @@ impl LiveCall {
         };
         let path = self.spool.join(name);
         let partial = path.with_extension("wav.partial");
-        let spec =
-            WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
+        let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
         let writer = wav::create_file(&partial, spec)?;
         self.outputs.push(Output { partial, path, writer: Some(writer) });
         Ok(())
@@ -200,7 +199,11 @@ impl LiveCall {
     }
 
     /// Pauses or resumes.
-    pub fn set_paused(&mut self, now_ns: u64, pause: Option<PauseMode>) -> Result<(), crate::core::session::SessionError> {
+    pub fn set_paused(
+        &mut self,
+        now_ns: u64,
+        pause: Option<PauseMode>,
+    ) -> Result<(), crate::core::session::SessionError> {
         match pause {
             Some(mode) => self.session.pause(now_ns, mode),
             None => self.session.resume(now_ns),

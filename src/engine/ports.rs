@@ -9,9 +9,7 @@ use std::os::fd::AsRawFd;
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// Every port in the range is allocated or could not be bound.
-    #[error(
-        "RTP ports {min}-{max} exhausted: {calls} calls active; raise [rtp] port_max or lower [rtp] port_min"
-    )]
+    #[error("RTP ports {min}-{max} exhausted: {calls} calls active; raise [rtp] port_max or lower [rtp] port_min")]
     Exhausted {
         /// Range start.
         min: u16,
@@ -21,9 +19,7 @@ pub enum PortError {
         calls: usize,
     },
     /// The process ran out of file descriptors.
-    #[error(
-        "out of file descriptors binding RTP sockets ({source}); raise LimitNOFILE or lower [limits] max_calls"
-    )]
+    #[error("out of file descriptors binding RTP sockets ({source}); raise LimitNOFILE or lower [limits] max_calls")]
     Descriptors {
         /// The error from the kernel.
         source: io::Error,
@@ -55,19 +51,13 @@ pub struct PortAllocator {
 impl PortAllocator {
     /// An allocator for `[min, max]` (`min` even) binding on `bind`.
     pub fn new(bind: IpAddr, min: u16, max: u16, receive_buffer: usize) -> Self {
-        PortAllocator {
-            bind,
-            min,
-            max,
-            next: min,
-            in_use: vec![false; usize::from(max - min) + 1],
-            receive_buffer,
-        }
+        PortAllocator { bind, min, max, next: min, in_use: vec![false; usize::from(max - min) + 1], receive_buffer }
     }
 
     /// Pairs in the range (RTP ports).
     pub fn capacity(&self) -> usize {
-        (usize::from(self.max - self.min) + 1) / 2
+        // Even ports in [min, max] (min is even).
+        usize::from(self.max - self.min) / 2 + 1
     }
 
     /// Pairs allocated now.

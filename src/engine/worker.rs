@@ -312,8 +312,7 @@ impl Worker {
                 call.legs[index].left_ms = Some(call.age_ms(now));
                 let port = call.legs[index].port;
                 let rid = call.recording_id.clone();
-                let mine: Vec<usize> =
-                    owned.routes.iter().copied().filter(|&r| self.routes[r].leg == index).collect();
+                let mine: Vec<usize> = owned.routes.iter().copied().filter(|&r| self.routes[r].leg == index).collect();
                 owned.routes.retain(|r| !mine.contains(r));
                 for r in mine {
                     self.detach(r);
@@ -341,12 +340,7 @@ impl Worker {
                 finished.summary["error"].as_str().unwrap_or("unknown error")
             ));
         }
-        let _ = self.events.send(Event {
-            event,
-            call_id,
-            recording_id,
-            body: finished.summary.clone(),
-        });
+        let _ = self.events.send(Event { event, call_id, recording_id, body: finished.summary.clone() });
         self.publish();
         finished.summary
     }

@@ -93,10 +93,10 @@ impl Daemon {
         let mut d = Daemon { child: Some(child), dir, socket, stderr_path };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut c) = d.client() {
-                if c.request(json!({"cmd": "health"}))["ok"] == json!(true) {
-                    return d;
-                }
+            if let Ok(mut c) = d.client()
+                && c.request(json!({"cmd": "health"}))["ok"] == json!(true)
+            {
+                return d;
             }
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited at start ({status}): {}", d.log());
