@@ -378,3 +378,54 @@ fn ctl_reports_and_exit_codes() {
     let o = ctl(&["start", "x"]);
     assert_eq!(o.status.code(), Some(2), "a start without legs is a usage error");
 }
+
+#[test]
+fn systemd_is_told_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut d = Daemon::start(Options {
+        env: vec![("NOTIFY_SOCKET".into(), path.to_str().unwrap().into()), ("WATCHDOG_USEC".into(), "400000".into())],
+        ..Options::default()
+    });
+    let mut buf = [0u8; 512];
+    let mut seen = Vec::new();
+    let mut recv = |seen: &mut Vec<String>| {
+        let n = notify.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    };
+    recv(&mut seen);
+    assert!(seen[0].starts_with("READY=1"), "{seen:?}");
+    recv(&mut seen);
+    assert_eq!(seen[1], "WATCHDOG=1");
+    assert_eq!(d.terminate(), Some(0));
+    while !seen.last().unwrap().starts_with("STOPPING=1") {
+        recv(&mut seen);
+    }
+}
+
+#[test]
+fn metrics_are_served_summed_per_worker() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d =
+        Daemon::start(Options { extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), ..Options::default() });
+    let mut c = d.client().unwrap();
+    let (p0, _, _) = start_two_legs(&mut c, "m");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 20, 0x80);
+    std::thread::sleep(Duration::from_millis(400));
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("callvault_calls_active 1"), "{text}");
+    let datagrams: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("callvault_datagrams_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(datagrams, 20, "{text}");
+}

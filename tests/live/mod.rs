@@ -38,11 +38,12 @@ pub struct Options {
     pub backend: &'static str,
     pub pairs: u16,
     pub extra: String,
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { backend: "epoll", pairs: 50, extra: String::new() }
+        Options { backend: "epoll", pairs: 50, extra: String::new(), env: Vec::new() }
     }
 }
 
@@ -51,15 +52,16 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let (min, max) = port_range(opts.pairs);
         let config = format!(
-            "data_dir = \"{}\"\n{}\n[rtp]\nport_min = {min}\nport_max = {max}\n[engine]\nbackend = \"{}\"\nworkers = 2\npin_threads = false\n[metrics]\nlisten = \"\"\n",
+            "data_dir = \"{}\"\n{}\n[rtp]\nport_min = {min}\nport_max = {max}\n[engine]\nbackend = \"{}\"\nworkers = 2\npin_threads = false\n{}",
             dir.path().join("data").display(),
             "",
             opts.backend,
+            if opts.extra.contains("[metrics]") { "" } else { "[metrics]\nlisten = \"\"\n" },
         );
         let config = merge(&config, &opts.extra);
         let cfg_path = dir.path().join("callvault.toml");
         std::fs::write(&cfg_path, config).unwrap();
-        Daemon::spawn(dir, &cfg_path)
+        Daemon::spawn_with(dir, &cfg_path, &opts.env)
     }
 
     /// Like `start`, but when the io_uring back end was asked for and the kernel refuses it, the
@@ -81,9 +83,14 @@ impl Daemon {
     }
 
     pub fn spawn(dir: tempfile::TempDir, cfg_path: &Path) -> Daemon {
+        Daemon::spawn_with(dir, cfg_path, &[])
+    }
+
+    pub fn spawn_with(dir: tempfile::TempDir, cfg_path: &Path, env: &[(String, String)]) -> Daemon {
         let stderr_path = dir.path().join("daemon.log");
         let child = Command::new(bin())
             .args(["serve", "--config", cfg_path.to_str().unwrap()])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
