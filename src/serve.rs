@@ -65,6 +65,8 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     for dir in [&cfg.data_dir, &spool] {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir { path: dir.clone(), source })?;
     }
+    // Before anything new is recorded: finish what a crash left behind.
+    let recovered = crate::engine::call::recover_spool(&spool);
     let limit = raise_descriptor_limit();
     let needed = cfg.descriptors_needed();
     if limit < needed {
@@ -109,6 +111,15 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         )
     };
     let control = Control::new(cfg.clone(), engine);
+    // Reported as events, so an ACD that subscribes with `since` learns of them.
+    for summary in recovered {
+        control.publish(crate::engine::Event {
+            event: if summary.get("error").is_some() { "recording_failed" } else { "recording_recovered" },
+            call_id: summary["call_id"].as_str().unwrap_or_default().to_string(),
+            recording_id: summary["recording_id"].as_str().unwrap_or_default().to_string(),
+            body: summary,
+        });
+    }
     let dispatcher = {
         let c = control.clone();
         std::thread::Builder::new()

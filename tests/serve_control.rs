@@ -429,3 +429,41 @@ fn metrics_are_served_summed_per_worker() {
         .sum();
     assert_eq!(datagrams, 20, "{text}");
 }
+
+#[test]
+fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
+    let mut d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, _, rid) = start_two_legs(&mut c, "crash");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 100, 0x80);
+    std::thread::sleep(Duration::from_millis(600));
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no chance to finalise
+    child.wait().unwrap();
+    let spool = d.spool();
+    let partial = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".wav.partial"))
+        .expect("an unfinished recording");
+    assert!(partial.to_string_lossy().contains(&rid));
+    // Restart on the same data directory: the file is repaired and reported.
+    let cfg = d.dir.path().join("callvault.toml");
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let d2 = Daemon::spawn(dir, &cfg);
+    let mut c = d2.client().unwrap();
+    let r = c.request(json!({"cmd": "subscribe", "since": 0}));
+    assert_eq!(r["replayed"], 1, "{r}");
+    let e = c.next_line().unwrap();
+    assert_eq!(e["event"], "recording_recovered", "{e}");
+    assert_eq!(e["recording_id"], rid.as_str());
+    assert_eq!(e["end_reason"], "crash_recovered");
+    assert_eq!(e["metadata"]["agent"], "1001", "the sidecar written at start keeps the metadata");
+    let wav = partial.with_extension("");
+    assert!(!partial.exists() && wav.exists());
+    let (_, samples) = read_wav(&wav);
+    // What was written before the kill is kept (the writer's buffer may lose the last moments).
+    let loud = samples.iter().filter(|&&x| x == 32124).count();
+    assert!(loud >= 60 * 160, "{loud} samples of the 100 packets survived");
+}

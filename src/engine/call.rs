@@ -155,6 +155,14 @@ impl LiveCall {
         for i in 0..call.session.outputs() {
             call.open_output(i)?;
         }
+        // A sidecar from the first moment: after a crash, start-up recovery knows whose
+        // recording a `.partial` file is.
+        let sidecar = call.sidecar_path();
+        write_atomically(&sidecar, &call.summary(None, started_ns, &[])).map_err(|source| wav::WavError::File {
+            path: sidecar,
+            action: "write",
+            source,
+        })?;
         Ok(call)
     }
 
@@ -170,6 +178,10 @@ impl LiveCall {
         let writer = wav::create_file(&partial, spec)?;
         self.outputs.push(Output { partial, path, writer: Some(writer) });
         Ok(())
+    }
+
+    fn sidecar_path(&self) -> PathBuf {
+        self.spool.join(format!("{}.json", self.stem))
     }
 
     /// Adds a leg's output file (separate layout) after `Session::add_leg`.
@@ -242,7 +254,7 @@ impl LiveCall {
             }
         }
         let summary = self.summary(Some(reason), now_ns, &files);
-        let sidecar = self.spool.join(format!("{}.json", self.stem));
+        let sidecar = self.sidecar_path();
         if let Err(e) = write_atomically(&sidecar, &summary) {
             self.failure.get_or_insert(format!("writing {}: {e}", sidecar.display()));
         }
@@ -396,5 +408,88 @@ mod tests {
         assert!(SourceFilter::Ip(a.ip()).allows(a));
         assert!(!SourceFilter::Ip("10.0.0.2".parse().unwrap()).allows(a));
         assert!(!SourceFilter::Addr("10.0.0.1:4001".parse().unwrap()).allows(a));
+    }
+}
+
+/// Finishes what a crash left in the spool: every `….wav.partial` is repaired (header sizes set
+/// from the data present, a trailing partial frame cut) and renamed into place, and its sidecar
+/// is marked `"end_reason": "crash_recovered"`. Returns one summary per recovered file; a file
+/// that cannot be repaired is left as it is and reported with its error.
+pub fn recover_spool(spool: &Path) -> Vec<Value> {
+    let Ok(entries) = fs::read_dir(spool) else { return Vec::new() };
+    let mut partials: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".wav.partial"))
+        .collect();
+    partials.sort();
+    let mut out = Vec::new();
+    for partial in partials {
+        let path = partial.with_extension("");
+        let result = if path.exists() {
+            Err(wav::WavError::WouldReplace { path: path.clone() })
+        } else {
+            wav::repair(&partial).and_then(|r| {
+                fs::hard_link(&partial, &path).and_then(|()| fs::remove_file(&partial)).map_err(|source| {
+                    wav::WavError::File { path: path.clone(), action: "rename repaired file to", source }
+                })?;
+                Ok(r)
+            })
+        };
+        // `<stem>.wav` or `<stem>-<n>-<label>.wav` (separate): the sidecar is `<stem>.json`.
+        let stem_sidecar = sidecar_for(&path);
+        let mut summary = stem_sidecar
+            .as_ref()
+            .and_then(|p| fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        match result {
+            Ok(r) => {
+                summary["state"] = json!("finished");
+                summary["end_reason"] = json!("crash_recovered");
+                let rate = summary["sample_rate"].as_u64().unwrap_or(8000).max(1);
+                summary["duration_ms"] = json!(r.frames * 1000 / rate);
+                let files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
+                let mut files = files;
+                files.push(json!(fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string()));
+                summary["recovered_files"] = json!(files);
+                if summary["layout"] != "separate" {
+                    summary["file"] = files[0].clone();
+                }
+                if let Some(p) = &stem_sidecar
+                    && let Err(e) = write_atomically(p, &summary)
+                {
+                    crate::log::warn(&format!("recovery: cannot update {}: {e}", p.display()));
+                }
+                crate::log::warn(&format!(
+                    "recovered {} ({} frames) left unfinished by a crash",
+                    path.display(),
+                    r.frames
+                ));
+            }
+            Err(e) => {
+                crate::log::error(&format!("recovery: {}: {e}", partial.display()));
+                summary["error"] = json!(e.to_string());
+                summary["partial_files"] = json!([partial.display().to_string()]);
+            }
+        }
+        out.push(summary);
+    }
+    if !out.is_empty() {
+        let _ = fs::File::open(spool).and_then(|d| d.sync_all());
+    }
+    out
+}
+
+/// The sidecar of a recording file: the longest `<prefix>.json` that exists.
+fn sidecar_for(wav: &Path) -> Option<PathBuf> {
+    let name = wav.file_name()?.to_str()?.strip_suffix(".wav")?;
+    let dir = wav.parent()?;
+    let mut prefix = name;
+    loop {
+        let candidate = dir.join(format!("{prefix}.json"));
+        if candidate.exists() {
+            return Some(candidate);
+        }
+        prefix = &prefix[..prefix.rfind('-')?];
     }
 }
