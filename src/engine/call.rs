@@ -387,30 +387,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_332_977_123);
-        assert_eq!(rfc3339(t), "2026-12-03T21:22:57.123Z");
-        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn source_filters() {
-        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
-        assert!(SourceFilter::Any.allows(a));
-        assert!(SourceFilter::Ip(a.ip()).allows(a));
-        assert!(!SourceFilter::Ip("10.0.0.2".parse().unwrap()).allows(a));
-        assert!(!SourceFilter::Addr("10.0.0.1:4001".parse().unwrap()).allows(a));
-    }
-}
-
 /// Finishes what a crash left in the spool: every `….wav.partial` is repaired (header sizes set
 /// from the data present, a trailing partial frame cut) and renamed into place, and its sidecar
 /// is marked `"end_reason": "crash_recovered"`. Returns one summary per recovered file; a file
@@ -491,5 +467,29 @@ fn sidecar_for(wav: &Path) -> Option<PathBuf> {
             return Some(candidate);
         }
         prefix = &prefix[..prefix.rfind('-')?];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_332_977_123);
+        assert_eq!(rfc3339(t), "2026-12-03T21:22:57.123Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn source_filters() {
+        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        assert!(SourceFilter::Any.allows(a));
+        assert!(SourceFilter::Ip(a.ip()).allows(a));
+        assert!(!SourceFilter::Ip("10.0.0.2".parse().unwrap()).allows(a));
+        assert!(!SourceFilter::Addr("10.0.0.1:4001".parse().unwrap()).allows(a));
     }
 }
