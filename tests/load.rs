@@ -36,6 +36,7 @@ fn concurrent_calls_are_recorded_completely() {
         backend: if backend == "epoll" { "epoll" } else { "auto" },
         pairs: (calls * 2 + 10) as u16,
         extra: format!("[limits]\nmax_calls = {}\n", calls + 10),
+        env: Vec::new(),
     });
     let mut c = d.client().unwrap();
     let mut ports = Vec::new();
