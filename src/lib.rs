@@ -4,6 +4,7 @@
 //! - [`capture`]: reading packet captures (pcap, pcapng) and their SIP/SDP signalling.
 //! - [`output`]: recording containers (crash-recoverable WAV/RF64).
 //! - [`import`]: the `callvault import` job: a capture in, recordings out.
+//! - [`replay`]: the `callvault replay` job: a capture's RTP streams sent to live addresses.
 
 pub mod capture;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod import;
 pub mod log;
 pub mod metrics;
 pub mod output;
+pub mod replay;
 pub mod serve;

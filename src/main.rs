@@ -1,6 +1,7 @@
 //! The `callvault` command line.
 
 use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,15 +11,18 @@ use callvault::core::mixer::Layout;
 use callvault::core::payload::{PayloadFormat, PayloadMap};
 use callvault::import::{self, ImportOptions, ImportReport};
 use callvault::output::wav;
+use callvault::replay::{self, ReplayOptions, ReplaySummary};
 
 #[path = "cli/live.rs"]
 mod live;
 
 #[derive(Parser)]
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
-#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import),\n\
+#[command(
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay),\n\
 4 control socket unreachable (ctl).\n\
-Run `callvault help <command>` for each command's options and examples.")]
+Run `callvault help <command>` for each command's options and examples."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +42,9 @@ enum Command {
     /// Talk to a running daemon over its control socket.
     #[command(after_help = live::CTL_EXAMPLES)]
     Ctl(live::CtlArgs),
+    /// Send a capture's RTP streams to live addresses at the capture's own pacing.
+    #[command(after_help = REPLAY_EXAMPLES)]
+    Replay(ReplayArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -62,6 +69,22 @@ Examples:
 A file ending in .partial is renamed without the suffix once repaired, unless a file of that name
 already exists (then nothing is changed and the exit code is 1). Finalised files are left
 unchanged. Exit codes: 0 all repaired or already fine; 1 some file could not be repaired.";
+
+const REPLAY_EXAMPLES: &str = "\
+Examples:
+  callvault replay call.pcap --to 10.0.0.5:40000
+  callvault replay call.pcap --to 10.0.0.5:40000,10.0.0.5:40002 --rtcp
+  callvault replay call.pcap --to 127.0.0.1:5004 --to 127.0.0.1:5006 --speed 4 --loop 10 --json
+
+The capture's RTP streams (UDP flows of RTP version 2, not RTCP) are numbered in order of first
+packet; stream i goes to the i-th --to address, from its own socket on an ephemeral port. Packets
+are sent unchanged at the captured pacing divided by --speed. With --loop N the capture plays N
+times back to back and each repeat continues every stream's sequence numbers and timestamps.
+--rtcp also sends each stream's RTCP to the destination port + 1 (same port when muxed).
+More streams than addresses: only the first ones are sent, and the others are named.
+
+Exit codes: 0 all sent; 3 capture partly unreadable (what was readable was sent); 2 usage error;
+1 other failure (unreadable capture, fewer streams than --to addresses, a send failed).";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LayoutArg {
@@ -107,6 +130,54 @@ struct RepairArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The capture file (pcap or pcapng).
+    capture: PathBuf,
+    /// Where to send the streams, in order of first packet: HOST:PORT (comma-separated or repeated).
+    #[arg(long = "to", value_name = "HOST:PORT", required = true, value_delimiter = ',', value_parser = parse_dest)]
+    to: Vec<SocketAddr>,
+    /// Playback speed: 2 is twice as fast as captured, 0.5 half as fast.
+    #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_speed)]
+    speed: f64,
+    /// Play the capture N times back to back (sequence numbers and timestamps continue).
+    #[arg(long = "loop", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    loops: u32,
+    /// Also send each stream's RTCP (to the destination port + 1, or the same port when muxed).
+    #[arg(long)]
+    rtcp: bool,
+    /// Print one JSON object describing what was sent on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `HOST:PORT`: an IP address (IPv6 in brackets) or a name, resolved to its first address.
+fn parse_dest(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` is not HOST:PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{s}` is not HOST:PORT (port 0-65535)"));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("`{host}` has no address")),
+        Err(e) => Err(format!("cannot resolve `{host}`: {e}")),
+    }
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number above 0")),
+    }
+}
+
 fn parse_pt(s: &str) -> Result<(u8, PayloadFormat), String> {
     PayloadMap::parse_mapping(s).map_err(|e| e.to_string())
 }
@@ -118,7 +189,108 @@ fn main() -> ExitCode {
         Command::Repair(args) => repair_cmd(args),
         Command::Serve(args) => live::serve_cmd(args),
         Command::Ctl(args) => live::ctl_cmd(args),
+        Command::Replay(args) => replay_cmd(args),
     }
+}
+
+fn replay_cmd(args: ReplayArgs) -> ExitCode {
+    let opts = ReplayOptions {
+        capture: args.capture.clone(),
+        destinations: args.to.clone(),
+        speed: args.speed,
+        loops: args.loops,
+        rtcp: args.rtcp,
+    };
+    let result = replay::plan(&opts).and_then(|plan| {
+        // Say up front which streams have no address, before a possibly long replay.
+        for s in plan.streams.iter().skip(opts.destinations.len()) {
+            eprintln!(
+                "note: stream {} ({} -> {}, ssrc 0x{:08x}) not sent: {} stream(s) found, {} --to address(es) given",
+                s.index,
+                s.src,
+                s.dst,
+                s.ssrc,
+                plan.streams.len(),
+                opts.destinations.len()
+            );
+        }
+        let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("sending [{bar:40}] {pos}/{len} packets ({eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        let mut on_progress = |sent: u64, total: u64| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(sent);
+            }
+        };
+        let r = replay::replay_plan(&opts, &plan, Some(&mut on_progress));
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        r
+    });
+    match result {
+        Ok(summary) => {
+            if args.json {
+                match serde_json::to_string_pretty(&summary) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("error: cannot encode report: {e}"),
+                }
+            } else {
+                print_replay_human(&summary);
+            }
+            for e in &summary.errors {
+                eprintln!("error: {}", e.message);
+            }
+            ExitCode::from(summary.exit_code())
+        }
+        Err(e) => {
+            if args.json {
+                let offset = match &e {
+                    replay::ReplayError::Capture(c) => c.offset(),
+                    _ => None,
+                };
+                let kind = if matches!(e, replay::ReplayError::Capture(_)) { "capture" } else { "replay" };
+                let v = serde_json::json!({"streams": [], "skipped_streams": [], "packets_sent": 0, "duration_ms": 0,
+                    "loops": args.loops, "errors": [{"kind": kind, "offset": offset, "stream": null,
+                    "message": e.to_string()}]});
+                println!("{v}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn print_replay_human(summary: &ReplaySummary) {
+    for s in &summary.streams {
+        let mut line = format!(
+            "stream {}  {} -> {}  ssrc {}  {} packets -> {} (from port {})  first at {} ms",
+            s.index, s.src, s.dst, s.ssrc, s.packets, s.sent_to, s.source_port, s.first_offset_ms
+        );
+        if let Some(r) = &s.rtcp_sent_to {
+            line.push_str(&format!("  rtcp {} -> {r}", s.rtcp_packets));
+        }
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "sent {} packets in {:.1} s ({} loop{}){}",
+        summary.packets_sent,
+        summary.duration_ms as f64 / 1000.0,
+        summary.loops,
+        if summary.loops == 1 { "" } else { "s" },
+        if summary.skipped_streams.is_empty() {
+            String::new()
+        } else {
+            format!("; {} stream(s) not sent (no --to address)", summary.skipped_streams.len())
+        }
+    );
 }
 
 fn import_cmd(args: ImportArgs) -> ExitCode {
