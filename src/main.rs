@@ -13,6 +13,23 @@ use callvault::import::{self, ImportOptions, ImportReport};
 use callvault::output::wav;
 use callvault::replay::{self, ReplayOptions, ReplaySummary};
 
+/// `println!` for a command's results. A reader that went away (`| head`, a closed pipe) ends the
+/// command quietly with status 141, as if stopped by SIGPIPE like other Unix tools, instead of a
+/// panic and a backtrace; any other write failure is an error, exit 1.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(141);
+            }
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 #[path = "cli/live.rs"]
 mod live;
 
@@ -239,7 +256,7 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
         Ok(summary) => {
             if args.json {
                 match serde_json::to_string_pretty(&summary) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => out!("{s}"),
                     Err(e) => eprintln!("error: cannot encode report: {e}"),
                 }
             } else {
@@ -260,7 +277,7 @@ fn replay_cmd(args: ReplayArgs) -> ExitCode {
                 let v = serde_json::json!({"streams": [], "skipped_streams": [], "packets_sent": 0, "duration_ms": 0,
                     "loops": args.loops, "errors": [{"kind": kind, "offset": offset, "stream": null,
                     "message": e.to_string()}]});
-                println!("{v}");
+                out!("{v}");
             }
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
@@ -332,7 +349,7 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => out!("{s}"),
                     Err(e) => eprintln!("error: cannot encode report: {e}"),
                 }
             } else {
@@ -349,7 +366,7 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
                     import::ImportError::Capture(c) => c.offset(),
                     _ => None,
                 }, "call_id": null, "message": e.to_string()}]});
-                println!("{v}");
+                out!("{v}");
             }
             eprintln!("error: {e}");
             ExitCode::from(1)
@@ -359,11 +376,11 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
 
 fn print_human(report: &ImportReport) {
     if report.recordings.is_empty() {
-        println!("no RTP streams found ({} UDP datagrams read)", report.capture.udp_datagrams);
+        out!("no RTP streams found ({} UDP datagrams read)", report.capture.udp_datagrams);
     }
     for r in &report.recordings {
         let where_ = r.file.clone().unwrap_or_else(|| "separate files".to_string());
-        println!(
+        out!(
             "{}  {}  {:.1} s  {} leg(s)  call {}",
             r.recording_id,
             where_,
@@ -411,7 +428,7 @@ fn print_human(report: &ImportReport) {
             if let Some(f) = &l.file {
                 line.push_str(&format!("  {f}"));
             }
-            println!("{line}");
+            out!("{line}");
         }
     }
 }
@@ -445,7 +462,7 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
             Ok((r, final_path)) => {
                 if !args.json {
                     let state = if r.was_finalised { "already finalised" } else { "repaired" };
-                    println!(
+                    out!(
                         "{}: {state}, {} frames{}",
                         final_path.display(),
                         r.frames,
@@ -465,7 +482,7 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
         }
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(results));
+        out!("{}", serde_json::Value::Array(results));
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

@@ -273,3 +273,27 @@ fn repair_recovers_an_unfinished_recording() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.wav"));
 }
+
+/// `callvault import … --json | head -c0`: a reader that went away ends the command quietly with
+/// 141 (as SIGPIPE would), never a panic with a backtrace; the recordings are still written.
+#[test]
+fn closed_stdout_ends_quietly_with_141_and_keeps_the_recordings() {
+    let Some(dir) = captures::dir() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_callvault"))
+        .args(["import", cap(&dir, "pkts_sip_call_pcmu.pcap").to_str().unwrap(), "--out"])
+        .arg(out.path())
+        .arg("--json")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let wavs = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("wav".as_ref()));
+    assert_eq!(wavs.count(), 1, "the recording is written before the report");
+}

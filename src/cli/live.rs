@@ -151,7 +151,7 @@ pub fn serve_cmd(args: ServeArgs) -> ExitCode {
         }
     };
     if args.check {
-        println!("config ok");
+        out!("config ok");
         return ExitCode::SUCCESS;
     }
     match callvault::serve::run(cfg) {
@@ -178,7 +178,7 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
 
 fn print(v: &Value, pretty: bool) {
     let text = if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) };
-    println!("{}", text.unwrap_or_default());
+    out!("{}", text.unwrap_or_default());
 }
 
 fn usage(msg: &str) -> ExitCode {
