@@ -1,0 +1,968 @@
+//! The live benchmark: N concurrent two-leg calls of speech-like audio at real pacing, sent by a
+//! separate process on loopback, recorded by `callvault serve` (release build) driven through
+//! its control socket like an ACD. In the same run: the receive floor (the same traffic into a
+//! receiver that only counts), rtpengine forwarding and recording the same load when it is
+//! installed, and a step search for the largest call count recorded without loss, for both
+//! receive back ends. Prints a table and appends it to `bench/RESULTS.md`.
+//!
+//! Run it with `bench/run.sh` (`--help` for the options). The sender is this same program
+//! (`live send`), as is the floor receiver (`live floor`), each in its own process pinned to its
+//! own CPU: the receiver under test on CPU 0, the sender on CPU 1.
+
+mod audio;
+mod floor;
+mod rtpengine;
+mod sender;
+mod sys;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use callvault::ctl::Client;
+use callvault::engine::backend::BackendKind;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use sender::{Codec, Plan, SendReport};
+
+/// CPU the receiver under test (callvault, the floor, rtpengine) is pinned to.
+const RECEIVER_CPU: usize = 0;
+/// First RTP port handed to the receivers (even; callvault's range, the floor's ports).
+const PORT_BASE: u16 = 20000;
+/// Socket receive buffer for every receiver, bytes (callvault's default).
+const RCVBUF: usize = 262_144;
+
+#[derive(Parser)]
+#[command(
+    name = "live",
+    about = "Live benchmark: callvault serve under N concurrent calls, beside the receive floor and rtpengine",
+    after_help = "Examples:
+  bench/run.sh                                   # the whole comparison (a few minutes), appended to bench/RESULTS.md
+  bench/run.sh --quick                           # seconds: 50 calls, no search, no rtpengine (what CI runs)
+  bench/run.sh --calls 2000 --no-search --backends epoll
+  bench/run.sh --loss 0.01 --reorder 0.01 --jitter-ms 30 --skew-ppm 100 --no-search
+  bench/run.sh --ptime 30 --codec pcma --results -  # print only, append nothing
+
+Loopback only: every packet goes to 127.0.0.1. On loopback the kernel charges much of the
+receive work to the sender, so absolute CPU figures understate what a NIC costs the receiver;
+the ratio to the receive floor, measured in the same run, is the figure to watch.
+
+Exit codes: 0 the run completed (targets are reported, never enforced); 1 it could not run
+(callvault or the sender failed, a recording was missing or wrong); 2 usage."
+)]
+struct Args {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Concurrent two-leg calls for the side-by-side comparison.
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    /// Seconds of traffic per measured run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of traffic per step of the zero-loss search.
+    #[arg(long, default_value_t = 6.0)]
+    search_seconds: f64,
+    /// Skip the zero-loss step search.
+    #[arg(long)]
+    no_search: bool,
+    /// Largest call count the search tries.
+    #[arg(long, default_value_t = 9000)]
+    search_max: usize,
+    /// Wall-clock budget for the whole search (both back ends), seconds.
+    #[arg(long, default_value_t = 300)]
+    search_budget_s: u64,
+    /// Receive back ends to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "io_uring,epoll")]
+    backends: Vec<BackendArg>,
+    /// rtpengine: `auto` (when installed), `off`, or the path of its binary.
+    #[arg(long, default_value = "auto")]
+    rtpengine: String,
+    /// Packet interval, ms.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(10..=120))]
+    ptime: u32,
+    /// Codec sent.
+    #[arg(long, value_enum, default_value_t = Codec::Pcmu)]
+    codec: Codec,
+    /// Fraction of packets dropped on purpose by the sender (0-0.5).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Fraction of packets swapped with the next one.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Random extra delay per packet, up to this many ms.
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Clock skew between the two legs of each call, ppm.
+    #[arg(long, default_value_t = 0.0)]
+    skew_ppm: f64,
+    /// Seconds, small counts, no search and no rtpengine: checks that the benchmark works.
+    #[arg(long)]
+    quick: bool,
+    /// Where to append the results table (`-`: nowhere).
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    results: String,
+    /// Print the results as one JSON object on stdout as well.
+    #[arg(long)]
+    json: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// (internal) The load generator: sends the plan in FILE, prints a JSON report.
+    #[command(hide = true)]
+    Send { plan: PathBuf },
+    /// (internal) The receive floor: receives on the ports in FILE until stdin closes.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, value_enum)]
+        backend: BackendArg,
+        ports: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize)]
+enum BackendArg {
+    #[value(name = "io_uring")]
+    #[serde(rename = "io_uring")]
+    IoUring,
+    #[value(name = "epoll")]
+    #[serde(rename = "epoll")]
+    Epoll,
+}
+
+impl BackendArg {
+    fn kind(self) -> BackendKind {
+        match self {
+            BackendArg::IoUring => BackendKind::IoUring,
+            BackendArg::Epoll => BackendKind::Epoll,
+        }
+    }
+    fn name(self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match &args.role {
+        Some(Role::Send { plan }) => {
+            let plan: Plan = match std::fs::read(plan)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("send: cannot read plan {}: {e}", plan.display());
+                    return ExitCode::from(1);
+                }
+            };
+            match sender::run(&plan) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("send: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Role::Floor { backend, ports }) => {
+            let ports: Vec<u16> = std::fs::read_to_string(ports)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            match floor::run(backend.kind(), &ports, RCVBUF, Duration::from_millis(1), Some(RECEIVER_CPU)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("floor: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        None => match orchestrate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Everything one run shares.
+struct Ctx {
+    args: Args,
+    callvault: PathBuf,
+    scratch: tempfile::TempDir,
+    sender_cpu: Option<usize>,
+    nofile: u64,
+}
+
+/// The traffic of one measured run.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Load {
+    calls: usize,
+    seconds: f64,
+}
+
+/// One measured run of a receiver.
+#[derive(Debug, Clone, Serialize)]
+struct Trial {
+    receiver: String,
+    calls: usize,
+    streams: usize,
+    seconds: f64,
+    sent: u64,
+    dropped_on_purpose: u64,
+    received: u64,
+    /// Packets in the recordings (callvault only).
+    recorded: Option<u64>,
+    socket_overflow: u64,
+    kernel_udp_errors: u64,
+    callvault_lost: Option<u64>,
+    cpu_ns: u64,
+    rss_per_stream_bytes: Option<u64>,
+    recordings_checked: usize,
+    recordings_bad: Vec<String>,
+    sender_late_packets: u64,
+    sender_max_late_us: u64,
+    sender_cpu_ns: u64,
+}
+
+impl Trial {
+    fn ns_per_packet(&self) -> f64 {
+        self.cpu_ns as f64 / self.received.max(1) as f64
+    }
+    /// Share of one core per call, in percent.
+    fn core_percent_per_call(&self) -> f64 {
+        self.cpu_ns as f64 / (self.seconds * 1e9) / self.calls.max(1) as f64 * 100.0
+    }
+    fn lost(&self) -> u64 {
+        let delivered = self.recorded.unwrap_or(self.received);
+        self.sent.saturating_sub(delivered)
+    }
+    fn zero_loss(&self) -> bool {
+        self.lost() == 0 && self.recordings_bad.is_empty()
+    }
+    /// The sender fell behind its schedule: loss at this load says nothing about the receiver.
+    fn sender_limited(&self) -> bool {
+        self.sender_late_packets > self.sent / 1000
+    }
+}
+
+fn orchestrate(mut args: Args) -> Result<()> {
+    if args.quick {
+        args.calls = args.calls.min(50);
+        args.seconds = args.seconds.min(3.0);
+        args.no_search = true;
+        args.rtpengine = "off".into();
+    }
+    if !(0.0..=0.5).contains(&args.loss) || !(0.0..=0.5).contains(&args.reorder) || args.jitter_ms < 0.0 {
+        return Err("--loss and --reorder must be 0-0.5 and --jitter-ms at least 0".into());
+    }
+    let callvault = PathBuf::from(env!("CARGO_BIN_EXE_callvault"));
+    let nofile = sys::raise_nofile();
+    let cpus = sys::cpus();
+    let sender_cpu = (cpus > 1).then_some(1);
+    let scratch =
+        tempfile::Builder::new().prefix("callvault-bench-").tempdir().map_err(|e| format!("scratch directory: {e}"))?;
+    let ctx = Ctx { args, callvault, scratch, sender_cpu, nofile };
+    let started = Instant::now();
+    eprintln!(
+        "bench: {} calls ({} streams) x {} s, {:?} {} ms; receiver on CPU {RECEIVER_CPU}, sender on {}; descriptor limit {nofile}",
+        ctx.args.calls,
+        ctx.args.calls * 2,
+        ctx.args.seconds,
+        ctx.args.codec,
+        ctx.args.ptime,
+        sender_cpu.map_or("the same CPU (1 CPU only)".to_string(), |c| format!("CPU {c}")),
+    );
+
+    let load = Load { calls: ctx.args.calls, seconds: ctx.args.seconds };
+    let mut rows = Vec::new();
+    for &b in &ctx.args.backends {
+        let floor = floor_trial(&ctx, b, load)?;
+        report_trial(&floor);
+        let cv = callvault_trial(&ctx, b, load)?;
+        report_trial(&cv);
+        rows.push((b, floor, cv));
+    }
+    let peer = match rtpengine_binary(&ctx.args.rtpengine) {
+        Some(bin) => match rtpengine_trial(&ctx, &bin, load) {
+            Ok(t) => {
+                report_trial(&t);
+                Some(t)
+            }
+            Err(e) => {
+                eprintln!("bench: rtpengine run failed, left out: {e}");
+                None
+            }
+        },
+        None => {
+            if ctx.args.rtpengine == "auto" {
+                eprintln!("bench: rtpengine is not installed (see bench/README.md); its column is left out");
+            }
+            None
+        }
+    };
+    let mut searches = Vec::new();
+    if !ctx.args.no_search {
+        let deadline = Instant::now() + Duration::from_secs(ctx.args.search_budget_s);
+        let per_backend = ctx.args.search_budget_s / ctx.args.backends.len().max(1) as u64;
+        for (i, &b) in ctx.args.backends.iter().enumerate() {
+            let own_deadline = (Instant::now() + Duration::from_secs(per_backend)).min(deadline);
+            let known = rows.get(i).map(|r| &r.2);
+            searches.push((b, search(&ctx, b, known, own_deadline)?));
+        }
+    }
+    let table = render(&ctx, &rows, peer.as_ref(), &searches, started.elapsed());
+    println!("{table}");
+    if ctx.args.json {
+        let v = json!({
+            "machine": sys::machine(),
+            "load": load,
+            "runs": rows.iter().map(|(b, f, c)| json!({"backend": b, "floor": f, "callvault": c,
+                "ratio_to_floor": c.ns_per_packet() / f.ns_per_packet()})).collect::<Vec<_>>(),
+            "rtpengine": peer,
+            "search": searches.iter().map(|(b, s)| json!({"backend": b, "largest_zero_loss_calls": s.best,
+                "first_lossy_calls": s.first_bad, "sender_limited": s.sender_limited, "steps": s.steps})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    }
+    if ctx.args.results != "-" {
+        append_results(Path::new(&ctx.args.results), &table)
+            .map_err(|e| format!("cannot append to {}: {e}", ctx.args.results))?;
+        eprintln!("bench: appended to {}", ctx.args.results);
+    }
+    let bad: Vec<&String> = rows.iter().flat_map(|(_, _, c)| &c.recordings_bad).collect();
+    if !bad.is_empty() {
+        return Err(format!("{} recording(s) missing or wrong, e.g. {}", bad.len(), bad[0]));
+    }
+    Ok(())
+}
+
+fn rtpengine_binary(choice: &str) -> Option<PathBuf> {
+    match choice {
+        "off" => None,
+        "auto" => rtpengine::find(),
+        path => Some(PathBuf::from(path)),
+    }
+}
+
+fn plan(ctx: &Ctx, streams: Vec<SocketAddrV4>, seconds: f64) -> Plan {
+    Plan {
+        streams,
+        seconds,
+        ptime_ms: ctx.args.ptime,
+        codec: ctx.args.codec,
+        loss: ctx.args.loss,
+        reorder: ctx.args.reorder,
+        jitter_ms: ctx.args.jitter_ms,
+        skew_ppm: ctx.args.skew_ppm,
+        seed: 0xca11_7a17,
+        cpu: ctx.sender_cpu,
+    }
+}
+
+/// Starts the sender process on `plan`; `wait_sender` collects its report.
+fn spawn_sender(ctx: &Ctx, plan: &Plan, name: &str) -> Result<Child> {
+    let path = ctx.scratch.path().join(format!("{name}.plan.json"));
+    std::fs::write(&path, serde_json::to_vec(plan).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .arg("send")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the sender: {e}"))
+}
+
+fn wait_sender(child: Child) -> Result<SendReport> {
+    let out = child.wait_with_output().map_err(|e| format!("sender: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the sender failed ({})", out.status));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("sender report unreadable: {e}"))
+}
+
+/// Runs the sender to the end while sampling `pid`'s RSS; returns the report and the peak RSS.
+fn run_sender(ctx: &Ctx, plan: &Plan, name: &str, pid: Option<u32>) -> Result<(SendReport, u64)> {
+    let mut child = spawn_sender(ctx, plan, name)?;
+    let mut peak = 0;
+    loop {
+        if let Some(pid) = pid {
+            peak = peak.max(sys::rss_bytes(pid).unwrap_or(0));
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(format!("sender: {e}")),
+        }
+    }
+    Ok((wait_sender(child)?, peak))
+}
+
+fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
+    let streams = load.calls * 2;
+    let ports: Vec<u16> = (0..streams).map(|i| PORT_BASE + 2 * i as u16).collect();
+    let path = ctx.scratch.path().join(format!("floor-{}.ports", backend.name()));
+    std::fs::write(&path, ports.iter().map(u16::to_string).collect::<Vec<_>>().join("\n"))
+        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["floor", "--backend", backend.name()])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the floor receiver: {e}"))?;
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().ok_or("floor: no stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        let _ = child.wait();
+        return Err(format!("the {} floor receiver did not start", backend.name()));
+    }
+    let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
+    let cpu0 = sys::cpu_ns(pid).map_err(|e| e.to_string())?;
+    let dests = ports.iter().map(|&p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)).collect();
+    let (sent, _) = run_sender(ctx, &plan(ctx, dests, load.seconds), &format!("floor-{}", backend.name()), None)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu1 = sys::cpu_ns(pid).map_err(|e| e.to_string())?;
+    let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
+    drop(child.stdin.take());
+    line.clear();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    let _ = child.wait();
+    let r: floor::FloorReport =
+        serde_json::from_str(line.trim()).map_err(|e| format!("floor report unreadable: {e}: {line:?}"))?;
+    Ok(Trial {
+        receiver: format!("floor ({})", backend.name()),
+        calls: load.calls,
+        streams,
+        seconds: load.seconds,
+        sent: sent.sent.iter().sum(),
+        dropped_on_purpose: sent.dropped.iter().sum(),
+        received: r.received,
+        recorded: None,
+        socket_overflow: r.kernel_drops,
+        kernel_udp_errors: udp.in_errors,
+        callvault_lost: None,
+        cpu_ns: cpu1 - cpu0,
+        rss_per_stream_bytes: None,
+        recordings_checked: 0,
+        recordings_bad: Vec::new(),
+        sender_late_packets: sent.late_packets,
+        sender_max_late_us: sent.max_late_us,
+        sender_cpu_ns: sent.cpu_ns,
+    })
+}
+
+/// A `callvault serve` started for one run, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(ctx: &Ctx, backend: BackendArg, calls: usize, name: &str) -> Result<Daemon> {
+        let dir = ctx.scratch.path().join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let socket = dir.join("control.sock");
+        // One worker: the figure is the cost of one core's worth of recording.
+        let port_max = PORT_BASE as usize + 4 * (calls + 10) + 1;
+        let config = format!(
+            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = 1\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n",
+            dir = dir.display(),
+            sock = socket.display(),
+            port_max = port_max.min(60998),
+            backend = backend.name(),
+            max_calls = calls + 10,
+        );
+        let cfg = dir.join("callvault.toml");
+        std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("serve.log")).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&ctx.callvault);
+        cmd.args(["serve", "--config"]).arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        sys::pin_command(&mut cmd, RECEIVER_CPU);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", ctx.callvault.display()))?;
+        let mut d = Daemon { child, socket, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Client::connect(&d.socket).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                let log = std::fs::read_to_string(d.dir.join("serve.log")).unwrap_or_default();
+                return Err(format!("callvault serve exited at start ({status}): {}", log.trim()));
+            }
+            if Instant::now() > deadline {
+                return Err("callvault serve did not open its control socket within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn client(&self) -> Result<Client> {
+        let c = Client::connect(&self.socket).map_err(|e| e.to_string())?;
+        c.set_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill with the pid of a child this process spawned and has not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn request(c: &mut Client, v: Value) -> Result<Value> {
+    let r = c.request(v.clone()).map_err(|e| format!("control socket: {e}"))?;
+    if r["ok"] != true {
+        return Err(format!("callvault refused {}: {}", v["cmd"], r["error"]));
+    }
+    Ok(r)
+}
+
+fn worker_sum(stats: &Value, field: &str) -> u64 {
+    stats["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w[field].as_u64()).sum()).unwrap_or(0)
+}
+
+fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
+    let name = format!("callvault-{}-{}", backend.name(), load.calls);
+    let d = Daemon::start(ctx, backend, load.calls, &name)?;
+    let mut c = d.client()?;
+    let rss_idle = sys::rss_bytes(d.pid()).unwrap_or(0);
+    let mut dests = Vec::with_capacity(load.calls * 2);
+    let mut started_at = Vec::with_capacity(load.calls);
+    for i in 0..load.calls {
+        let r = request(
+            &mut c,
+            json!({"cmd": "start", "call_id": format!("bench-{i}"), "layout": "stereo",
+                "legs": [{"label": "customer", "rtcp_mux": true}, {"label": "agent", "rtcp_mux": true}]}),
+        )?;
+        for leg in 0..2 {
+            let port = r["legs"][leg]["port"].as_u64().ok_or("start reply without a port")? as u16;
+            dests.push(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        }
+        started_at.push(Instant::now());
+    }
+    let stats0 = request(&mut c, json!({"cmd": "stats"}))?;
+    let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
+    let cpu0 = sys::cpu_ns(d.pid()).map_err(|e| e.to_string())?;
+    let (sent, rss_peak) = run_sender(ctx, &plan(ctx, dests, load.seconds), &name, Some(d.pid()))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu1 = sys::cpu_ns(d.pid()).map_err(|e| e.to_string())?;
+    let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
+    // Counters are published by the worker every housekeeping round; give it one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let stats1 = request(&mut c, json!({"cmd": "stats"}))?;
+    let received = worker_sum(&stats1, "datagrams") - worker_sum(&stats0, "datagrams");
+    let overflow = worker_sum(&stats1, "kernel_drops") - worker_sum(&stats0, "kernel_drops");
+
+    let mut recorded = 0u64;
+    let mut bad = Vec::new();
+    for (i, started) in started_at.iter().enumerate() {
+        let stop = request(&mut c, json!({"cmd": "stop", "call_id": format!("bench-{i}")}))?;
+        let wall_ms = started.elapsed().as_millis() as i64;
+        let mut leg_lost = 0u64;
+        for leg in 0..2 {
+            let l = &stop["legs"][leg];
+            let packets = l["packets"].as_u64().unwrap_or(0);
+            recorded += packets;
+            leg_lost += l["lost"].as_u64().unwrap_or(0);
+            let stream = 2 * i + leg;
+            if packets != sent.sent[stream] {
+                bad.push(format!("bench-{i} leg {leg}: {packets} packets recorded, {} sent", sent.sent[stream]));
+            }
+        }
+        let dropped = sent.dropped[2 * i] + sent.dropped[2 * i + 1];
+        if leg_lost != dropped {
+            bad.push(format!("bench-{i}: {leg_lost} reported lost, {dropped} dropped on purpose"));
+        }
+        if let Err(e) = check_recording(&stop, wall_ms) {
+            bad.push(format!("bench-{i}: {e}"));
+        }
+    }
+    let streams = load.calls * 2;
+    Ok(Trial {
+        receiver: format!("callvault ({})", backend.name()),
+        calls: load.calls,
+        streams,
+        seconds: load.seconds,
+        sent: sent.sent.iter().sum(),
+        dropped_on_purpose: sent.dropped.iter().sum(),
+        received,
+        recorded: Some(recorded),
+        socket_overflow: overflow,
+        kernel_udp_errors: udp.in_errors,
+        callvault_lost: Some(received.saturating_sub(recorded)),
+        cpu_ns: cpu1 - cpu0,
+        rss_per_stream_bytes: Some(rss_peak.saturating_sub(rss_idle) / streams.max(1) as u64),
+        recordings_checked: load.calls,
+        recordings_bad: bad,
+        sender_late_packets: sent.late_packets,
+        sender_max_late_us: sent.max_late_us,
+        sender_cpu_ns: sent.cpu_ns,
+    })
+}
+
+/// The finished file agrees with the stop reply and with the time the call lasted: a stereo
+/// 8 kHz WAV whose sample count is its duration, and whose duration is the wall-clock time from
+/// start to stop (within 250 ms: the replies' own latency).
+fn check_recording(stop: &Value, wall_ms: i64) -> std::result::Result<(), String> {
+    let file = stop["file"].as_str().ok_or("stop reply names no file")?;
+    let reader = hound::WavReader::open(file).map_err(|e| format!("{file}: {e}"))?;
+    let spec = reader.spec();
+    if spec.channels != 2 || spec.sample_rate != 8000 || spec.bits_per_sample != 16 {
+        return Err(format!(
+            "{file}: {} ch {} Hz {} bit, expected stereo 8 kHz 16 bit",
+            spec.channels, spec.sample_rate, spec.bits_per_sample
+        ));
+    }
+    let frames = i64::from(reader.duration());
+    let duration_ms = stop["duration_ms"].as_i64().ok_or("stop reply without duration_ms")?;
+    if (frames * 1000 / 8000 - duration_ms).abs() > 1 {
+        return Err(format!("{file}: {frames} frames but duration_ms {duration_ms}"));
+    }
+    if (duration_ms - wall_ms).abs() > 250 {
+        return Err(format!("{file}: {duration_ms} ms recorded, the call lasted {wall_ms} ms"));
+    }
+    let bytes = std::fs::metadata(file).map_err(|e| e.to_string())?.len() as i64;
+    if bytes < frames * 4 {
+        return Err(format!("{file}: {bytes} bytes cannot hold {frames} stereo frames"));
+    }
+    Ok(())
+}
+
+fn rtpengine_trial(ctx: &Ctx, bin: &Path, load: Load) -> Result<Trial> {
+    let dir = ctx.scratch.path().join("rtpengine");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Where rtpengine forwards both directions: one socket that is never read, so the kernel
+    // drops what overflows it (cheap, and the same for every call).
+    let sink = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let sink_addr = match sink.local_addr().map_err(|e| e.to_string())? {
+        std::net::SocketAddr::V4(a) => a,
+        other => return Err(format!("sink bound to {other}")),
+    };
+    let ports = (PORT_BASE, (PORT_BASE as usize + 4 * (load.calls + 10) + 1).min(60999) as u16);
+    let mut rtpe = rtpengine::Rtpengine::start(bin, &dir, 22_222, ports, RECEIVER_CPU).map_err(|e| e.to_string())?;
+    let rss_idle = sys::rss_bytes(rtpe.pid()).unwrap_or(0);
+    let mut dests = Vec::with_capacity(load.calls * 2);
+    for i in 0..load.calls {
+        let [caller_to, callee_to] = rtpe.call(&format!("bench-{i}"), sink_addr).map_err(|e| e.to_string())?;
+        dests.push(caller_to);
+        dests.push(callee_to);
+    }
+    let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
+    let cpu0 = sys::cpu_ns(rtpe.pid()).map_err(|e| e.to_string())?;
+    let (sent, rss_peak) = run_sender(ctx, &plan(ctx, dests, load.seconds), "rtpengine", Some(rtpe.pid()))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu1 = sys::cpu_ns(rtpe.pid()).map_err(|e| e.to_string())?;
+    let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
+    for i in 0..load.calls {
+        let _ = rtpe.delete(&format!("bench-{i}"));
+    }
+    let pcaps = count_files(&rtpe.recording_dir.join("pcaps"));
+    rtpe.stop();
+    drop(sink);
+    let sent_total: u64 = sent.sent.iter().sum();
+    let mut bad = Vec::new();
+    if pcaps < load.calls {
+        bad.push(format!("rtpengine wrote {pcaps} pcap file(s) for {} calls", load.calls));
+    }
+    Ok(Trial {
+        receiver: "rtpengine (forward + pcap)".into(),
+        calls: load.calls,
+        streams: load.calls * 2,
+        seconds: load.seconds,
+        sent: sent_total,
+        dropped_on_purpose: sent.dropped.iter().sum(),
+        // rtpengine does not say what it received; the namespace's counters do, less the sink's
+        // overflow (its forwarded copies).
+        received: sent_total.saturating_sub(udp.in_errors.saturating_sub(udp.rcvbuf_errors)),
+        recorded: None,
+        socket_overflow: 0,
+        kernel_udp_errors: udp.in_errors,
+        callvault_lost: None,
+        cpu_ns: cpu1 - cpu0,
+        rss_per_stream_bytes: Some(rss_peak.saturating_sub(rss_idle) / (load.calls * 2).max(1) as u64),
+        recordings_checked: pcaps,
+        recordings_bad: bad,
+        sender_late_packets: sent.late_packets,
+        sender_max_late_us: sent.max_late_us,
+        sender_cpu_ns: sent.cpu_ns,
+    })
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.path().is_file()).count()).unwrap_or(0)
+}
+
+/// The zero-loss search for one back end.
+#[derive(Debug, Clone, Serialize)]
+struct Search {
+    best: Option<usize>,
+    first_bad: Option<usize>,
+    sender_limited: bool,
+    steps: Vec<(usize, bool, u64)>,
+}
+
+/// Doubles the call count from the comparison's until a run loses packets (or the sender cannot
+/// keep up, or the limit or the time budget is reached), then halves the interval twice.
+fn search(ctx: &Ctx, backend: BackendArg, known: Option<&Trial>, deadline: Instant) -> Result<Search> {
+    let fd_cap = ((ctx.nofile.saturating_sub(300)) / 5) as usize - 10;
+    let port_cap = (60998 - PORT_BASE as usize) / 4 - 10;
+    let cap = ctx.args.search_max.min(fd_cap).min(port_cap);
+    let mut s = Search { best: None, first_bad: None, sender_limited: false, steps: Vec::new() };
+    let mut n = ctx.args.calls;
+    if let Some(t) = known {
+        s.steps.push((t.calls, t.zero_loss(), t.lost()));
+        if t.sender_limited() {
+            s.sender_limited = true;
+            return Ok(s);
+        }
+        if t.zero_loss() {
+            s.best = Some(t.calls);
+            n = (t.calls * 2).min(cap);
+        } else {
+            s.first_bad = Some(t.calls);
+            n = t.calls / 2;
+        }
+    }
+    let mut refinements = 0;
+    while Instant::now() + Duration::from_secs_f64(ctx.args.search_seconds * 2.0 + 5.0) < deadline && n > 0 {
+        if s.steps.iter().any(|st| st.0 == n) {
+            break;
+        }
+        eprintln!("bench: search ({}): {n} calls", backend.name());
+        let t = callvault_trial(ctx, backend, Load { calls: n, seconds: ctx.args.search_seconds })?;
+        report_trial(&t);
+        s.steps.push((n, t.zero_loss(), t.lost()));
+        if t.sender_limited() {
+            s.sender_limited = true;
+            break;
+        }
+        if t.zero_loss() {
+            s.best = Some(s.best.map_or(n, |b| b.max(n)));
+        } else {
+            s.first_bad = Some(s.first_bad.map_or(n, |b| b.min(n)));
+        }
+        n = match (s.best, s.first_bad) {
+            (Some(good), None) if good >= cap => break,
+            (Some(good), None) => (good * 2).min(cap),
+            (None, Some(bad)) => bad / 2,
+            (Some(good), Some(bad)) => {
+                refinements += 1;
+                if refinements > 2 || bad - good <= good / 10 {
+                    break;
+                }
+                (good + bad) / 2
+            }
+            (None, None) => break,
+        };
+    }
+    Ok(s)
+}
+
+fn report_trial(t: &Trial) {
+    eprintln!(
+        "bench: {:<28} {:>5} calls: {:>6.0} ns/packet, {:.4} % core/call, sent {} received {} lost {}{}{}",
+        t.receiver,
+        t.calls,
+        t.ns_per_packet(),
+        t.core_percent_per_call(),
+        t.sent,
+        t.received,
+        t.lost(),
+        t.rss_per_stream_bytes.map(|b| format!(", {:.1} KiB RSS/stream", b as f64 / 1024.0)).unwrap_or_default(),
+        if t.sender_limited() { "  [sender could not keep up]" } else { "" }
+    );
+}
+
+fn render(
+    ctx: &Ctx,
+    rows: &[(BackendArg, Trial, Trial)],
+    peer: Option<&Trial>,
+    searches: &[(BackendArg, Search)],
+    took: Duration,
+) -> String {
+    let a = &ctx.args;
+    let mut t = String::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let _ = writeln!(
+        t,
+        "### {} — {} calls x {} s, {:?} {} ms{}{}{}{}",
+        utc(now),
+        a.calls,
+        a.seconds,
+        a.codec,
+        a.ptime,
+        if a.loss > 0.0 { format!(", loss {}", a.loss) } else { String::new() },
+        if a.reorder > 0.0 { format!(", reorder {}", a.reorder) } else { String::new() },
+        if a.jitter_ms > 0.0 { format!(", jitter {} ms", a.jitter_ms) } else { String::new() },
+        if a.skew_ppm != 0.0 { format!(", skew {} ppm", a.skew_ppm) } else { String::new() },
+    );
+    let _ = writeln!(
+        t,
+        "\nMachine: {}. Receiver pinned to CPU {RECEIVER_CPU} (callvault: 1 worker), sender on CPU {}. Loopback. Took {:.0} s.\n",
+        sys::machine(),
+        ctx.sender_cpu.map_or("0".into(), |c| c.to_string()),
+        took.as_secs_f64()
+    );
+    let mut header = "| measure |".to_string();
+    let mut rule = "|---|".to_string();
+    for (b, _, _) in rows {
+        header.push_str(&format!(" {} |", b.name()));
+        rule.push_str("---:|");
+    }
+    if peer.is_some() {
+        header.push_str(" rtpengine |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(t, "{header}\n{rule}");
+    let mut row = |label: &str, cells: Vec<String>, peer_cell: Option<String>| {
+        let mut line = format!("| {label} |");
+        for c in cells {
+            line.push_str(&format!(" {c} |"));
+        }
+        if peer.is_some() {
+            line.push_str(&format!(" {} |", peer_cell.unwrap_or_else(|| "–".into())));
+        }
+        let _ = writeln!(t, "{line}");
+    };
+    row("receive floor, CPU ns/packet", rows.iter().map(|r| format!("{:.0}", r.1.ns_per_packet())).collect(), None);
+    row(
+        "callvault, CPU ns/packet (all in)",
+        rows.iter().map(|r| format!("{:.0}", r.2.ns_per_packet())).collect(),
+        peer.map(|p| format!("{:.0}", p.ns_per_packet())),
+    );
+    row(
+        "**ratio to floor** (target ≤ 1.25)",
+        rows.iter().map(|r| format!("**{:.2}**", r.2.ns_per_packet() / r.1.ns_per_packet().max(1e-9))).collect(),
+        None,
+    );
+    row(
+        "CPU per call, % of a core",
+        rows.iter().map(|r| format!("{:.4}", r.2.core_percent_per_call())).collect(),
+        peer.map(|p| format!("{:.4}", p.core_percent_per_call())),
+    );
+    if let Some(p) = peer {
+        row(
+            "**ratio to rtpengine per call** (target ≤ 0.3)",
+            rows.iter()
+                .map(|r| format!("**{:.2}**", r.2.core_percent_per_call() / p.core_percent_per_call().max(1e-12)))
+                .collect(),
+            Some("1".into()),
+        );
+    }
+    row(
+        "RSS per active stream, KiB (target ≤ 64)",
+        rows.iter()
+            .map(|r| r.2.rss_per_stream_bytes.map_or("–".into(), |b| format!("{:.1}", b as f64 / 1024.0)))
+            .collect(),
+        peer.and_then(|p| p.rss_per_stream_bytes).map(|b| format!("{:.1}", b as f64 / 1024.0)),
+    );
+    row(
+        "packets sent / received",
+        rows.iter().map(|r| format!("{} / {}", r.2.sent, r.2.received)).collect(),
+        peer.map(|p| format!("{} / {}", p.sent, p.received)),
+    );
+    row(
+        "lost: socket overflow / kernel UDP errors / callvault",
+        rows.iter()
+            .map(|r| {
+                format!("{} / {} / {}", r.2.socket_overflow, r.2.kernel_udp_errors, r.2.callvault_lost.unwrap_or(0))
+            })
+            .collect(),
+        peer.map(|p| format!("– / {} / –", p.kernel_udp_errors)),
+    );
+    row(
+        "floor lost: socket overflow / kernel UDP errors",
+        rows.iter().map(|r| format!("{} / {}", r.1.socket_overflow, r.1.kernel_udp_errors)).collect(),
+        None,
+    );
+    row(
+        "recordings checked / wrong",
+        rows.iter().map(|r| format!("{} / {}", r.2.recordings_checked, r.2.recordings_bad.len())).collect(),
+        peer.map(|p| format!("{} pcap", p.recordings_checked)),
+    );
+    row(
+        "sender CPU, ns/packet",
+        rows.iter().map(|r| format!("{:.0}", r.2.sender_cpu_ns as f64 / r.2.sent.max(1) as f64)).collect(),
+        peer.map(|p| format!("{:.0}", p.sender_cpu_ns as f64 / p.sent.max(1) as f64)),
+    );
+    if !searches.is_empty() {
+        row(
+            "**largest zero-loss calls** (streams)",
+            rows.iter()
+                .map(|(b, _, _)| {
+                    searches.iter().find(|(sb, _)| sb == b).map_or("–".into(), |(_, s)| {
+                        let best = s.best.map_or("none".into(), |n| format!("{n} ({})", n * 2));
+                        let limit = if s.sender_limited {
+                            " sender-limited".to_string()
+                        } else {
+                            s.first_bad.map_or(" (no loss up to the limit)".into(), |b| format!(", loss at {b}"))
+                        };
+                        format!("**{best}**{limit}")
+                    })
+                })
+                .collect(),
+            None,
+        );
+    }
+    t
+}
+
+use std::fmt::Write as _;
+
+/// `YYYY-MM-DD HH:MM UTC` from a Unix time (civil-from-days, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+fn append_results(path: &Path, table: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "\n{table}")
+}
