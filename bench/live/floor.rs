@@ -37,7 +37,7 @@ pub fn run(
     cpu: Option<usize>,
 ) -> std::io::Result<()> {
     if let Some(cpu) = cpu {
-        let _ = sys::pin_self(cpu);
+        let _ = sys::pin_self(&[cpu]);
     }
     let cfg = BackendConfig::default();
     let (mut rx, fell_back) = backend::open(cfg, kind == BackendKind::Epoll)?;

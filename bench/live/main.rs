@@ -7,7 +7,7 @@
 //!
 //! Run it with `bench/run.sh` (`--help` for the options). The sender is this same program
 //! (`live send`), as is the floor receiver (`live floor`), each in its own process pinned to its
-//! own CPU: the receiver under test on CPU 0, the sender on CPU 1.
+//! own CPUs: the receiver under test on CPUs `0..workers`, the senders on the CPUs after them.
 
 mod audio;
 mod floor;
@@ -29,8 +29,6 @@ use serde_json::{Value, json};
 
 use sender::{Codec, Plan, SendReport};
 
-/// CPU the receiver under test (callvault, the floor, rtpengine) is pinned to.
-const RECEIVER_CPU: usize = 0;
 /// First RTP port handed to the receivers (even; callvault's range, the floor's ports).
 const PORT_BASE: u16 = 20000;
 /// Socket receive buffer for every receiver, bytes (callvault's default).
@@ -108,6 +106,13 @@ struct Args {
     /// Print the results as one JSON object on stdout as well.
     #[arg(long)]
     json: bool,
+    /// callvault worker threads (and floor receivers, rtpengine threads), each on its own CPU.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Sender processes, each on its own CPU after the receivers' (on loopback the sender pays
+    /// much of the kernel's receive work: on a large machine give it several).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    senders: u16,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -123,6 +128,8 @@ enum Role {
     Floor {
         #[arg(long, value_enum)]
         backend: BackendArg,
+        #[arg(long)]
+        cpu: Option<usize>,
         ports: PathBuf,
     },
 }
@@ -174,13 +181,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Role::Floor { backend, ports }) => {
+        Some(Role::Floor { backend, cpu, ports }) => {
             let ports: Vec<u16> = std::fs::read_to_string(ports)
                 .unwrap_or_default()
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            match floor::run(backend.kind(), &ports, RCVBUF, Duration::from_millis(1), Some(RECEIVER_CPU)) {
+            match floor::run(backend.kind(), &ports, RCVBUF, Duration::from_millis(1), *cpu) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("floor: {e}");
@@ -205,7 +212,10 @@ struct Ctx {
     args: Args,
     callvault: PathBuf,
     scratch: tempfile::TempDir,
-    sender_cpu: Option<usize>,
+    /// CPUs of the receiver under test (one per worker).
+    receiver_cpus: Vec<usize>,
+    /// CPU of each sender process (`None`: not pinned, too few CPUs).
+    sender_cpus: Vec<Option<usize>>,
     nofile: u64,
 }
 
@@ -274,19 +284,27 @@ fn orchestrate(mut args: Args) -> Result<()> {
     let callvault = PathBuf::from(env!("CARGO_BIN_EXE_callvault"));
     let nofile = sys::raise_nofile();
     let cpus = sys::cpus();
-    let sender_cpu = (cpus > 1).then_some(1);
+    let workers = usize::from(args.workers);
+    let senders = usize::from(args.senders);
+    if workers + senders > cpus {
+        eprintln!(
+            "bench: warning: {workers} worker(s) + {senders} sender(s) on {cpus} CPU(s): they share CPUs and the figures mean less"
+        );
+    }
+    let receiver_cpus: Vec<usize> = (0..workers).map(|i| i % cpus).collect();
+    let sender_cpus: Vec<Option<usize>> = (0..senders).map(|i| (workers + i < cpus).then_some(workers + i)).collect();
     let scratch =
         tempfile::Builder::new().prefix("callvault-bench-").tempdir().map_err(|e| format!("scratch directory: {e}"))?;
-    let ctx = Ctx { args, callvault, scratch, sender_cpu, nofile };
+    let ctx = Ctx { args, callvault, scratch, receiver_cpus, sender_cpus, nofile };
     let started = Instant::now();
     eprintln!(
-        "bench: {} calls ({} streams) x {} s, {:?} {} ms; receiver on CPU {RECEIVER_CPU}, sender on {}; descriptor limit {nofile}",
+        "bench: {} calls ({} streams) x {} s, {:?} {} ms; {}; descriptor limit {nofile}",
         ctx.args.calls,
         ctx.args.calls * 2,
         ctx.args.seconds,
         ctx.args.codec,
         ctx.args.ptime,
-        sender_cpu.map_or("the same CPU (1 CPU only)".to_string(), |c| format!("CPU {c}")),
+        ctx.placement(),
     );
 
     let load = Load { calls: ctx.args.calls, seconds: ctx.args.seconds };
@@ -336,7 +354,8 @@ fn orchestrate(mut args: Args) -> Result<()> {
                 "ratio_to_floor": c.ns_per_packet() / f.ns_per_packet()})).collect::<Vec<_>>(),
             "rtpengine": peer,
             "search": searches.iter().map(|(b, s)| json!({"backend": b, "largest_zero_loss_calls": s.best,
-                "first_lossy_calls": s.first_bad, "sender_limited": s.sender_limited, "steps": s.steps})).collect::<Vec<_>>(),
+                "first_lossy_calls": s.first_bad, "sender_limited_at": s.sender_limited_at.map(|x| x.0),
+                "cap": s.cap.0, "cap_reason": s.cap.1, "steps": s.steps})).collect::<Vec<_>>(),
         });
         println!("{v}");
     }
@@ -360,8 +379,46 @@ fn rtpengine_binary(choice: &str) -> Option<PathBuf> {
     }
 }
 
+impl Ctx {
+    /// Where the receiver and the senders run, in words.
+    fn placement(&self) -> String {
+        let list = |c: &[usize]| c.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let senders: Vec<usize> = self.sender_cpus.iter().flatten().copied().collect();
+        format!(
+            "receiver ({} worker(s)) on CPU {}, {} sender(s) on {}",
+            self.receiver_cpus.len(),
+            list(&self.receiver_cpus),
+            self.sender_cpus.len(),
+            if senders.is_empty() {
+                "any CPU (too few CPUs to pin)".to_string()
+            } else {
+                format!("CPU {}", list(&senders))
+            }
+        )
+    }
+}
+
+/// The load for `streams` split among the senders, in order (sender `k` sends a contiguous run).
+fn plans(ctx: &Ctx, streams: Vec<SocketAddrV4>, seconds: f64) -> Vec<Plan> {
+    let total = streams.len();
+    let per = total.div_ceil(ctx.sender_cpus.len()).max(1);
+    streams
+        .chunks(per)
+        .zip(&ctx.sender_cpus)
+        .enumerate()
+        .map(|(k, (chunk, &cpu))| Plan {
+            cpu,
+            first_stream: k * per,
+            total_streams: total,
+            ..plan(ctx, chunk.to_vec(), seconds)
+        })
+        .collect()
+}
+
 fn plan(ctx: &Ctx, streams: Vec<SocketAddrV4>, seconds: f64) -> Plan {
     Plan {
+        first_stream: 0,
+        total_streams: streams.len(),
         streams,
         seconds,
         ptime_ms: ctx.args.ptime,
@@ -371,7 +428,7 @@ fn plan(ctx: &Ctx, streams: Vec<SocketAddrV4>, seconds: f64) -> Plan {
         jitter_ms: ctx.args.jitter_ms,
         skew_ppm: ctx.args.skew_ppm,
         seed: 0xca11_7a17,
-        cpu: ctx.sender_cpu,
+        cpu: ctx.sender_cpus.first().copied().flatten(),
     }
 }
 
@@ -398,59 +455,94 @@ fn wait_sender(child: Child) -> Result<SendReport> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("sender report unreadable: {e}"))
 }
 
-/// Runs the sender to the end while sampling `pid`'s RSS; returns the report and the peak RSS.
-fn run_sender(ctx: &Ctx, plan: &Plan, name: &str, pid: Option<u32>) -> Result<(SendReport, u64)> {
-    let mut child = spawn_sender(ctx, plan, name)?;
+/// Runs the senders to the end while sampling `pid`'s RSS; returns their merged report and the
+/// peak RSS.
+fn run_senders(
+    ctx: &Ctx,
+    streams: Vec<SocketAddrV4>,
+    seconds: f64,
+    name: &str,
+    pid: Option<u32>,
+) -> Result<(SendReport, u64)> {
+    let mut children = Vec::new();
+    for (k, plan) in plans(ctx, streams, seconds).iter().enumerate() {
+        children.push(spawn_sender(ctx, plan, &format!("{name}-{k}"))?);
+    }
     let mut peak = 0;
     loop {
         if let Some(pid) = pid {
             peak = peak.max(sys::rss_bytes(pid).unwrap_or(0));
         }
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => return Err(format!("sender: {e}")),
+        let mut running = false;
+        for c in &mut children {
+            running |= c.try_wait().map_err(|e| format!("sender: {e}"))?.is_none();
+        }
+        if !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut merged: Option<SendReport> = None;
+    for c in children {
+        let r = wait_sender(c)?;
+        match &mut merged {
+            Some(m) => m.merge(r),
+            None => merged = Some(r),
         }
     }
-    Ok((wait_sender(child)?, peak))
+    Ok((merged.ok_or("no sender ran")?, peak))
 }
 
 fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
     let streams = load.calls * 2;
     let ports: Vec<u16> = (0..streams).map(|i| PORT_BASE + 2 * i as u16).collect();
-    let path = ctx.scratch.path().join(format!("floor-{}.ports", backend.name()));
-    std::fs::write(&path, ports.iter().map(u16::to_string).collect::<Vec<_>>().join("\n"))
-        .map_err(|e| e.to_string())?;
+    // One floor receiver per worker CPU, each with its share of the sockets, as callvault's
+    // workers share the calls.
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(["floor", "--backend", backend.name()])
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start the floor receiver: {e}"))?;
-    let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().ok_or("floor: no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    if line.trim() != "ready" {
-        let _ = child.wait();
-        return Err(format!("the {} floor receiver did not start", backend.name()));
+    let per = ports.len().div_ceil(ctx.receiver_cpus.len()).max(1);
+    let mut receivers = Vec::new();
+    for (k, (chunk, cpu)) in ports.chunks(per).zip(&ctx.receiver_cpus).enumerate() {
+        let path = ctx.scratch.path().join(format!("floor-{}-{k}.ports", backend.name()));
+        std::fs::write(&path, chunk.iter().map(u16::to_string).collect::<Vec<_>>().join("\n"))
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(&exe)
+            .args(["floor", "--backend", backend.name(), "--cpu", &cpu.to_string()])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the floor receiver: {e}"))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("floor: no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            let _ = child.wait();
+            return Err(format!("the {} floor receiver did not start", backend.name()));
+        }
+        receivers.push((child, out));
     }
+    let cpu_all = |rs: &[(Child, BufReader<std::process::ChildStdout>)]| -> Result<u64> {
+        rs.iter().map(|(c, _)| sys::cpu_ns(c.id()).map_err(|e| e.to_string())).sum()
+    };
     let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
-    let cpu0 = sys::cpu_ns(pid).map_err(|e| e.to_string())?;
+    let cpu0 = cpu_all(&receivers)?;
     let dests = ports.iter().map(|&p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)).collect();
-    let (sent, _) = run_sender(ctx, &plan(ctx, dests, load.seconds), &format!("floor-{}", backend.name()), None)?;
+    let (sent, _) = run_senders(ctx, dests, load.seconds, &format!("floor-{}", backend.name()), None)?;
     std::thread::sleep(Duration::from_millis(300));
-    let cpu1 = sys::cpu_ns(pid).map_err(|e| e.to_string())?;
+    let cpu1 = cpu_all(&receivers)?;
     let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
-    drop(child.stdin.take());
-    line.clear();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    let _ = child.wait();
-    let r: floor::FloorReport =
-        serde_json::from_str(line.trim()).map_err(|e| format!("floor report unreadable: {e}: {line:?}"))?;
+    let (mut received, mut kernel_drops) = (0, 0);
+    for (mut child, mut out) in receivers {
+        drop(child.stdin.take());
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let _ = child.wait();
+        let r: floor::FloorReport =
+            serde_json::from_str(line.trim()).map_err(|e| format!("floor report unreadable: {e}: {line:?}"))?;
+        received += r.received;
+        kernel_drops += r.kernel_drops;
+    }
     Ok(Trial {
         receiver: format!("floor ({})", backend.name()),
         calls: load.calls,
@@ -458,9 +550,9 @@ fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
         seconds: load.seconds,
         sent: sent.sent.iter().sum(),
         dropped_on_purpose: sent.dropped.iter().sum(),
-        received: r.received,
+        received,
         recorded: None,
-        socket_overflow: r.kernel_drops,
+        socket_overflow: kernel_drops,
         kernel_udp_errors: udp.in_errors,
         callvault_lost: None,
         cpu_ns: cpu1 - cpu0,
@@ -485,22 +577,22 @@ impl Daemon {
         let dir = ctx.scratch.path().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let socket = dir.join("control.sock");
-        // One worker: the figure is the cost of one core's worth of recording.
         let port_max = PORT_BASE as usize + 4 * (calls + 10) + 1;
         let config = format!(
-            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = 1\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n",
+            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n",
             dir = dir.display(),
             sock = socket.display(),
             port_max = port_max.min(60998),
             backend = backend.name(),
             max_calls = calls + 10,
+            workers = ctx.receiver_cpus.len(),
         );
         let cfg = dir.join("callvault.toml");
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("serve.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&ctx.callvault);
         cmd.args(["serve", "--config"]).arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        sys::pin_command(&mut cmd, RECEIVER_CPU);
+        sys::pin_command(&mut cmd, &ctx.receiver_cpus);
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", ctx.callvault.display()))?;
         let mut d = Daemon { child, socket, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -580,7 +672,7 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
     let stats0 = request(&mut c, json!({"cmd": "stats"}))?;
     let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
     let cpu0 = sys::cpu_ns(d.pid()).map_err(|e| e.to_string())?;
-    let (sent, rss_peak) = run_sender(ctx, &plan(ctx, dests, load.seconds), &name, Some(d.pid()))?;
+    let (sent, rss_peak) = run_senders(ctx, dests, load.seconds, &name, Some(d.pid()))?;
     std::thread::sleep(Duration::from_millis(300));
     let cpu1 = sys::cpu_ns(d.pid()).map_err(|e| e.to_string())?;
     let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
@@ -676,7 +768,8 @@ fn rtpengine_trial(ctx: &Ctx, bin: &Path, load: Load) -> Result<Trial> {
         other => return Err(format!("sink bound to {other}")),
     };
     let ports = (PORT_BASE, (PORT_BASE as usize + 4 * (load.calls + 10) + 1).min(60999) as u16);
-    let mut rtpe = rtpengine::Rtpengine::start(bin, &dir, 22_222, ports, RECEIVER_CPU).map_err(|e| e.to_string())?;
+    let mut rtpe =
+        rtpengine::Rtpengine::start(bin, &dir, 22_222, ports, &ctx.receiver_cpus).map_err(|e| e.to_string())?;
     let rss_idle = sys::rss_bytes(rtpe.pid()).unwrap_or(0);
     let mut dests = Vec::with_capacity(load.calls * 2);
     for i in 0..load.calls {
@@ -686,7 +779,7 @@ fn rtpengine_trial(ctx: &Ctx, bin: &Path, load: Load) -> Result<Trial> {
     }
     let udp0 = sys::UdpCounters::read().map_err(|e| e.to_string())?;
     let cpu0 = sys::cpu_ns(rtpe.pid()).map_err(|e| e.to_string())?;
-    let (sent, rss_peak) = run_sender(ctx, &plan(ctx, dests, load.seconds), "rtpengine", Some(rtpe.pid()))?;
+    let (sent, rss_peak) = run_senders(ctx, dests, load.seconds, "rtpengine", Some(rtpe.pid()))?;
     std::thread::sleep(Duration::from_millis(300));
     let cpu1 = sys::cpu_ns(rtpe.pid()).map_err(|e| e.to_string())?;
     let udp = sys::UdpCounters::read().map_err(|e| e.to_string())?.since(&udp0);
@@ -732,67 +825,90 @@ fn count_files(dir: &Path) -> usize {
 /// The zero-loss search for one back end.
 #[derive(Debug, Clone, Serialize)]
 struct Search {
+    /// Largest call count recorded without loss while the sender kept its schedule.
     best: Option<usize>,
+    /// Smallest call count that lost packets.
     first_bad: Option<usize>,
-    sender_limited: bool,
+    /// The call count at which the sender fell behind (and whether callvault still lost
+    /// nothing of what arrived): beyond it this machine cannot offer the load.
+    sender_limited_at: Option<(usize, bool)>,
+    /// The largest call count this machine allows, and what sets it.
+    cap: (usize, String),
+    /// Every step: calls, zero loss, packets lost.
     steps: Vec<(usize, bool, u64)>,
 }
 
 /// Doubles the call count from the comparison's until a run loses packets (or the sender cannot
-/// keep up, or the limit or the time budget is reached), then halves the interval twice.
+/// keep up, or the cap or the time budget is reached), then bisects at most twice.
 fn search(ctx: &Ctx, backend: BackendArg, known: Option<&Trial>, deadline: Instant) -> Result<Search> {
-    let fd_cap = ((ctx.nofile.saturating_sub(300)) / 5) as usize - 10;
+    // callvault budgets 5 descriptors per call plus 256; ports: 2 per leg in its range.
+    let fd_cap = (ctx.nofile.saturating_sub(256 + 50) / 5) as usize - 10;
     let port_cap = (60998 - PORT_BASE as usize) / 4 - 10;
-    let cap = ctx.args.search_max.min(fd_cap).min(port_cap);
-    let mut s = Search { best: None, first_bad: None, sender_limited: false, steps: Vec::new() };
-    let mut n = ctx.args.calls;
-    if let Some(t) = known {
+    let cap = [
+        (ctx.args.search_max, "--search-max".to_string()),
+        (fd_cap, format!("descriptor limit {}", ctx.nofile)),
+        (port_cap, "ports below 61000".to_string()),
+    ]
+    .into_iter()
+    .min_by_key(|c| c.0)
+    .unwrap_or((0, String::new()));
+    let mut s = Search { best: None, first_bad: None, sender_limited_at: None, cap: cap.clone(), steps: Vec::new() };
+    let next = |s: &mut Search, t: &Trial| -> Option<usize> {
         s.steps.push((t.calls, t.zero_loss(), t.lost()));
         if t.sender_limited() {
-            s.sender_limited = true;
-            return Ok(s);
+            s.sender_limited_at = Some((t.calls, t.zero_loss()));
+            return None;
         }
         if t.zero_loss() {
-            s.best = Some(t.calls);
-            n = (t.calls * 2).min(cap);
+            s.best = Some(s.best.map_or(t.calls, |b| b.max(t.calls)));
         } else {
-            s.first_bad = Some(t.calls);
-            n = t.calls / 2;
+            s.first_bad = Some(s.first_bad.map_or(t.calls, |b| b.min(t.calls)));
         }
-    }
-    let mut refinements = 0;
-    while Instant::now() + Duration::from_secs_f64(ctx.args.search_seconds * 2.0 + 5.0) < deadline && n > 0 {
-        if s.steps.iter().any(|st| st.0 == n) {
+        match (s.best, s.first_bad) {
+            (Some(good), None) if good >= cap.0 => None,
+            (Some(good), None) => Some((good * 2).min(cap.0)),
+            (None, Some(bad)) => Some(bad / 2),
+            (Some(good), Some(bad)) if bad - good > (good / 10).max(1) => Some((good + bad) / 2),
+            _ => None,
+        }
+    };
+    let mut n = match known {
+        Some(t) => next(&mut s, t),
+        None => Some(ctx.args.calls.min(cap.0)),
+    };
+    let mut bisections = 0;
+    while let Some(calls) = n {
+        let enough_time = Instant::now() + Duration::from_secs_f64(ctx.args.search_seconds * 2.0 + 5.0) < deadline;
+        if calls == 0 || !enough_time || s.steps.iter().any(|st| st.0 == calls) {
             break;
         }
-        eprintln!("bench: search ({}): {n} calls", backend.name());
-        let t = callvault_trial(ctx, backend, Load { calls: n, seconds: ctx.args.search_seconds })?;
-        report_trial(&t);
-        s.steps.push((n, t.zero_loss(), t.lost()));
-        if t.sender_limited() {
-            s.sender_limited = true;
-            break;
-        }
-        if t.zero_loss() {
-            s.best = Some(s.best.map_or(n, |b| b.max(n)));
-        } else {
-            s.first_bad = Some(s.first_bad.map_or(n, |b| b.min(n)));
-        }
-        n = match (s.best, s.first_bad) {
-            (Some(good), None) if good >= cap => break,
-            (Some(good), None) => (good * 2).min(cap),
-            (None, Some(bad)) => bad / 2,
-            (Some(good), Some(bad)) => {
-                refinements += 1;
-                if refinements > 2 || bad - good <= good / 10 {
-                    break;
-                }
-                (good + bad) / 2
+        if s.best.is_some() && s.first_bad.is_some() {
+            bisections += 1;
+            if bisections > 2 {
+                break;
             }
-            (None, None) => break,
-        };
+        }
+        eprintln!("bench: search ({}): {calls} calls", backend.name());
+        let t = callvault_trial(ctx, backend, Load { calls, seconds: ctx.args.search_seconds })?;
+        report_trial(&t);
+        n = next(&mut s, &t);
     }
     Ok(s)
+}
+
+impl Search {
+    /// The table cell.
+    fn cell(&self) -> String {
+        let best = self.best.map_or("none".into(), |n| format!("**{n}** ({} streams)", n * 2));
+        let why = match (self.sender_limited_at, self.first_bad) {
+            (Some((n, true)), _) => format!("; at {n} the sender fell behind (no loss of what arrived)"),
+            (Some((n, false)), _) => format!("; at {n} the sender fell behind and packets were lost"),
+            (None, Some(bad)) => format!("; loss at {bad}"),
+            (None, None) if self.best.is_some_and(|b| b >= self.cap.0) => format!("; cap reached ({})", self.cap.1),
+            (None, None) => "; search budget ended".into(),
+        };
+        format!("{best}{why}")
+    }
 }
 
 fn report_trial(t: &Trial) {
@@ -835,9 +951,9 @@ fn render(
     );
     let _ = writeln!(
         t,
-        "\nMachine: {}. Receiver pinned to CPU {RECEIVER_CPU} (callvault: 1 worker), sender on CPU {}. Loopback. Took {:.0} s.\n",
+        "\nMachine: {}. {}. Loopback. Took {:.0} s.\n",
         sys::machine(),
-        ctx.sender_cpu.map_or("0".into(), |c| c.to_string()),
+        ctx.placement(),
         took.as_secs_f64()
     );
     let mut header = "| measure |".to_string();
@@ -924,19 +1040,9 @@ fn render(
     );
     if !searches.is_empty() {
         row(
-            "**largest zero-loss calls** (streams)",
+            "**largest zero-loss calls**",
             rows.iter()
-                .map(|(b, _, _)| {
-                    searches.iter().find(|(sb, _)| sb == b).map_or("–".into(), |(_, s)| {
-                        let best = s.best.map_or("none".into(), |n| format!("{n} ({})", n * 2));
-                        let limit = if s.sender_limited {
-                            " sender-limited".to_string()
-                        } else {
-                            s.first_bad.map_or(" (no loss up to the limit)".into(), |b| format!(", loss at {b}"))
-                        };
-                        format!("**{best}**{limit}")
-                    })
-                })
+                .map(|(b, _, _)| searches.iter().find(|(sb, _)| sb == b).map_or("–".into(), |(_, s)| s.cell()))
                 .collect(),
             None,
         );

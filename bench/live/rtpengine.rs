@@ -130,9 +130,9 @@ pub struct Rtpengine {
 }
 
 impl Rtpengine {
-    /// Starts rtpengine in the foreground, pinned to `cpu`, forwarding on ports
+    /// Starts rtpengine in the foreground, pinned to `cpus` (one thread each), forwarding on ports
     /// `port_min..=port_max` and recording to pcap under `dir`.
-    pub fn start(bin: &Path, dir: &Path, ng_port: u16, ports: (u16, u16), cpu: usize) -> io::Result<Rtpengine> {
+    pub fn start(bin: &Path, dir: &Path, ng_port: u16, ports: (u16, u16), cpus: &[usize]) -> io::Result<Rtpengine> {
         let recording_dir = dir.join("recordings");
         std::fs::create_dir_all(&recording_dir)?;
         let log = std::fs::File::create(dir.join("rtpengine.log"))?;
@@ -150,11 +150,12 @@ impl Rtpengine {
             "--recording-method=pcap",
             &format!("--recording-dir={}", recording_dir.display()),
             "--delete-delay=0",
+            &format!("--num-threads={}", cpus.len()),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-        sys::pin_command(&mut cmd, cpu);
+        sys::pin_command(&mut cmd, cpus);
         let child = cmd.spawn()?;
         let ng = UdpSocket::bind("127.0.0.1:0")?;
         ng.connect(("127.0.0.1", ng_port))?;

@@ -56,9 +56,14 @@ pub struct Plan {
     pub seed: u64,
     /// CPU to pin the sender to.
     pub cpu: Option<usize>,
+    /// Where this sender's streams start in the whole load (several senders split one load):
+    /// spreads their phases over the interval as one sender would.
+    pub first_stream: usize,
+    /// Streams in the whole load.
+    pub total_streams: usize,
 }
 
-/// What was sent, printed as JSON by the sender process.
+/// What was sent, printed as JSON by the sender process (several senders' reports merge).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendReport {
     /// Packets sent per stream.
@@ -85,6 +90,23 @@ pub struct SendReport {
 /// The sender's wake-up interval: packets are sent up to this much after their time.
 const TICK_NS: u64 = 1_000_000;
 
+impl SendReport {
+    /// Appends another sender's report (its streams follow this one's).
+    pub fn merge(&mut self, other: SendReport) {
+        self.sent.extend(other.sent);
+        self.dropped.extend(other.dropped);
+        self.reordered += other.reordered;
+        self.send_errors += other.send_errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.late_packets += other.late_packets;
+        self.max_late_us = self.max_late_us.max(other.max_late_us);
+        self.cpu_ns += other.cpu_ns;
+        self.wall_ms = self.wall_ms.max(other.wall_ms);
+    }
+}
+
 struct Stream {
     dst: SocketAddrV4,
     ssrc: u32,
@@ -102,19 +124,19 @@ struct Stream {
 /// Runs the plan and reports what was sent.
 pub fn run(plan: &Plan) -> std::io::Result<SendReport> {
     if let Some(cpu) = plan.cpu {
-        let _ = sys::pin_self(cpu);
+        let _ = sys::pin_self(&[cpu]);
     }
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let samples_per_packet = (plan.ptime_ms * 8) as usize;
     let packets_per_stream = ((plan.seconds * 1000.0) / f64::from(plan.ptime_ms)).floor().max(1.0) as u64;
     let period_ns = f64::from(plan.ptime_ms) * 1e6;
-    let n = plan.streams.len().max(1);
+    let n = plan.total_streams.max(plan.streams.len()).max(1);
 
     // 20 s of audio, encoded once; each stream starts reading at its own offset.
     let encoder = G711Encoder::new(plan.codec == Codec::Pcma);
     let audio: Vec<u8> = speech(20.0, 8000, plan.seed).iter().map(|&s| encoder.encode(s)).collect();
 
-    let mut rng = Rng::new(plan.seed ^ 0x5eed);
+    let mut rng = Rng::new(plan.seed ^ 0x5eed ^ plan.first_stream as u64);
     let mut streams: Vec<Stream> = plan
         .streams
         .iter()
@@ -125,9 +147,11 @@ pub fn run(plan: &Plan) -> std::io::Result<SendReport> {
             seq0: rng.next_u64() as u16,
             ts0: rng.next_u64() as u32,
             audio_offset: (rng.next_u64() as usize) % audio.len(),
-            clock: 1.0 + if i % 2 == 0 { plan.skew_ppm / 2.0 } else { -plan.skew_ppm / 2.0 } * 1e-6,
+            clock: 1.0
+                + if (plan.first_stream + i).is_multiple_of(2) { plan.skew_ppm / 2.0 } else { -plan.skew_ppm / 2.0 }
+                    * 1e-6,
             // Spread the streams over the interval so the load is smooth, as it is in the field.
-            phase_ns: period_ns * i as f64 / n as f64,
+            phase_ns: period_ns * (plan.first_stream + i) as f64 / n as f64,
             next: 0,
             swapped_from: None,
         })

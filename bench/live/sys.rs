@@ -79,14 +79,16 @@ impl UdpCounters {
     }
 }
 
-/// Pins the calling thread to one CPU.
-pub fn pin_self(cpu: usize) -> io::Result<()> {
+/// Pins the calling thread to a set of CPUs.
+pub fn pin_self(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: `set` is a plain bit mask initialised by CPU_ZERO before use; sched_setaffinity
     // only reads `size_of::<cpu_set_t>()` bytes of it. Pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -94,13 +96,16 @@ pub fn pin_self(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes `cmd` start pinned to `cpu` (its threads inherit the mask).
-pub fn pin_command(cmd: &mut Command, cpu: usize) {
+/// Makes `cmd` start pinned to `cpus` (its threads inherit the mask; callvault then pins worker
+/// `i` to the `i`-th of them).
+pub fn pin_command(cmd: &mut Command, cpus: &[usize]) {
     use std::os::unix::process::CommandExt;
+    let cpus = cpus.to_vec();
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // sched_setaffinity (via pin_self), an async-signal-safe system call; it allocates nothing.
+    // sched_setaffinity (via pin_self), an async-signal-safe system call; the Vec it reads was
+    // allocated before the fork and is not freed or grown in the child.
     unsafe {
-        cmd.pre_exec(move || pin_self(cpu));
+        cmd.pre_exec(move || pin_self(&cpus));
     }
 }
 
