@@ -1,6 +1,7 @@
 //! `callvault ctl`: a client for the control socket. Each subcommand builds one request, prints
 //! the reply as one JSON line on stdout, and exits 0 when `ok` is true. `raw` sends lines as
-//! given; `subscribe` prints event lines until interrupted.
+//! given; `subscribe` prints event lines until interrupted. A reply that does not come within
+//! the timeout (default [`DEFAULT_TIMEOUT`]) is an error, so a stuck daemon never hangs a script.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,12 +14,15 @@ use serde_json::{Map, Value, json};
 pub const EXIT_UNREACHABLE: u8 = 4;
 /// Exit code when the daemon answered `ok: false`.
 pub const EXIT_REFUSED: u8 = 1;
+/// How long `callvault ctl` waits for a reply unless `--timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connected client.
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
+    timeout: Option<Duration>,
 }
 
 /// The socket could not be reached.
@@ -50,7 +54,7 @@ impl Client {
         })?;
         let writer =
             stream.try_clone().map_err(|source| ConnectError { path: path.to_path_buf(), source, hint: "" })?;
-        Ok(Client { reader: BufReader::new(stream), writer, next_id: 1 })
+        Ok(Client { reader: BufReader::new(stream), writer, next_id: 1, timeout: None })
     }
 
     /// Sends `request` (an id is added if absent) and returns the reply, skipping event lines.
@@ -76,19 +80,33 @@ impl Client {
         self.writer.write_all(b"\n")
     }
 
-    /// Reads one line as JSON.
+    /// Reads one line as JSON. Past the timeout the error is of kind `TimedOut` and says so.
     pub fn read_line(&mut self) -> io::Result<Value> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        let n = self.reader.read_line(&mut line).map_err(|e| match (e.kind(), self.timeout) {
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no reply from the daemon within {} s (it accepted the connection but did not answer; \
+                     --timeout SECONDS waits longer, 0 for ever)",
+                    t.as_secs_f64()
+                ),
+            ),
+            _ => e,
+        })?;
+        if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection"));
         }
         serde_json::from_str(&line)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply line: {e}")))
     }
 
-    /// Bounds how long a read waits.
-    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.reader.get_ref().set_read_timeout(t)
+    /// Bounds how long a read (waiting for a reply) or a write may block; `None`: for ever.
+    pub fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(t)?;
+        self.writer.set_write_timeout(t)?;
+        self.timeout = t;
+        Ok(())
     }
 }
 
@@ -126,6 +144,16 @@ pub fn leg_object(spec: &str, pts: &[(String, String)]) -> Result<Value, String>
     Ok(leg)
 }
 
+/// Parses `--timeout SECONDS`: a number of seconds (fractions allowed); 0 (zero, waits for
+/// ever) is kept as [`Duration::ZERO`].
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?}: expected 0 (no timeout) or a number of seconds above 0"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Parses `--meta key=value` pairs.
 pub fn metadata(pairs: &[String]) -> Result<Map<String, Value>, String> {
     let mut m = Map::new();
@@ -160,5 +188,8 @@ mod tests {
         assert!(leg_object("a,colour=red", &[]).is_err());
         assert_eq!(metadata(&["agent=1001".into()]).unwrap()["agent"], "1001");
         assert!(parse_leg_pt("0=PCMU/8000").is_err());
+        assert_eq!(parse_timeout("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_timeout("0").unwrap(), Duration::ZERO);
+        assert!(parse_timeout("-1").is_err() && parse_timeout("soon").is_err() && parse_timeout("inf").is_err());
     }
 }

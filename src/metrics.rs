@@ -2,10 +2,10 @@
 //! own counters; they are summed here, at scrape time, never on the packet path.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::control::Control;
@@ -15,18 +15,59 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
-/// Serves `/metrics` until the listener fails.
+/// Connections served at once; one beyond this is closed at once, so idle or slow clients can
+/// hold at most this many threads, and never delay a scrape on another connection.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may take to send its request, and to take the reply.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics` until the listener fails: each connection on its own short-lived thread
+/// (at most [`MAX_CONNECTIONS`] at once), with [`IO_TIMEOUT`] on reads and writes.
 pub fn serve(listener: TcpListener, control: Arc<Control>) {
-    for stream in listener.incoming().flatten() {
-        if let Err(e) = answer(stream, &control) {
-            crate::log::warn(&format!("metrics: {e}"));
+    let open = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                crate::log::warn(&format!("metrics: accept: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            drop(stream);
+            continue;
+        }
+        let guard = Slot(open.clone());
+        let c = control.clone();
+        let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+            let _guard = guard;
+            if let Err(e) = answer(stream, &c)
+                && !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+            {
+                crate::log::warn(&format!("metrics: {e}"));
+            }
+        });
+        if let Err(e) = spawned {
+            crate::log::warn(&format!("metrics: cannot start a connection thread: {e}"));
         }
     }
 }
 
+/// One of the [`MAX_CONNECTIONS`] slots, given back when its connection's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn answer(mut stream: TcpStream, control: &Control) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = [0u8; 2048];
     let n = stream.read(&mut head)?;
     let request = String::from_utf8_lossy(&head[..n]);

@@ -1,8 +1,11 @@
 //! `callvault serve`: the daemon. Start-up order matters: everything that can be refused
-//! (config, directories, descriptor budget, receive back end, control socket) is checked before
-//! systemd is told READY; SIGTERM finalises every active recording before exit.
+//! (config, RTP bind address, directories, the data directory's lock, descriptor budget, receive
+//! back end, control socket) is checked before systemd is told READY, and nothing touches the
+//! spool before the lock is held; SIGTERM finalises every active recording before exit.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -25,6 +28,34 @@ pub enum ServeError {
     Dir {
         /// The directory.
         path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The data directory's lock file could not be opened or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another daemon holds the data directory.
+    #[error(
+        "data directory {} is in use by a running callvault{}; each daemon needs its own data_dir",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        /// The data directory, as configured.
+        dir: PathBuf,
+        /// The holder's pid, when its lock file says.
+        pid: Option<u32>,
+    },
+    /// No socket can be bound on `[rtp] bind`.
+    #[error("cannot bind RTP sockets on {addr}: {source}; set [rtp] bind to an address of this host")]
+    RtpBind {
+        /// The address.
+        addr: IpAddr,
         /// Why.
         source: io::Error,
     },
@@ -61,10 +92,13 @@ pub enum ServeError {
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns after every recording is finalised.
 pub fn run(cfg: Config) -> Result<(), ServeError> {
+    check_rtp_bind(cfg.rtp.bind)?;
     let spool = cfg.spool_dir();
-    for dir in [&cfg.data_dir, &spool] {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir { path: dir.clone(), source })?;
-    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::Dir { path: cfg.data_dir.clone(), source })?;
+    // Held until `run` returns: a second daemon on this data directory is refused here, before
+    // its recovery could take the running daemon's live `.partial` files for a crash's.
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    std::fs::create_dir_all(&spool).map_err(|source| ServeError::Dir { path: spool.clone(), source })?;
     // Before anything new is recorded: finish what a crash left behind.
     let recovered = crate::engine::call::recover_spool(&spool);
     let limit = raise_descriptor_limit();
@@ -111,12 +145,18 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         )
     };
     let control = Control::new(cfg.clone(), engine);
-    // Reported as events, so an ACD that subscribes with `since` learns of them.
+    // Reported as events, so an ACD that subscribes with `since` learns of them. Recovery only
+    // returns summaries that name their recording; one that does not is never published.
     for summary in recovered {
+        let call_id = summary["call_id"].as_str().unwrap_or_default().to_string();
+        let recording_id = summary["recording_id"].as_str().unwrap_or_default().to_string();
+        if call_id.is_empty() || recording_id.is_empty() {
+            continue;
+        }
         control.publish(crate::engine::Event {
             event: if summary.get("error").is_some() { "recording_failed" } else { "recording_recovered" },
-            call_id: summary["call_id"].as_str().unwrap_or_default().to_string(),
-            recording_id: summary["recording_id"].as_str().unwrap_or_default().to_string(),
+            call_id,
+            recording_id,
             body: summary,
         });
     }
@@ -184,6 +224,35 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let _ = join_timeout(dispatcher, Duration::from_secs(10));
     crate::log::info("stopped");
     Ok(())
+}
+
+/// Binds one socket on `[rtp] bind` (any port): an address that is not this host's is refused
+/// now, with the kernel's reason, rather than at every `start`.
+fn check_rtp_bind(addr: IpAddr) -> Result<(), ServeError> {
+    UdpSocket::bind(SocketAddr::new(addr, 0)).map(drop).map_err(|source| ServeError::RtpBind { addr, source })
+}
+
+/// The lock file in the data directory.
+pub const LOCK_FILE: &str = "callvault.lock";
+
+/// Takes `<data_dir>/callvault.lock` (flock, exclusive, without waiting) and writes this
+/// process's pid into it. The lock lasts as long as the returned file is open, and the kernel
+/// drops it when the process dies, so a crash never leaves the directory locked.
+fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| ServeError::Lock { path: path.clone(), source };
+    let mut file = File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(ServeError::DataDirInUse { dir: dir.to_path_buf(), pid: text.trim().parse().ok() });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes())).map_err(lock_err)?;
+    Ok(file)
 }
 
 fn join_timeout(handle: std::thread::JoinHandle<()>, limit: Duration) -> bool {

@@ -470,3 +470,292 @@ fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
     let loud = samples.iter().filter(|&&x| x == 32124).count();
     assert!(loud >= 60 * 160, "{loud} samples of the 100 packets survived");
 }
+
+/// Runs `callvault serve` on `cfg` that is expected to refuse to start; kills it (and fails) if
+/// it is still running after 20 s.
+fn serve_refused(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(live::bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("serve did not refuse to start: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn spool_names(spool: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(spool).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused_before_it_touches_the_spool() {
+    let d = Daemon::start(Options::default());
+    let pid = d.child.as_ref().unwrap().id();
+    let mut c = d.client().unwrap();
+    let (p0, _, rid) = start_two_legs(&mut c, "live");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 50, 0x80);
+    let before = spool_names(&d.spool());
+    assert!(before.iter().any(|n| n.ends_with(".wav.partial") && n.contains(&rid)), "{before:?}");
+    // B: the same data_dir with its own socket and ports; then A's own config again.
+    let (min, max) = live::port_range(5);
+    let data = d.dir.path().join("data");
+    let b = d.dir.path().join("b.toml");
+    std::fs::write(
+        &b,
+        format!(
+            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n\
+             [engine]\nbackend = \"epoll\"\nworkers = 1\npin_threads = false\n[metrics]\nlisten = \"\"\n",
+            data.display(),
+            d.dir.path().join("b.sock").display()
+        ),
+    )
+    .unwrap();
+    for cfg in [b, d.dir.path().join("callvault.toml")] {
+        let (code, err) = serve_refused(&cfg);
+        assert_eq!(code, Some(1), "{err}");
+        let want = format!(
+            "data directory {} is in use by a running callvault (pid {pid}); each daemon needs its own data_dir",
+            data.display()
+        );
+        assert!(err.contains(&want), "{err}");
+        assert!(!err.contains("recovered"), "no recovery ran: {err}");
+    }
+    assert_eq!(spool_names(&d.spool()), before, "the running daemon's files are untouched");
+    assert!(!d.dir.path().join("b.sock").exists());
+    // A carries on: its recording finishes whole.
+    let stop = c.request(json!({"cmd": "stop", "call_id": "live"}));
+    assert_eq!(stop["ok"], true, "{stop}");
+    assert_eq!(stop["end_reason"], "stopped");
+    let (ch, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+    assert!(channel(&samples, ch, 0).iter().filter(|&&x| x == 32124).count() >= 49 * 160);
+    assert!(!d.log().contains("crash"), "{}", d.log());
+}
+
+#[test]
+fn an_rtp_bind_address_of_another_host_is_refused_at_start() {
+    // Binding only: nothing is ever sent to this address.
+    if UdpSocket::bind(("10.255.255.1", 0)).is_ok() {
+        eprintln!("skipping: 10.255.255.1 is an address of this host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("callvault.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[rtp]\nbind = \"10.255.255.1\"\n[engine]\nbackend = \"epoll\"\nworkers = 1\n\
+             [metrics]\nlisten = \"\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (code, err) = serve_refused(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot bind RTP sockets on 10.255.255.1: Cannot assign requested address")
+            && err.contains("set [rtp] bind to an address of this host"),
+        "{err}"
+    );
+    assert!(!err.contains("serving"), "{err}");
+}
+
+#[test]
+fn an_rtp_bind_error_other_than_port_in_use_is_reported_as_itself_not_as_exhaustion() {
+    use callvault::engine::ports::{PortAllocator, PortError};
+    // Binding only: nothing is ever sent to this address.
+    if UdpSocket::bind(("10.255.255.1", 0)).is_ok() {
+        eprintln!("skipping: 10.255.255.1 is an address of this host");
+        return;
+    }
+    let mut a = PortAllocator::new([10, 255, 255, 1].into(), 40000, 40003, 65536);
+    let e = a.allocate(false, 0).unwrap_err();
+    assert!(matches!(e, PortError::Bind { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("10.255.255.1:40000") && msg.contains("Cannot assign requested address"), "{msg}");
+    assert!(!msg.contains("exhausted") && !msg.contains("port_max"), "{msg}");
+}
+
+/// Writes an unfinished WAV (header and `frames` mono frames, never finalised) at `path`.
+fn unfinished_wav(path: &std::path::Path, frames: usize) {
+    use callvault::output::wav::{WavSpec, create_file};
+    let mut w = create_file(path, WavSpec { sample_rate: 8000, channels: 1 }).unwrap();
+    w.write_samples(&vec![1000i16; frames]).unwrap();
+    w.flush().unwrap();
+}
+
+#[test]
+fn a_restart_cleans_up_after_failed_starts_and_never_reports_empty_ids() {
+    let (u1, u2, u3, u4) = (
+        "01KA0000000000000000000001",
+        "01KA0000000000000000000002",
+        "01KA0000000000000000000003",
+        "01KA0000000000000000000004",
+    );
+    let mut d = Daemon::start(Options::default());
+    assert_eq!(d.terminate(), Some(0));
+    let spool = d.spool();
+    let put = |name: &str, bytes: &[u8]| std::fs::write(spool.join(name), bytes).unwrap();
+    // A start that failed on a full disk (before the fix): an empty file and a half-written sidecar.
+    put(&format!("c-1-{u1}.wav.partial"), b"");
+    put(&format!("c-1-{u1}.json.tmp"), b"{\"recording_id\": \"01KA");
+    // Audio with no sidecar: recovered, its ids taken from the name.
+    unfinished_wav(&spool.join(format!("c-2-{u2}.wav.partial")), 4000);
+    // An empty file whose sidecar names it: reported once, as failed.
+    put(&format!("c-3-{u3}.wav.partial"), b"");
+    put(
+        &format!("c-3-{u3}.json"),
+        json!({"call_id": "c/3", "recording_id": u3, "state": "recording"}).to_string().as_bytes(),
+    );
+    // The sidecar of a start that failed, with no audio file at all.
+    put(
+        &format!("c-4-{u4}.json"),
+        json!({"call_id": "c-4", "recording_id": u4, "state": "recording"}).to_string().as_bytes(),
+    );
+    // Not one of ours, and empty.
+    put("junk.wav.partial", b"");
+    let cfg = d.dir.path().join("callvault.toml");
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let mut d2 = Daemon::spawn(dir, &cfg);
+    let mut c = d2.client().unwrap();
+    let r = c.request(json!({"cmd": "subscribe", "since": 0}));
+    assert_eq!(r["replayed"], 2, "{r}\n{}", d2.log());
+    let events: Vec<Value> = (0..2).map(|_| c.next_line().unwrap()).collect();
+    for e in &events {
+        assert!(!e["call_id"].as_str().unwrap().is_empty() && !e["recording_id"].as_str().unwrap().is_empty(), "{e}");
+    }
+    let recovered = events.iter().find(|e| e["event"] == "recording_recovered").expect("recovered");
+    assert_eq!((recovered["call_id"].as_str(), recovered["recording_id"].as_str()), (Some("c-2"), Some(u2)));
+    assert_eq!(recovered["ids_from_file_name"], true);
+    assert_eq!(recovered["duration_ms"], 500);
+    let failed = events.iter().find(|e| e["event"] == "recording_failed").expect("failed");
+    assert_eq!((failed["call_id"].as_str(), failed["recording_id"].as_str()), (Some("c/3"), Some(u3)));
+    assert!(failed["error"].as_str().unwrap().contains("no audio"), "{failed}");
+    assert!(!d2.log().contains("call \"\""), "{}", d2.log());
+    let spool = d2.spool();
+    assert_eq!(
+        spool_names(&spool),
+        vec![format!("c-2-{u2}.json"), format!("c-2-{u2}.wav"), format!("c-3-{u3}.json")],
+        "{}",
+        d2.log()
+    );
+    let (_, samples) = read_wav(&spool.join(format!("c-2-{u2}.wav")));
+    assert_eq!(samples.len(), 4000);
+    // The next restart has nothing left to report.
+    assert_eq!(d2.terminate(), Some(0));
+    let dir = std::mem::replace(&mut d2.dir, tempfile::tempdir().unwrap());
+    let d3 = Daemon::spawn(dir, &cfg);
+    let r = d3.client().unwrap().request(json!({"cmd": "subscribe", "since": 0}));
+    assert_eq!(r["replayed"], 0, "{r}\n{}", d3.log());
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (root only); unmounted when dropped.
+struct TinyDisk(PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &std::path::Path, bytes: usize) -> Option<TinyDisk> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", dir.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TinyDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_start_that_fails_on_a_full_disk_leaves_no_file_behind() {
+    let d = Daemon::start(Options::default());
+    let spool = d.spool();
+    // Two pages: a 4 KiB filler leaves room for a WAV header but not for the sidecar too.
+    let Some(_disk) = TinyDisk::mount(&spool, 8192) else {
+        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let filler = spool.join("filler");
+    std::fs::write(&filler, vec![0u8; 4096]).unwrap();
+    let mut c = d.client().unwrap();
+    for (round, names) in [("the sidecar cannot be written", ".json"), ("the header cannot be written", "header")] {
+        let r = c.request(json!({"cmd": "start", "call_id": "full", "legs": [{"label": "a"}, {"label": "b"}]}));
+        assert_eq!(r["error"]["code"], "spool_failed", "{round}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains(names), "{round}: {r}");
+        assert_eq!(spool_names(&spool), vec!["filler".to_string()], "{round}");
+        // Now not even a header fits.
+        std::fs::write(&filler, vec![0u8; 8192]).unwrap();
+    }
+    assert_eq!(c.request(json!({"cmd": "health"}))["status"], "ok");
+    assert_eq!(c.request(json!({"cmd": "stats"}))["calls_active"], 0);
+}
+
+#[test]
+fn idle_metrics_connections_do_not_delay_a_scrape() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d =
+        Daemon::start(Options { extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), ..Options::default() });
+    let idle: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    let took = t.elapsed();
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("callvault_calls_active 0"), "{text}");
+    assert!(took < Duration::from_secs(1), "a scrape behind 10 idle connections took {took:?}");
+    // Beyond 16 open connections the newest is closed at once rather than kept waiting.
+    let more: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let mut last = more.last().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(last.read(&mut buf), Ok(0)) || t.elapsed() > Duration::from_secs(2);
+    assert!(closed, "the 21st connection was kept open");
+    drop((idle, more));
+    assert_eq!(d.client().unwrap().request(json!({"cmd": "health"}))["ok"], true);
+}
+
+#[test]
+fn ctl_gives_up_with_exit_code_4_when_the_daemon_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Accepts and holds the connection, never replying.
+    let _holder = std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    for args in [&["health"][..], &["raw", r#"{"cmd":"list"}"#]] {
+        let t = std::time::Instant::now();
+        let o = std::process::Command::new(live::bin())
+            .args(["ctl", "--socket", path.to_str().unwrap(), "--timeout", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {err}");
+        assert!(err.contains("no reply from the daemon within 1 s"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+}

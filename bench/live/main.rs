@@ -614,7 +614,7 @@ impl Daemon {
     }
 
     fn client(&self) -> Result<Client> {
-        let c = Client::connect(&self.socket).map_err(|e| e.to_string())?;
+        let mut c = Client::connect(&self.socket).map_err(|e| e.to_string())?;
         c.set_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
         Ok(c)
     }

@@ -34,10 +34,12 @@ Examples:
   echo '{\"cmd\":\"list\"}' | callvault ctl raw     # requests from stdin, one per line
 
 Each reply is printed as one JSON line on stdout (--pretty indents it). The socket is taken from
---socket, else from --config, else $CALLVAULT_SOCKET, else ./callvault-data/control.sock.
+--socket, else from --config, else $CALLVAULT_SOCKET, else ./callvault-data/control.sock. A reply
+must come within --timeout seconds (default 30; 0 waits for ever; subscribe waits for its first
+reply only).
 
 Exit codes: 0 ok; 1 the daemon refused (its error code and message are on stderr); 2 usage;
-4 the socket could not be reached.";
+4 the socket could not be reached, or the daemon did not answer within --timeout.";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -60,6 +62,9 @@ pub struct CtlArgs {
     /// Indent the JSON output.
     #[arg(long, global = true)]
     pub pretty: bool,
+    /// Seconds to wait for each reply before giving up with exit code 4 (0: for ever).
+    #[arg(long, value_name = "SECONDS", global = true, default_value = "30", value_parser = ctl::parse_timeout)]
+    pub timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -246,6 +251,10 @@ pub fn ctl_cmd(args: CtlArgs) -> ExitCode {
             return ExitCode::from(ctl::EXIT_UNREACHABLE);
         }
     };
+    if let Err(e) = client.set_timeout((!args.timeout.is_zero()).then_some(args.timeout)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(ctl::EXIT_UNREACHABLE);
+    }
     let result = match &args.command {
         CtlCommand::Raw { requests } => raw(&mut client, requests, args.pretty),
         CtlCommand::Subscribe { .. } => subscribe(&mut client, request, args.pretty),
@@ -300,6 +309,8 @@ fn subscribe(client: &mut Client, request: Value, pretty: bool) -> std::io::Resu
     if reply["ok"] != json!(true) {
         return Ok(ExitCode::from(ctl::EXIT_REFUSED));
     }
+    // Events come when they come: only the reply above is bounded by --timeout.
+    client.set_timeout(None)?;
     loop {
         match client.read_line() {
             Ok(v) => print(&v, pretty),

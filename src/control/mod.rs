@@ -215,6 +215,7 @@ impl Control {
         reg.ports.allocate(mux, active).map_err(|e| match e {
             PortError::Exhausted { .. } => CallError::new("ports_exhausted", e.to_string()),
             PortError::Descriptors { .. } => CallError::new("descriptors_exhausted", e.to_string()),
+            PortError::Bind { .. } => CallError::new("bind_failed", e.to_string()),
         })
     }
 

@@ -152,18 +152,37 @@ impl LiveCall {
             outputs: Vec::new(),
             failure: None,
         };
-        for i in 0..call.session.outputs() {
-            call.open_output(i)?;
+        let opened = (0..call.session.outputs()).try_for_each(|i| call.open_output(i)).and_then(|()| {
+            // A sidecar from the first moment: after a crash, start-up recovery knows whose
+            // recording a `.partial` file is.
+            let sidecar = call.sidecar_path();
+            write_atomically(&sidecar, &call.summary(None, started_ns, &[])).map_err(|source| wav::WavError::File {
+                path: sidecar,
+                action: "write",
+                source,
+            })
+        });
+        match opened {
+            Ok(()) => Ok(call),
+            Err(e) => {
+                // The start is refused: nothing it created may stay behind for recovery to find.
+                call.discard();
+                Err(e)
+            }
         }
-        // A sidecar from the first moment: after a crash, start-up recovery knows whose
-        // recording a `.partial` file is.
-        let sidecar = call.sidecar_path();
-        write_atomically(&sidecar, &call.summary(None, started_ns, &[])).map_err(|source| wav::WavError::File {
-            path: sidecar,
-            action: "write",
-            source,
-        })?;
-        Ok(call)
+    }
+
+    /// Removes every file the call created (its `.partial` files and its sidecar): for a call
+    /// whose start failed, which the ACD was told never began.
+    pub fn discard(mut self) {
+        for out in self.outputs.drain(..) {
+            drop(out.writer);
+            remove_if_present(&out.partial);
+        }
+        let sidecar = self.sidecar_path();
+        remove_if_present(&sidecar.with_extension("json.tmp"));
+        remove_if_present(&sidecar);
+        let _ = fs::File::open(&self.spool).and_then(|d| d.sync_all());
     }
 
     fn open_output(&mut self, index: usize) -> Result<(), wav::WavError> {
@@ -175,7 +194,15 @@ impl LiveCall {
         let path = self.spool.join(name);
         let partial = path.with_extension("wav.partial");
         let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
-        let writer = wav::create_file(&partial, spec)?;
+        let writer = wav::create_file(&partial, spec).inspect_err(|e| {
+            // Created but its header could not be written (disk full): a 0-byte file that is
+            // nobody's recording. A file that already existed is not ours to remove.
+            let existed =
+                matches!(e, wav::WavError::File { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists);
+            if !existed {
+                remove_if_present(&partial);
+            }
+        })?;
         self.outputs.push(Output { partial, path, writer: Some(writer) });
         Ok(())
     }
@@ -354,13 +381,27 @@ impl LiveCall {
 }
 
 /// Writes `value` to `path` via a temporary file and a rename, so readers never see half.
+/// On failure the temporary file is removed and `path` is as it was.
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(value).unwrap_or_default().as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    let written = fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(serde_json::to_string_pretty(value).unwrap_or_default().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        remove_if_present(&tmp);
+    }
+    written
+}
+
+fn remove_if_present(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        crate::log::warn(&format!("cannot remove {}: {e}", path.display()));
+    }
 }
 
 /// `2026-12-03T21:22:57.123Z`
@@ -391,69 +432,217 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// from the data present, a trailing partial frame cut) and renamed into place, and its sidecar
 /// is marked `"end_reason": "crash_recovered"`. Returns one summary per recovered file; a file
 /// that cannot be repaired is left as it is and reported with its error.
+///
+/// A `.partial` without a readable sidecar takes its ids from its name
+/// (`<call>-<recording id>[-<n>-<label>].wav.partial`) and gets a new sidecar. A `.partial` with
+/// no audio (empty, or shorter than a header: its start failed, or nothing reached the disk) is
+/// removed: reported as `recording_failed` when a sidecar names its recording, otherwise only
+/// logged. Left-over temporary sidecars (`.json.tmp`) and sidecars still saying `recording` with
+/// no audio file at all (a start that failed) are removed. Every summary returned names its
+/// `call_id` and `recording_id`.
+///
+/// Only to be called with the data directory's lock held: a running daemon's live files look
+/// exactly like a crash's.
 pub fn recover_spool(spool: &Path) -> Vec<Value> {
     let Ok(entries) = fs::read_dir(spool) else { return Vec::new() };
-    let mut partials: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".wav.partial"))
-        .collect();
-    partials.sort();
-    let mut out = Vec::new();
-    for partial in partials {
-        let path = partial.with_extension("");
-        let result = if path.exists() {
-            Err(wav::WavError::WouldReplace { path: path.clone() })
-        } else {
-            wav::repair(&partial).and_then(|r| {
-                fs::hard_link(&partial, &path).and_then(|()| fs::remove_file(&partial)).map_err(|source| {
-                    wav::WavError::File { path: path.clone(), action: "rename repaired file to", source }
-                })?;
-                Ok(r)
-            })
-        };
-        // `<stem>.wav` or `<stem>-<n>-<label>.wav` (separate): the sidecar is `<stem>.json`.
-        let stem_sidecar = sidecar_for(&path);
-        let mut summary = stem_sidecar
-            .as_ref()
-            .and_then(|p| fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .unwrap_or_else(|| json!({}));
-        match result {
-            Ok(r) => {
-                summary["state"] = json!("finished");
-                summary["end_reason"] = json!("crash_recovered");
-                let rate = summary["sample_rate"].as_u64().unwrap_or(8000).max(1);
-                summary["duration_ms"] = json!(r.frames * 1000 / rate);
-                let files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
-                let mut files = files;
-                files.push(json!(fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string()));
-                summary["recovered_files"] = json!(files);
-                if summary["layout"] != "separate" {
-                    summary["file"] = files[0].clone();
-                }
-                if let Some(p) = &stem_sidecar
-                    && let Err(e) = write_atomically(p, &summary)
-                {
-                    crate::log::warn(&format!("recovery: cannot update {}: {e}", p.display()));
-                }
-                crate::log::warn(&format!(
-                    "recovered {} ({} frames) left unfinished by a crash",
-                    path.display(),
-                    r.frames
-                ));
-            }
-            Err(e) => {
-                crate::log::error(&format!("recovery: {}: {e}", partial.display()));
-                summary["error"] = json!(e.to_string());
-                summary["partial_files"] = json!([partial.display().to_string()]);
-            }
-        }
-        out.push(summary);
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    let ends = |p: &Path, suffix: &str| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix));
+    let mut changed = false;
+    // An interrupted atomic write: the sidecar it was replacing (if any) is still in place.
+    for tmp in names.iter().filter(|p| ends(p, ".json.tmp")) {
+        crate::log::warn(&format!("recovery: removing {}, an unfinished sidecar write", tmp.display()));
+        remove_if_present(tmp);
+        changed = true;
     }
-    if !out.is_empty() {
+    let mut out = Vec::new();
+    for partial in names.iter().filter(|p| ends(p, ".wav.partial")) {
+        changed = true;
+        if let Some(summary) = recover_partial(partial) {
+            out.push(summary);
+        }
+    }
+    changed |= remove_orphan_sidecars(spool);
+    if changed {
         let _ = fs::File::open(spool).and_then(|d| d.sync_all());
     }
     out
+}
+
+/// Recovers one `.partial` file; the summary to report, if the recording is known.
+fn recover_partial(partial: &Path) -> Option<Value> {
+    let path = partial.with_extension("");
+    let name = SpoolName::parse(&path);
+    // `<stem>.wav` or `<stem>-<n>-<label>.wav` (separate): the sidecar is `<stem>.json`.
+    let sidecar = match &name {
+        Some(n) => Some(path.with_file_name(format!("{}.json", n.stem))),
+        None => sidecar_for(&path),
+    };
+    let from_sidecar =
+        sidecar.as_ref().and_then(|p| fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Value>(&b).ok()).filter(
+            |v| {
+                let id = |k: &str| v[k].as_str().is_some_and(|s| !s.is_empty());
+                id("call_id") && id("recording_id")
+            },
+        );
+    let known = from_sidecar.is_some();
+    let mut summary = match (from_sidecar, &name) {
+        (Some(v), _) => v,
+        (None, Some(n)) => {
+            let mut v = json!({"recording_id": n.recording_id, "call_id": n.call_id, "ids_from_file_name": true});
+            if n.separate {
+                v["layout"] = json!("separate");
+            }
+            v
+        }
+        (None, None) => json!({}),
+    };
+    let named = summary["recording_id"].as_str().is_some_and(|s| !s.is_empty());
+    let len = fs::metadata(partial).map(|m| m.len()).unwrap_or(u64::MAX);
+    let unreadable_header = len < wav::HEADER_LEN && wav::inspect(partial).is_err();
+    if len == 0 || unreadable_header {
+        // Nothing to recover: its start failed, or the header never reached the disk.
+        remove_if_present(partial);
+        crate::log::warn(&format!(
+            "recovery: removed {} ({len} bytes, no audio){}",
+            partial.display(),
+            if known { "" } else { ", which no sidecar names" }
+        ));
+        if !known {
+            return None;
+        }
+        summary["state"] = json!("finished");
+        summary["end_reason"] = json!("crash_recovered");
+        summary["error"] = json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+        summary["partial_files"] = json!([]);
+        if summary["recovered_files"].as_array().is_none_or(|f| f.is_empty()) {
+            summary["duration_ms"] = json!(0);
+        }
+        if let Some(p) = &sidecar
+            && let Err(e) = write_atomically(p, &summary)
+        {
+            crate::log::warn(&format!("recovery: cannot update {}: {e}", p.display()));
+        }
+        return Some(summary);
+    }
+    let result = if path.exists() {
+        Err(wav::WavError::WouldReplace { path: path.clone() })
+    } else {
+        wav::repair(partial).and_then(|r| {
+            fs::hard_link(partial, &path).and_then(|()| fs::remove_file(partial)).map_err(|source| {
+                wav::WavError::File { path: path.clone(), action: "rename repaired file to", source }
+            })?;
+            Ok(r)
+        })
+    };
+    match result {
+        Ok(r) => {
+            if !known && let Ok(st) = wav::inspect(&path) {
+                summary["sample_rate"] = json!(st.info.sample_rate);
+                summary["channels"] = json!(st.info.channels);
+            }
+            summary["state"] = json!("finished");
+            summary["end_reason"] = json!("crash_recovered");
+            let rate = summary["sample_rate"].as_u64().unwrap_or(8000).max(1);
+            summary["duration_ms"] = json!(r.frames * 1000 / rate);
+            let mut files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
+            files.push(json!(fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string()));
+            summary["recovered_files"] = json!(files);
+            if summary["layout"] != "separate" {
+                summary["file"] = files[0].clone();
+            }
+            match &sidecar {
+                Some(p) if named => {
+                    if let Err(e) = write_atomically(p, &summary) {
+                        crate::log::warn(&format!("recovery: cannot update {}: {e}", p.display()));
+                    }
+                }
+                _ => {}
+            }
+            crate::log::warn(&format!(
+                "recovered {} ({} frames) left unfinished by a crash{}",
+                path.display(),
+                r.frames,
+                match (known, named) {
+                    (true, _) => "",
+                    (false, true) => "; no readable sidecar: ids taken from the file name",
+                    (false, false) => "; no sidecar and no recording id in the name: not reported",
+                }
+            ));
+        }
+        Err(e) => {
+            crate::log::error(&format!("recovery: {}: {e}", partial.display()));
+            summary["error"] = json!(e.to_string());
+            summary["partial_files"] = json!([partial.display().to_string()]);
+        }
+    }
+    named.then_some(summary)
+}
+
+/// Removes sidecars that still say `recording` or `paused` but have no audio file at all
+/// (`.wav` or `.wav.partial`): written for a start that then failed. Whether any was removed.
+fn remove_orphan_sidecars(spool: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(spool) else { return false };
+    let files: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let mut removed = false;
+    for name in files.iter().filter(|n| n.ends_with(".json")) {
+        let stem = &name[..name.len() - ".json".len()];
+        let path = spool.join(name);
+        let Some(v) = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) else { continue };
+        if !matches!(v["state"].as_str(), Some("recording" | "paused")) {
+            continue;
+        }
+        let has_audio = files.iter().any(|f| {
+            (f.ends_with(".wav") || f.ends_with(".wav.partial"))
+                && f.strip_prefix(stem).is_some_and(|rest| rest.starts_with(".wav") || rest.starts_with('-'))
+        });
+        if !has_audio {
+            crate::log::warn(&format!(
+                "recovery: removing {}, the sidecar of a recording that never started (no audio file)",
+                path.display()
+            ));
+            remove_if_present(&path);
+            removed = true;
+        }
+    }
+    removed
+}
+
+/// What a live recording file's name says: `<call>-<recording id>.wav`, or
+/// `<call>-<recording id>-<n>-<label>.wav` with the separate layout.
+#[derive(Debug, PartialEq, Eq)]
+struct SpoolName {
+    /// `<call>-<recording id>`: the sidecar is `<stem>.json`.
+    stem: String,
+    /// The call id as sanitised for the name.
+    call_id: String,
+    recording_id: String,
+    separate: bool,
+}
+
+impl SpoolName {
+    fn parse(wav: &Path) -> Option<SpoolName> {
+        let name = wav.file_name()?.to_str()?.strip_suffix(".wav")?;
+        let parts: Vec<&str> = name.split('-').collect();
+        // The last segment that is a ULID followed by nothing or by `<n>-<label>`.
+        (1..parts.len()).rev().find_map(|i| {
+            let rid = parts[i];
+            if rid.len() != 26 || ulid::Ulid::from_string(rid).is_err() {
+                return None;
+            }
+            let separate = match &parts[i + 1..] {
+                [] => false,
+                [n, label @ ..] if !label.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => true,
+                _ => return None,
+            };
+            Some(SpoolName {
+                stem: parts[..=i].join("-"),
+                call_id: parts[..i].join("-"),
+                recording_id: rid.to_string(),
+                separate,
+            })
+        })
+    }
 }
 
 /// The sidecar of a recording file: the longest `<prefix>.json` that exists.
@@ -482,6 +671,85 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-12-03T21:22:57.123Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn spool_names_give_the_ids() {
+        let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+        let n = SpoolName::parse(Path::new(&format!("/s/c-1-{rid}.wav"))).unwrap();
+        assert_eq!((n.stem.as_str(), n.call_id.as_str(), n.separate), (format!("c-1-{rid}").as_str(), "c-1", false));
+        assert_eq!(n.recording_id, rid);
+        let n = SpoolName::parse(Path::new(&format!("/s/a-b-{rid}-2-super-visor.wav"))).unwrap();
+        assert_eq!((n.call_id.as_str(), n.separate), ("a-b", true));
+        assert_eq!(n.stem, format!("a-b-{rid}"));
+        assert!(SpoolName::parse(Path::new("/s/no-id-here.wav")).is_none());
+        assert!(SpoolName::parse(Path::new(&format!("/s/{rid}.wav"))).is_none(), "no call id");
+    }
+
+    #[test]
+    fn a_failed_create_leaves_no_file_behind() {
+        use crate::core::recording::{LegSpec, RecordingConfig};
+        let spool = tempfile::tempdir().unwrap();
+        let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+        let legs = || {
+            ["a", "b"]
+                .iter()
+                .map(|l| LegLive {
+                    label: l.to_string(),
+                    port: 0,
+                    rtcp_port: None,
+                    source: SourceFilter::Any,
+                    last_src: None,
+                    last_packet_ns: None,
+                    wrong_source: 0,
+                    truncated: 0,
+                    kernel_drops: 0,
+                    silent_reported: false,
+                    left_ms: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let session = |layout| {
+            let specs = ["a", "b"].iter().map(|l| LegSpec { label: l.to_string(), payload_map: Default::default() });
+            Session::new(RecordingConfig::default(), layout, specs.collect(), None, 0)
+        };
+        let listing = || {
+            let mut v: Vec<String> =
+                fs::read_dir(spool.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            v.sort();
+            v
+        };
+        // The second leg's file cannot be created (a directory is in its way): the first leg's
+        // file is removed again, and no sidecar is written.
+        let blocker = spool.path().join(format!("c-{rid}-1-b.wav.partial"));
+        fs::create_dir(&blocker).unwrap();
+        let r = LiveCall::create(
+            "c".into(),
+            rid.into(),
+            Default::default(),
+            session(Layout::Separate),
+            legs(),
+            spool.path(),
+            SystemTime::now(),
+            0,
+        );
+        assert!(r.is_err());
+        assert_eq!(listing(), vec![format!("c-{rid}-1-b.wav.partial")], "only what was there before");
+        fs::remove_dir(&blocker).unwrap();
+        // The sidecar cannot be written: the audio file goes too, and no `.json.tmp` stays.
+        fs::create_dir(spool.path().join(format!("c-{rid}.json"))).unwrap();
+        let r = LiveCall::create(
+            "c".into(),
+            rid.into(),
+            Default::default(),
+            session(Layout::Stereo),
+            legs(),
+            spool.path(),
+            SystemTime::now(),
+            0,
+        );
+        assert!(r.is_err());
+        assert_eq!(listing(), vec![format!("c-{rid}.json")]);
     }
 
     #[test]

@@ -18,6 +18,15 @@ pub enum PortError {
         /// Calls active when it happened.
         calls: usize,
     },
+    /// A socket could not be bound for a reason other than its port being taken: the address is
+    /// not this host's (EADDRNOTAVAIL), the ports need privilege (EACCES), and so on.
+    #[error("cannot bind RTP socket on {addr}: {source}; check [rtp] bind and the port range")]
+    Bind {
+        /// The address and port that failed.
+        addr: SocketAddr,
+        /// The error from the kernel.
+        source: io::Error,
+    },
     /// The process ran out of file descriptors.
     #[error("out of file descriptors binding RTP sockets ({source}); raise LimitNOFILE or lower [limits] max_calls")]
     Descriptors {
@@ -65,10 +74,14 @@ impl PortAllocator {
         self.in_use.iter().step_by(2).filter(|u| **u).count()
     }
 
-    /// Binds the next free port (and port + 1 for RTCP unless `rtcp_mux`). Ports that fail to
-    /// bind (another process has them) are skipped.
+    /// Binds the next free port (and port + 1 for RTCP unless `rtcp_mux`). Ports another process
+    /// has (EADDRINUSE) are skipped. Ports refused for lack of permission (EACCES, EPERM: a
+    /// privileged port, a security policy) are skipped too, and if no pair binds the first such
+    /// error is reported rather than exhaustion; any other error (the address is not this
+    /// host's, out of memory) is reported at once, as itself.
     pub fn allocate(&mut self, rtcp_mux: bool, calls_active: usize) -> Result<LegPorts, PortError> {
         let pairs = self.capacity();
+        let mut refused: Option<PortError> = None;
         for _ in 0..pairs {
             let port = self.next;
             self.next = if u32::from(port) + 2 > u32::from(self.max) { self.min } else { port + 2 };
@@ -78,22 +91,42 @@ impl PortAllocator {
             }
             let rtp = match self.bind_one(port) {
                 Ok(s) => s,
-                Err(e) if is_descriptor_exhaustion(&e) => return Err(PortError::Descriptors { source: e }),
-                Err(_) => continue,
+                Err(e) => match self.classify(port, e) {
+                    Skip::Next(err) => {
+                        refused = refused.or(err);
+                        continue;
+                    }
+                    Skip::Fail(err) => return Err(err),
+                },
             };
             let rtcp = if rtcp_mux {
                 None
             } else {
                 match self.bind_one(port + 1) {
                     Ok(s) => Some(s),
-                    Err(e) if is_descriptor_exhaustion(&e) => return Err(PortError::Descriptors { source: e }),
-                    Err(_) => continue,
+                    Err(e) => match self.classify(port + 1, e) {
+                        Skip::Next(err) => {
+                            refused = refused.or(err);
+                            continue;
+                        }
+                        Skip::Fail(err) => return Err(err),
+                    },
                 }
             };
             self.in_use[idx] = true;
             return Ok(LegPorts { port, rtp, rtcp });
         }
-        Err(PortError::Exhausted { min: self.min, max: self.max, calls: calls_active })
+        Err(refused.unwrap_or(PortError::Exhausted { min: self.min, max: self.max, calls: calls_active }))
+    }
+
+    fn classify(&self, port: u16, e: io::Error) -> Skip {
+        let addr = SocketAddr::new(self.bind, port);
+        match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => Skip::Next(None),
+            Some(libc::EACCES) | Some(libc::EPERM) => Skip::Next(Some(PortError::Bind { addr, source: e })),
+            _ if is_descriptor_exhaustion(&e) => Skip::Fail(PortError::Descriptors { source: e }),
+            _ => Skip::Fail(PortError::Bind { addr, source: e }),
+        }
     }
 
     /// Returns a port (the RTP port of a pair) to the pool.
@@ -109,6 +142,14 @@ impl PortAllocator {
         set_receive_buffer(&s, self.receive_buffer)?;
         Ok(s)
     }
+}
+
+/// What a failed bind means for the search.
+enum Skip {
+    /// Try the next pair (remembering why this one was refused, unless it was merely taken).
+    Next(Option<PortError>),
+    /// Stop: the error applies to every port.
+    Fail(PortError),
 }
 
 fn is_descriptor_exhaustion(e: &io::Error) -> bool {

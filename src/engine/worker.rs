@@ -185,10 +185,6 @@ impl Worker {
         }
         let specs = start.legs.iter().map(|l| l.spec.clone()).collect();
         let session = Session::new(start.recording, start.layout, specs, start.channels, now);
-        let slot = self.free_calls.pop().unwrap_or_else(|| {
-            self.calls.push(None);
-            self.calls.len() - 1
-        });
         let mut lives = Vec::new();
         let mut sockets = Vec::new();
         for (i, leg) in start.legs.into_iter().enumerate() {
@@ -206,14 +202,20 @@ impl Worker {
             now,
         )
         .map_err(|e| CallError::new("spool_failed", format!("cannot create the recording file: {e}")))?;
+        // Taken only once the call exists, so a refused start does not lose the slot.
+        let slot = self.free_calls.pop().unwrap_or_else(|| {
+            self.calls.push(None);
+            self.calls.len() - 1
+        });
         let mut owned = Owned { call, routes: Vec::new() };
         for (i, leg) in sockets {
             if let Err(e) = self.attach(slot, i, leg, &mut owned.routes) {
                 for r in owned.routes.drain(..) {
                     self.detach(r);
                 }
-                owned.call.failure = Some(e.message.clone());
-                let _ = owned.call.finalize(EndReason::Stopped, now);
+                self.free_calls.push(slot);
+                // The ACD is told the start failed: the recording never began, so its files go.
+                owned.call.discard();
                 return Err(e);
             }
         }
