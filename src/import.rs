@@ -167,6 +167,8 @@ pub struct LegReport {
     pub lost: u64,
     /// Too late to place.
     pub late: u64,
+    /// Too far ahead of arrival to place (a sender faster than real time).
+    pub ahead: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
     /// Out of order but placed.
@@ -752,6 +754,7 @@ fn close_call(
                 packets: s.packets,
                 lost: leg.lost(),
                 late: s.late,
+                ahead: s.ahead,
                 duplicates: s.duplicates,
                 reordered: s.reordered,
                 ssrc_changes: s.ssrc_changes,

@@ -58,7 +58,7 @@ fn sip_call_json_has_every_documented_field() {
     assert_eq!(legs[0]["packets"], 501);
     assert_eq!(legs[0]["silent"], false);
     assert_eq!(legs[0]["unsupported_codec"], Value::Null);
-    for key in ["start_offset_ms", "lost", "late", "duplicates", "reordered", "dtmf", "file"] {
+    for key in ["start_offset_ms", "lost", "late", "ahead", "duplicates", "reordered", "dtmf", "file"] {
         assert!(legs[0].get(key).is_some(), "leg field {key}");
     }
     // The callee never sent: a silent channel, flagged.

@@ -259,3 +259,26 @@ fn telephone_events_are_recorded_not_decoded() {
         assert_eq!(planes[0].len(), 50 * 160);
     }
 }
+
+/// A sender ten times faster than real time (a burst, a replay at speed) cannot stretch the
+/// recording past the wall clock: what would sit more than 5 s ahead of its arrival is dropped
+/// and counted in `ahead`. (Once, 200,000 packets sent in a second made a 66-minute file.)
+#[test]
+fn a_sender_faster_than_real_time_cannot_stretch_the_recording() {
+    // 3,000 packets (60 s of audio) sent in 6 s.
+    let sent: Vec<Sent> = pcmu_stream(3000, 0, 100, 1000, 0x7777, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Sent { at: i as u64 * 2 * MS, bytes: s.bytes })
+        .collect();
+    let expect = decoded(&sent);
+    let (leg, out) = one_leg(sent);
+    let s = out.rec.legs()[0].stats();
+    let last_arrival = 2999 * 2 * 8; // samples
+    assert!(leg.len() as u64 <= last_arrival + 5_000 * 8 + 160, "{} samples", leg.len());
+    assert!(leg.len() as u64 >= last_arrival + 4_900 * 8, "placed up to 5 s ahead: {} samples", leg.len());
+    assert_eq!(s.audio_packets + s.ahead, 3000, "every packet placed or counted: {s:?}");
+    assert_eq!(out.rec.legs()[0].lost(), 0);
+    // What was placed is the stream's own audio, in order, from the start.
+    assert_eq!(&leg[..8000], &expect[..8000]);
+}

@@ -109,6 +109,10 @@ pub struct LegStats {
     pub late: u64,
     /// Arrived out of order but in time: placed.
     pub reordered: u64,
+    /// Dropped because even after re-anchoring they would sit more than `max_ahead_ms` ahead of
+    /// their arrival: a sender faster than real time (a burst, a replay at speed). The
+    /// recording follows the wall clock, so what cannot fit is not placed.
+    pub ahead: u64,
     /// SSRC changes after the first.
     pub ssrc_changes: u64,
     /// Anchor moves caused by timestamp discontinuities.
@@ -477,6 +481,13 @@ impl Leg {
         }
         if reanchor {
             let anchor = self.arrival_anchor(now_ns, cursor);
+            // The anchor cannot go back over audio already written, so a sender far faster than
+            // real time keeps landing ahead of its arrival. Drop what does not fit (the anchor
+            // stays), or a burst would stretch the recording, and fill the disk, past the call.
+            if anchor + len > now_pos + max_ahead {
+                self.stats.ahead += 1;
+                return Placement::Dropped;
+            }
             let seg = self.segment.as_mut().expect("segment exists");
             seg.anchor_ext_ts = ext_ts;
             seg.anchor_pos = anchor;

@@ -339,6 +339,7 @@ impl LiveCall {
                     "packets": s.packets,
                     "lost": leg.lost(),
                     "late": s.late,
+                    "ahead": s.ahead,
                     "duplicates": s.duplicates,
                     "reordered": s.reordered,
                     "ssrc_changes": s.ssrc_changes,
