@@ -24,6 +24,9 @@ use protocol::{Command, LegRequest, PROTOCOL_VERSION};
 
 /// How many recent events are kept for `subscribe` with `since`.
 const EVENT_BACKLOG: usize = 10_000;
+/// Events queued for one subscriber that is not reading. Past this it is disconnected (never
+/// silently skipped): it reconnects and resubscribes with `since` to get what it missed.
+pub const SUBSCRIBER_QUEUE: usize = 4096;
 
 /// An active call as the control plane knows it.
 #[derive(Debug, Clone)]
@@ -42,10 +45,56 @@ struct Registry {
     legs_per_worker: Vec<usize>,
 }
 
-/// A connection that asked for events.
+/// A connection that asked for events. Its own writer thread drains `queue` into the socket, so
+/// publishing never waits for a slow reader.
 struct Subscriber {
     id: u64,
+    queue: std::sync::mpsc::SyncSender<Arc<str>>,
+    /// To close the connection when it falls too far behind.
+    conn: UnixStream,
+}
+
+/// The writer half of a subscription: started by the connection once the `subscribe` reply and
+/// any replayed events are written, so live events always follow them, in `seq` order.
+pub struct EventWriter {
+    id: u64,
+    rx: std::sync::mpsc::Receiver<Arc<str>>,
     out: Arc<Mutex<UnixStream>>,
+    closer: UnixStream,
+}
+
+impl EventWriter {
+    /// Writes queued events until the subscription ends (the subscriber is removed) or a write
+    /// fails (then the connection is closed).
+    pub fn spawn(self) -> std::io::Result<()> {
+        std::thread::Builder::new().name(format!("events-{}", self.id)).spawn(move || {
+            for line in self.rx {
+                let mut w = self.out.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = w.write_all(line.as_bytes()) {
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        crate::log::warn(&format!(
+                            "control connection {}: cannot write an event ({e}): the subscriber is not reading; \
+                             disconnecting it (it may resubscribe with \"since\")",
+                            self.id
+                        ));
+                    }
+                    let _ = self.closer.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+impl Subscriber {
+    /// A subscription for connection `id`, and the writer that drains it.
+    fn new(id: u64, out: &Arc<Mutex<UnixStream>>) -> std::io::Result<(Subscriber, EventWriter)> {
+        let conn = out.lock().unwrap_or_else(|p| p.into_inner()).try_clone()?;
+        let closer = conn.try_clone()?;
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Arc<str>>(SUBSCRIBER_QUEUE);
+        Ok((Subscriber { id, queue, conn }, EventWriter { id, rx, out: out.clone(), closer }))
+    }
 }
 
 struct EventLog {
@@ -453,7 +502,10 @@ impl Control {
     fn subscribe(&self, since: Option<u64>, conn: &ConnContext) -> Result<Value, CallError> {
         let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if !log.subscribers.iter().any(|s| s.id == conn.id) {
-            log.subscribers.push(Subscriber { id: conn.id, out: conn.out.clone() });
+            let (sub, writer) = Subscriber::new(conn.id, &conn.out)
+                .map_err(|e| CallError { code: "internal", message: format!("cannot start the event writer: {e}") })?;
+            log.subscribers.push(sub);
+            *conn.event_writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
         }
         let last = log.next_seq - 1;
         let replay: Vec<Value> = match since {
@@ -469,8 +521,9 @@ impl Control {
         Ok(reply)
     }
 
-    /// Records an event and sends it to every subscriber; a subscriber that cannot keep up
-    /// (write blocked past its timeout) or went away is dropped.
+    /// Records an event and queues it for every subscriber. A subscriber that has
+    /// [`SUBSCRIBER_QUEUE`] events queued and unread is disconnected, so it learns that it missed
+    /// events (it resubscribes with `since`); one that went away is dropped.
     pub fn publish(&self, event: Event) {
         if matches!(event.event, "recording_finished" | "recording_failed") {
             self.forget(&event.call_id, Some(&event.recording_id));
@@ -499,10 +552,20 @@ impl Control {
             log.backlog.pop_front();
         }
         log.backlog.push_back(line.clone());
-        let text = format!("{line}\n");
-        log.subscribers.retain(|s| {
-            let mut out = s.out.lock().unwrap_or_else(|p| p.into_inner());
-            out.write_all(text.as_bytes()).is_ok()
+        let text: Arc<str> = Arc::from(format!("{line}\n"));
+        log.subscribers.retain(|s| match s.queue.try_send(text.clone()) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                crate::log::warn(&format!(
+                    "control connection {}: {SUBSCRIBER_QUEUE} events unread; disconnecting it (it may \
+                     resubscribe with \"since\": {} to get what it missed)",
+                    s.id,
+                    seq.saturating_sub(SUBSCRIBER_QUEUE as u64 + 1)
+                ));
+                let _ = s.conn.shutdown(std::net::Shutdown::Both);
+                false
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
         });
     }
 
@@ -521,6 +584,8 @@ pub struct ConnContext {
     pub out: Arc<Mutex<UnixStream>>,
     /// Events to write after the current reply (replay on `subscribe`).
     pub pending_events: Mutex<Vec<Value>>,
+    /// A new subscription's writer, to start once the reply and the replay are written.
+    pub event_writer: Mutex<Option<EventWriter>>,
 }
 
 /// Builds a reply line's object.

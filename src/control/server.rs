@@ -151,7 +151,8 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
             &json!({"id": null, "ok": false, "error": {"code": "too_many_clients", "message": msg}}),
         );
     }
-    let ctx = ConnContext { id, out: out.clone(), pending_events: Mutex::new(Vec::new()) };
+    let ctx =
+        ConnContext { id, out: out.clone(), pending_events: Mutex::new(Vec::new()), event_writer: Mutex::new(None) };
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut line = Vec::new();
     loop {
@@ -175,6 +176,9 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
                     std::mem::take(&mut *ctx.pending_events.lock().unwrap_or_else(|p| p.into_inner()));
                 for e in pending {
                     write_line(&out, &e)?;
+                }
+                if let Some(writer) = ctx.event_writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    writer.spawn()?;
                 }
             }
         }
