@@ -951,7 +951,8 @@ fn render(
     );
     let _ = writeln!(
         t,
-        "\nMachine: {}. {}. Loopback. Took {:.0} s.\n",
+        "\nMachine: {}. {}. Loopback: the kernel charges much of the receive work to the sender, so \
+         compare the ratios, not the absolute figures. Took {:.0} s.\n",
         sys::machine(),
         ctx.placement(),
         took.as_secs_f64()
@@ -1014,6 +1015,18 @@ fn render(
         rows.iter().map(|r| format!("{} / {}", r.2.sent, r.2.received)).collect(),
         peer.map(|p| format!("{} / {}", p.sent, p.received)),
     );
+    if a.loss > 0.0 {
+        row(
+            "dropped on purpose by the sender (each leg's `lost` must match)",
+            rows.iter()
+                .map(|r| {
+                    let mismatch = r.2.recordings_bad.iter().any(|b| b.contains("lost"));
+                    format!("{} ({})", r.2.dropped_on_purpose, if mismatch { "MISMATCH" } else { "all matched" })
+                })
+                .collect(),
+            peer.map(|p| p.dropped_on_purpose.to_string()),
+        );
+    }
     row(
         "lost: socket overflow / kernel UDP errors / callvault",
         rows.iter()
@@ -1021,7 +1034,7 @@ fn render(
                 format!("{} / {} / {}", r.2.socket_overflow, r.2.kernel_udp_errors, r.2.callvault_lost.unwrap_or(0))
             })
             .collect(),
-        peer.map(|p| format!("– / {} / –", p.kernel_udp_errors)),
+        peer.map(|_| "– (its forwarded copies overflow the sink)".to_string()),
     );
     row(
         "floor lost: socket overflow / kernel UDP errors",
