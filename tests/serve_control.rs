@@ -466,9 +466,10 @@ fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
     let wav = partial.with_extension("");
     assert!(!partial.exists() && wav.exists());
     let (_, samples) = read_wav(&wav);
-    // What was written before the kill is kept (the writer's buffer may lose the last moments).
+    // What was written before the kill is kept: at most the writer's 8 KiB buffer (2,048 stereo
+    // frames, 0.26 s) is lost. (With a 64 KiB buffer a kill -9 once lost 3 s of a 7 s call.)
     let loud = samples.iter().filter(|&&x| x == 32124).count();
-    assert!(loud >= 60 * 160, "{loud} samples of the 100 packets survived");
+    assert!(loud >= 100 * 160 - 2048, "{loud} samples of the 100 packets (16,000) survived");
 }
 
 /// Runs `callvault serve` on `cfg` that is expected to refuse to start; kills it (and fails) if
