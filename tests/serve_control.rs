@@ -760,3 +760,32 @@ fn ctl_gives_up_with_exit_code_4_when_the_daemon_never_answers() {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }
+
+/// A leg's `channel` at `start` is honoured, and one the recording does not have is refused
+/// (it was once silently moved to channel 0); `channels` below 2 is refused for stereo.
+#[test]
+fn leg_channels_at_start_are_honoured_or_refused() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let r = c.request(json!({"cmd": "start", "call_id": "ch-bad", "channels": 2,
+        "legs": [{"label": "customer"}, {"label": "agent", "channel": 5}]}));
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("\"agent\"") && msg.contains("channel 5") && msg.contains("2 channel"), "{msg}");
+    let r = c.request(json!({"cmd": "start", "call_id": "ch-one", "channels": 1,
+        "legs": [{"label": "customer"}, {"label": "agent"}]}));
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // Nothing was left behind by the refusals: the same ids start fine now.
+    let r = c.request(json!({"cmd": "start", "call_id": "ch-bad",
+        "legs": [{"label": "customer", "channel": 1}, {"label": "agent", "channel": 0}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let p0 = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_pcmu(&s, ("127.0.0.1", p0), 1, 25, 0x80);
+    std::thread::sleep(Duration::from_millis(400));
+    let stop = c.request(json!({"cmd": "stop", "call_id": "ch-bad"}));
+    assert_eq!(stop["legs"][0]["channel"], 1, "{stop}");
+    let (channels, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
+    let loud = |ch| channel(&samples, channels, ch).iter().filter(|&&x| x == 32124).count();
+    assert_eq!((loud(0), loud(1)), (0, 25 * 160), "the customer is on the channel it asked for");
+}

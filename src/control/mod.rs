@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::core::mixer::Layout;
 use crate::core::recording::{LegSpec, RecordingConfig};
 use crate::engine::ports::{PortAllocator, PortError};
 use crate::engine::{CallError, Engine, Event, LegSetup, Op, StartCall};
@@ -291,6 +292,23 @@ impl Control {
                 ),
             ));
         }
+        let layout = s.layout.unwrap_or(self.cfg.default_layout());
+        if layout == Layout::Stereo {
+            // The same default as the session's: one channel per leg, at least two.
+            let channels = s.channels.unwrap_or(s.legs.len().max(2) as u16);
+            if let Some(l) = s.legs.iter().find(|l| l.channel.is_some_and(|c| c >= channels)) {
+                return Err(CallError::new(
+                    "bad_request",
+                    format!(
+                        "leg {:?} asks for channel {} but the recording has {channels} channel(s), 0-{}; \
+                         raise \"channels\" or choose another channel",
+                        l.label,
+                        l.channel.unwrap_or(0),
+                        channels - 1
+                    ),
+                ));
+            }
+        }
         let (worker, setups, replies) = {
             let mut reg = self.lock_registry();
             if reg.calls.contains_key(&s.call_id) {
@@ -352,7 +370,7 @@ impl Control {
         let start = StartCall {
             recording_id: recording_id.clone(),
             metadata: s.metadata,
-            layout: s.layout.unwrap_or(self.cfg.default_layout()),
+            layout,
             channels: s.channels,
             recording,
             legs: setups,

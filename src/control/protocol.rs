@@ -148,7 +148,7 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
                 ),
                 Some(_) => return Err(bad("\"layout\" must be a string")),
             },
-            channels: opt_u16(obj, "channels", 1, 64)?,
+            channels: opt_u16(obj, "channels", 2, 64)?,
             metadata: metadata(obj)?,
             dtmf_digits: match obj.get("dtmf_digits") {
                 None | Some(Value::Null) => None,

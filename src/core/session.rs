@@ -117,6 +117,23 @@ impl Session {
         &self.rec
     }
 
+    /// Puts each leg that names a channel on it (stereo; `None` keeps the default: leg `i` on
+    /// channel `i`). A channel the recording does not have is an error, never moved silently.
+    pub fn with_leg_channels(mut self, channels: &[Option<u16>]) -> Result<Self, SessionError> {
+        if self.layout != Layout::Stereo {
+            return Ok(self);
+        }
+        for (slot, c) in self.slots.iter_mut().zip(channels) {
+            if let Some(c) = *c {
+                if c >= self.channels {
+                    return Err(SessionError::NoSuchChannel { channel: c, channels: self.channels });
+                }
+                slot.channel = c;
+            }
+        }
+        Ok(self)
+    }
+
     /// Channels per output file.
     pub fn channels(&self) -> u16 {
         self.channels

@@ -460,7 +460,12 @@ pub fn recover_spool(spool: &Path) -> Vec<Value> {
     for partial in names.iter().filter(|p| ends(p, ".wav.partial")) {
         changed = true;
         if let Some(summary) = recover_partial(partial) {
-            out.push(summary);
+            // A separate-layout recording has a file per leg: one report for the recording,
+            // the last one (its sidecar by then lists every file recovered).
+            match out.iter_mut().find(|s: &&mut Value| s["recording_id"] == summary["recording_id"]) {
+                Some(earlier) => *earlier = summary,
+                None => out.push(summary),
+            }
         }
     }
     changed |= remove_orphan_sidecars(spool);
@@ -760,5 +765,26 @@ mod tests {
         assert!(SourceFilter::Ip(a.ip()).allows(a));
         assert!(!SourceFilter::Ip("10.0.0.2".parse().unwrap()).allows(a));
         assert!(!SourceFilter::Addr("10.0.0.1:4001".parse().unwrap()).allows(a));
+    }
+
+    /// A separate-layout recording killed mid-call has a file per leg: recovery reports it once.
+    #[test]
+    fn a_separate_recording_is_recovered_and_reported_once() {
+        let spool = tempfile::tempdir().unwrap();
+        let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+        let spec = wav::WavSpec { sample_rate: 8000, channels: 1 };
+        for (n, label) in [(0, "a"), (1, "b")] {
+            let path = spool.path().join(format!("c-1-{rid}-{n}-{label}.wav.partial"));
+            let mut w = wav::create_file(&path, spec).unwrap();
+            w.write_samples(&[100; 800]).unwrap();
+            // Dropped unfinished, as by kill -9: the header says nothing of the data.
+            std::mem::forget(w);
+        }
+        let sidecar = json!({"call_id": "c-1", "recording_id": rid, "layout": "separate", "state": "recording"});
+        fs::write(spool.path().join(format!("c-1-{rid}.json")), sidecar.to_string()).unwrap();
+        let reports = recover_spool(spool.path());
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0]["recording_id"], rid);
+        assert_eq!(reports[0]["recovered_files"].as_array().map(Vec::len), Some(2), "{}", reports[0]);
     }
 }

@@ -184,7 +184,10 @@ impl Worker {
             return Err(CallError::new("call_exists", format!("call {call_id:?} is already being recorded")));
         }
         let specs = start.legs.iter().map(|l| l.spec.clone()).collect();
-        let session = Session::new(start.recording, start.layout, specs, start.channels, now);
+        let leg_channels: Vec<Option<u16>> = start.legs.iter().map(|l| l.channel).collect();
+        let session = Session::new(start.recording, start.layout, specs, start.channels, now)
+            .with_leg_channels(&leg_channels)
+            .map_err(|e| CallError::new("bad_request", e.to_string()))?;
         let mut lives = Vec::new();
         let mut sockets = Vec::new();
         for (i, leg) in start.legs.into_iter().enumerate() {
