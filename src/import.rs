@@ -553,7 +553,7 @@ impl ActiveCall {
 pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport::default();
     let (flows, sip_calls) = discover(opts, &mut progress, &mut report)?;
-    fs::create_dir_all(&opts.out_dir)
+    crate::output::ensure_dir(&opts.out_dir)
         .map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;
     let out_dir = fs::canonicalize(&opts.out_dir)
         .map_err(|source| ImportError::OutputDir { path: opts.out_dir.clone(), source })?;

@@ -94,11 +94,12 @@ pub enum ServeError {
 pub fn run(cfg: Config) -> Result<(), ServeError> {
     check_rtp_bind(cfg.rtp.bind)?;
     let spool = cfg.spool_dir();
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::Dir { path: cfg.data_dir.clone(), source })?;
+    crate::output::ensure_dir(&cfg.data_dir)
+        .map_err(|source| ServeError::Dir { path: cfg.data_dir.clone(), source })?;
     // Held until `run` returns: a second daemon on this data directory is refused here, before
     // its recovery could take the running daemon's live `.partial` files for a crash's.
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    std::fs::create_dir_all(&spool).map_err(|source| ServeError::Dir { path: spool.clone(), source })?;
+    crate::output::ensure_dir(&spool).map_err(|source| ServeError::Dir { path: spool.clone(), source })?;
     // Before anything new is recorded: finish what a crash left behind.
     let recovered = crate::engine::call::recover_spool(&spool);
     let limit = raise_descriptor_limit();
