@@ -31,6 +31,9 @@ use sender::{Codec, Plan, SendReport};
 
 /// First RTP port handed to the receivers (even; callvault's range, the floor's ports).
 const PORT_BASE: u16 = 20000;
+/// Scratch directories: `<tmp>/callvault-bench-<pid>-…`, removed at the end or, after a kill, by
+/// the next run.
+const SCRATCH_PREFIX: &str = "callvault-bench-";
 /// Socket receive buffer for every receiver, bytes (callvault's default).
 const RCVBUF: usize = 262_144;
 
@@ -293,8 +296,11 @@ fn orchestrate(mut args: Args) -> Result<()> {
     }
     let receiver_cpus: Vec<usize> = (0..workers).map(|i| i % cpus).collect();
     let sender_cpus: Vec<Option<usize>> = (0..senders).map(|i| (workers + i < cpus).then_some(workers + i)).collect();
-    let scratch =
-        tempfile::Builder::new().prefix("callvault-bench-").tempdir().map_err(|e| format!("scratch directory: {e}"))?;
+    sys::remove_stale_scratch(SCRATCH_PREFIX);
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| format!("scratch directory: {e}"))?;
     let ctx = Ctx { args, callvault, scratch, receiver_cpus, sender_cpus, nofile };
     let started = Instant::now();
     eprintln!(
@@ -438,8 +444,9 @@ fn spawn_sender(ctx: &Ctx, plan: &Plan, name: &str) -> Result<Child> {
     std::fs::write(&path, serde_json::to_vec(plan).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    Command::new(exe)
-        .arg("send")
+    let mut cmd = Command::new(exe);
+    sys::die_with_parent(&mut cmd);
+    cmd.arg("send")
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -505,7 +512,9 @@ fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
         let path = ctx.scratch.path().join(format!("floor-{}-{k}.ports", backend.name()));
         std::fs::write(&path, chunk.iter().map(u16::to_string).collect::<Vec<_>>().join("\n"))
             .map_err(|e| e.to_string())?;
-        let mut child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        sys::die_with_parent(&mut cmd);
+        let mut child = cmd
             .args(["floor", "--backend", backend.name(), "--cpu", &cpu.to_string()])
             .arg(&path)
             .stdin(Stdio::piped())
@@ -591,6 +600,7 @@ impl Daemon {
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("serve.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&ctx.callvault);
+        sys::die_with_parent(&mut cmd);
         cmd.args(["serve", "--config"]).arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         sys::pin_command(&mut cmd, &ctx.receiver_cpus);
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", ctx.callvault.display()))?;

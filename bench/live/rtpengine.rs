@@ -137,6 +137,7 @@ impl Rtpengine {
         std::fs::create_dir_all(&recording_dir)?;
         let log = std::fs::File::create(dir.join("rtpengine.log"))?;
         let mut cmd = Command::new(bin);
+        sys::die_with_parent(&mut cmd);
         cmd.args([
             "--config-file=none",
             "--table=-1",

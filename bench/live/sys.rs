@@ -109,6 +109,37 @@ pub fn pin_command(cmd: &mut Command, cpus: &[usize]) {
     }
 }
 
+/// Makes `cmd`'s process get SIGTERM when the benchmark dies (killed, interrupted, crashed), so
+/// no daemon, receiver or sender outlives it.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, an
+    // async-signal-safe system call; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Removes scratch directories (`<tmp>/<prefix><pid>-…`) left by benchmark runs whose process is
+/// gone (killed before it could clean up: they can hold gigabytes of recordings).
+pub fn remove_stale_scratch(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// CPUs this process may run on.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
