@@ -502,7 +502,7 @@ fn run_senders(
 
 fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
     let streams = load.calls * 2;
-    let ports: Vec<u16> = (0..streams).map(|i| PORT_BASE + 2 * i as u16).collect();
+    let ports = free_even_ports(streams)?;
     // One floor receiver per worker CPU, each with its share of the sockets, as callvault's
     // workers share the calls.
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -574,6 +574,29 @@ fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
     })
 }
 
+/// `n` even ports from [`PORT_BASE`] up that nothing holds now (as callvault's allocator skips
+/// busy ports, so does the floor: another program on the machine must not fail the run).
+fn free_even_ports(n: usize) -> Result<Vec<u16>> {
+    let mut ports = Vec::with_capacity(n);
+    let mut port = PORT_BASE;
+    while ports.len() < n {
+        if port > 60998 {
+            return Err(format!("only {} free even ports from {PORT_BASE} to 60998; {n} needed", ports.len()));
+        }
+        if UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok() {
+            ports.push(port);
+        }
+        port += 2;
+    }
+    Ok(ports)
+}
+
+/// A UDP port on 127.0.0.1 that nothing holds now.
+fn free_udp_port() -> Result<u16> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(s.local_addr().map_err(|e| e.to_string())?.port())
+}
+
 /// A `callvault serve` started for one run, stopped (SIGTERM) on drop.
 struct Daemon {
     child: Child,
@@ -586,12 +609,12 @@ impl Daemon {
         let dir = ctx.scratch.path().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let socket = dir.join("control.sock");
-        let port_max = PORT_BASE as usize + 4 * (calls + 10) + 1;
+        // The whole range up to 60998, so ports another program holds are skipped, not short.
+        let port_max = 60998;
         let config = format!(
             "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n",
             dir = dir.display(),
             sock = socket.display(),
-            port_max = port_max.min(60998),
             backend = backend.name(),
             max_calls = calls + 10,
             workers = ctx.receiver_cpus.len(),
@@ -777,9 +800,9 @@ fn rtpengine_trial(ctx: &Ctx, bin: &Path, load: Load) -> Result<Trial> {
         std::net::SocketAddr::V4(a) => a,
         other => return Err(format!("sink bound to {other}")),
     };
-    let ports = (PORT_BASE, (PORT_BASE as usize + 4 * (load.calls + 10) + 1).min(60999) as u16);
-    let mut rtpe =
-        rtpengine::Rtpengine::start(bin, &dir, 22_222, ports, &ctx.receiver_cpus).map_err(|e| e.to_string())?;
+    let ports = (PORT_BASE, 60999);
+    let mut rtpe = rtpengine::Rtpengine::start(bin, &dir, free_udp_port()?, ports, &ctx.receiver_cpus)
+        .map_err(|e| e.to_string())?;
     let rss_idle = sys::rss_bytes(rtpe.pid()).unwrap_or(0);
     let mut dests = Vec::with_capacity(load.calls * 2);
     for i in 0..load.calls {
