@@ -37,13 +37,22 @@ const SCRATCH_PREFIX: &str = "callvault-bench-";
 /// Socket receive buffer for every receiver, bytes (callvault's default).
 const RCVBUF: usize = 262_144;
 
+/// A number in `[lo, hi]`, for clap: a value out of range is a usage error (exit 2).
+fn ranged(lo: f64, hi: f64) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from {lo} to {hi}")),
+    }
+}
+
 #[derive(Parser)]
 #[command(
-    name = "live",
+    name = "bench/run.sh",
+    bin_name = "bench/run.sh",
     about = "Live benchmark: callvault serve under N concurrent calls, beside the receive floor and rtpengine",
     after_help = "Examples:
-  bench/run.sh                                   # the whole comparison (a few minutes), appended to bench/RESULTS.md
-  bench/run.sh --quick                           # seconds: 50 calls, no search, no rtpengine (what CI runs)
+  bench/run.sh                                   # the whole comparison (about 3 minutes), appended to bench/RESULTS.md
+  bench/run.sh --quick                           # seconds: 50 calls, no search, no rtpengine, appends nothing (CI)
   bench/run.sh --calls 2000 --no-search --backends epoll
   bench/run.sh --loss 0.01 --reorder 0.01 --jitter-ms 30 --skew-ppm 100 --no-search
   bench/run.sh --ptime 30 --codec pcma --results -  # print only, append nothing
@@ -52,20 +61,24 @@ Loopback only: every packet goes to 127.0.0.1. On loopback the kernel charges mu
 receive work to the sender, so absolute CPU figures understate what a NIC costs the receiver;
 the ratio to the receive floor, measured in the same run, is the figure to watch.
 
+Interrupted (Ctrl-C, SIGTERM), it stops every process it started and removes its scratch
+directory; one killed outright is cleaned up after by the next run.
+
 Exit codes: 0 the run completed (targets are reported, never enforced); 1 it could not run
-(callvault or the sender failed, a recording was missing or wrong); 2 usage."
+(callvault or the sender failed, a recording was missing or wrong); 2 usage; 130/143
+interrupted."
 )]
 struct Args {
     #[command(subcommand)]
     role: Option<Role>,
     /// Concurrent two-leg calls for the side-by-side comparison.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20_000))]
     calls: usize,
-    /// Seconds of traffic per measured run.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds of traffic per measured run (1-3600).
+    #[arg(long, default_value_t = 10.0, value_parser = ranged(1.0, 3600.0))]
     seconds: f64,
-    /// Seconds of traffic per step of the zero-loss search.
-    #[arg(long, default_value_t = 6.0)]
+    /// Seconds of traffic per step of the zero-loss search (1-600).
+    #[arg(long, default_value_t = 6.0, value_parser = ranged(1.0, 600.0))]
     search_seconds: f64,
     /// Skip the zero-loss step search.
     #[arg(long)]
@@ -89,23 +102,25 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Codec::Pcmu)]
     codec: Codec,
     /// Fraction of packets dropped on purpose by the sender (0-0.5).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = ranged(0.0, 0.5))]
     loss: f64,
-    /// Fraction of packets swapped with the next one.
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of packets swapped with the next one (0-0.5).
+    #[arg(long, default_value_t = 0.0, value_parser = ranged(0.0, 0.5))]
     reorder: f64,
-    /// Random extra delay per packet, up to this many ms.
-    #[arg(long, default_value_t = 0.0)]
+    /// Random extra delay per packet, up to this many ms (0-150: within callvault's reorder
+    /// window, so nothing is late by design).
+    #[arg(long, default_value_t = 0.0, value_parser = ranged(0.0, 150.0))]
     jitter_ms: f64,
-    /// Clock skew between the two legs of each call, ppm.
-    #[arg(long, default_value_t = 0.0)]
+    /// Clock skew between the two legs of each call, ppm (-1000 to 1000).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = ranged(-1000.0, 1000.0))]
     skew_ppm: f64,
     /// Seconds, small counts, no search and no rtpengine: checks that the benchmark works.
     #[arg(long)]
     quick: bool,
-    /// Where to append the results table (`-`: nowhere).
-    #[arg(long, default_value = "bench/RESULTS.md")]
-    results: String,
+    /// Where to append the results table (`-`: nowhere). Default bench/RESULTS.md, or nowhere
+    /// with --quick.
+    #[arg(long)]
+    results: Option<String>,
     /// Print the results as one JSON object on stdout as well.
     #[arg(long)]
     json: bool,
@@ -281,9 +296,16 @@ fn orchestrate(mut args: Args) -> Result<()> {
         args.no_search = true;
         args.rtpengine = "off".into();
     }
-    if !(0.0..=0.5).contains(&args.loss) || !(0.0..=0.5).contains(&args.reorder) || args.jitter_ms < 0.0 {
-        return Err("--loss and --reorder must be 0-0.5 and --jitter-ms at least 0".into());
+    let results = args.results.clone().unwrap_or_else(|| if args.quick { "-".into() } else { "bench/RESULTS.md".into() });
+    if results != "-" {
+        // Fail now, not after minutes of measuring.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&results)
+            .map_err(|e| format!("cannot append results to {results}: {e}"))?;
     }
+    args.results = Some(results);
     let callvault = PathBuf::from(env!("CARGO_BIN_EXE_callvault"));
     let nofile = sys::raise_nofile();
     let cpus = sys::cpus();
@@ -301,6 +323,7 @@ fn orchestrate(mut args: Args) -> Result<()> {
         .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| format!("scratch directory: {e}"))?;
+    sys::clean_up_on_signal(scratch.path().to_path_buf()).map_err(|e| format!("signal handling: {e}"))?;
     let ctx = Ctx { args, callvault, scratch, receiver_cpus, sender_cpus, nofile };
     let started = Instant::now();
     eprintln!(
@@ -322,6 +345,7 @@ fn orchestrate(mut args: Args) -> Result<()> {
         report_trial(&cv);
         rows.push((b, floor, cv));
     }
+    let mut peer_failure: Option<String> = None;
     let peer = match rtpengine_binary(&ctx.args.rtpengine) {
         Some(bin) => match rtpengine_trial(&ctx, &bin, load) {
             Ok(t) => {
@@ -330,6 +354,7 @@ fn orchestrate(mut args: Args) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("bench: rtpengine run failed, left out: {e}");
+                peer_failure = Some(e);
                 None
             }
         },
@@ -350,7 +375,10 @@ fn orchestrate(mut args: Args) -> Result<()> {
             searches.push((b, search(&ctx, b, known, own_deadline)?));
         }
     }
-    let table = render(&ctx, &rows, peer.as_ref(), &searches, started.elapsed());
+    let mut table = render(&ctx, &rows, peer.as_ref(), &searches, started.elapsed());
+    if let Some(e) = &peer_failure {
+        table.push_str(&format!("\nrtpengine was asked for but its run failed, so its column is missing: {e}\n"));
+    }
     println!("{table}");
     if ctx.args.json {
         let v = json!({
@@ -365,10 +393,10 @@ fn orchestrate(mut args: Args) -> Result<()> {
         });
         println!("{v}");
     }
-    if ctx.args.results != "-" {
-        append_results(Path::new(&ctx.args.results), &table)
-            .map_err(|e| format!("cannot append to {}: {e}", ctx.args.results))?;
-        eprintln!("bench: appended to {}", ctx.args.results);
+    if ctx.args.results.as_deref() != Some("-") {
+        let path = ctx.args.results.as_deref().unwrap_or_default();
+        append_results(Path::new(path), &table).map_err(|e| format!("cannot append to {path}: {e}"))?;
+        eprintln!("bench: appended to {path}");
     }
     let bad: Vec<&String> = rows.iter().flat_map(|(_, _, c)| &c.recordings_bad).collect();
     if !bad.is_empty() {
@@ -390,16 +418,19 @@ impl Ctx {
     fn placement(&self) -> String {
         let list = |c: &[usize]| c.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
         let senders: Vec<usize> = self.sender_cpus.iter().flatten().copied().collect();
+        let unpinned = self.sender_cpus.len() - senders.len();
+        let shared = if self.receiver_cpus.len() + self.sender_cpus.len() > sys::cpus() {
+            format!(" (only {} CPU(s): they share CPUs, so the figures mean less)", sys::cpus())
+        } else {
+            String::new()
+        };
         format!(
-            "receiver ({} worker(s)) on CPU {}, {} sender(s) on {}",
+            "receiver ({} worker(s)) on CPU {}, {} sender(s){}{}{shared}",
             self.receiver_cpus.len(),
             list(&self.receiver_cpus),
             self.sender_cpus.len(),
-            if senders.is_empty() {
-                "any CPU (too few CPUs to pin)".to_string()
-            } else {
-                format!("CPU {}", list(&senders))
-            }
+            if senders.is_empty() { String::new() } else { format!(" on CPU {}", list(&senders)) },
+            if unpinned > 0 { format!(", {unpinned} unpinned") } else { String::new() },
         )
     }
 }

@@ -157,7 +157,7 @@ impl Rtpengine {
         .stdout(Stdio::null())
         .stderr(log);
         sys::pin_command(&mut cmd, cpus);
-        let child = cmd.spawn()?;
+        let child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", bin.display())))?;
         let ng = UdpSocket::bind("127.0.0.1:0")?;
         ng.connect(("127.0.0.1", ng_port))?;
         ng.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -166,9 +166,18 @@ impl Rtpengine {
         loop {
             match r.request(dict(&[("command", bytes("ping"))])) {
                 Ok(_) => return Ok(r),
-                Err(e) if Instant::now() > deadline => {
+                Err(e) if Instant::now() > deadline || matches!(r.child.try_wait(), Ok(Some(_))) => {
+                    let status = match r.child.try_wait() {
+                        Ok(Some(s)) => format!("it exited ({s})"),
+                        _ => "it did not answer ping within 10 s".to_string(),
+                    };
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    let log = std::fs::read_to_string(dir.join("rtpengine.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
                     return Err(io::Error::other(format!(
-                        "rtpengine did not answer ping within 10 s: {e} (see its log)"
+                        "{} did not start: {status} ({e}); its log ends: {tail:?}",
+                        bin.display()
                     )));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),

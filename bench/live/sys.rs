@@ -120,9 +120,42 @@ pub fn die_with_parent(cmd: &mut Command) {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // The benchmark blocks SIGINT/SIGTERM for its signal thread; the child must not.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
+}
+
+/// On SIGINT or SIGTERM (and when the parent, such as cargo, dies): removes `scratch` and
+/// exits with 128 + the signal; every child goes with it (see [`die_with_parent`]). Call before
+/// any other thread starts, so that they all inherit the blocked signals.
+pub fn clean_up_on_signal(scratch: std::path::PathBuf) -> io::Result<()> {
+    // SAFETY: `set` is initialised by sigemptyset before use; prctl and pthread_sigmask take
+    // plain values and a pointer to that set, which outlives the calls.
+    let set = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set
+    };
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid, initialised signal set and `sig` a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            eprintln!("bench: interrupted (signal {sig}): stopping, removing {}", scratch.display());
+            let _ = std::fs::remove_dir_all(&scratch);
+            std::process::exit(128 + sig);
+        }
+    })?;
+    Ok(())
 }
 
 /// Removes scratch directories (`<tmp>/<prefix><pid>-…`) left by benchmark runs whose process is
