@@ -409,31 +409,6 @@ fn systemd_is_told_ready_watchdog_and_stopping() {
 }
 
 #[test]
-fn metrics_are_served_summed_per_worker() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let d =
-        Daemon::start(Options { extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), ..Options::default() });
-    let mut c = d.client().unwrap();
-    let (p0, _, _) = start_two_legs(&mut c, "m");
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    send_pcmu(&s, ("127.0.0.1", p0), 1, 20, 0x80);
-    std::thread::sleep(Duration::from_millis(400));
-    use std::io::{Read, Write};
-    let mut http = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("callvault_calls_active 1"), "{text}");
-    let datagrams: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("callvault_datagrams_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(datagrams, 20, "{text}");
-}
-
-#[test]
 fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
     let mut d = Daemon::start(Options::default());
     let mut c = d.client().unwrap();

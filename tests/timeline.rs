@@ -282,3 +282,24 @@ fn a_sender_faster_than_real_time_cannot_stretch_the_recording() {
     // What was placed is the stream's own audio, in order, from the start.
     assert_eq!(&leg[..8000], &expect[..8000]);
 }
+
+/// Interarrival jitter (RFC 3550 A.8): none for a steady sender; about the spread of arrival
+/// times for one whose packets arrive up to 10 ms late at random.
+#[test]
+fn jitter_follows_rfc_3550() {
+    let steady = pcmu_stream(500, 0, 1, 1, 0x8888, 3);
+    let (_, out) = one_leg(steady.clone());
+    assert!(out.rec.legs()[0].jitter_s() < 1e-9, "{}", out.rec.legs()[0].jitter_s());
+    let mut x = 12345u64;
+    let jittery: Vec<Sent> = steady
+        .into_iter()
+        .map(|s| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            Sent { at: s.at + (x >> 33) % (10 * MS), bytes: s.bytes }
+        })
+        .collect();
+    let (_, out) = one_leg(jittery);
+    let j = out.rec.legs()[0].jitter_s();
+    // Uniform 0-10 ms delays: the mean |D| of two independent delays is 10/3 ms.
+    assert!((0.0015..0.005).contains(&j), "jitter {j} s");
+}

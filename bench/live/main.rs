@@ -296,7 +296,8 @@ fn orchestrate(mut args: Args) -> Result<()> {
         args.no_search = true;
         args.rtpengine = "off".into();
     }
-    let results = args.results.clone().unwrap_or_else(|| if args.quick { "-".into() } else { "bench/RESULTS.md".into() });
+    let results =
+        args.results.clone().unwrap_or_else(|| if args.quick { "-".into() } else { "bench/RESULTS.md".into() });
     if results != "-" {
         // Fail now, not after minutes of measuring.
         std::fs::OpenOptions::new()

@@ -115,6 +115,9 @@ pub struct Control {
     started: Instant,
     finished: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
+    recovered: std::sync::atomic::AtomicU64,
+    /// Control requests answered, by command and result (`ok` or the error code).
+    requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Control {
@@ -132,6 +135,8 @@ impl Control {
             started: Instant::now(),
             finished: Default::default(),
             failed: Default::default(),
+            recovered: Default::default(),
+            requests: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -150,6 +155,21 @@ impl Control {
         (self.finished.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 
+    /// Recordings left unfinished by a crash and recovered at start.
+    pub fn recordings_recovered(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
+    }
+
+    /// Control requests answered so far: `((command, result), count)`.
+    pub fn requests(&self) -> Vec<((&'static str, &'static str), u64)> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// Whether new calls are refused.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
@@ -163,7 +183,13 @@ impl Control {
     /// Handles one request line, returning the reply object (`id` and `ok` included).
     pub fn handle_line(&self, line: &[u8], conn: &ConnContext) -> Value {
         let (id, parsed) = protocol::parse_line(line);
+        let name = parsed.as_ref().map_or("invalid", protocol::Command::name);
         let result = parsed.and_then(|cmd| self.execute(cmd, conn));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        };
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((name, outcome)).or_default() += 1;
         reply(id, result)
     }
 
@@ -543,6 +569,9 @@ impl Control {
     /// [`SUBSCRIBER_QUEUE`] events queued and unread is disconnected, so it learns that it missed
     /// events (it resubscribes with `since`); one that went away is dropped.
     pub fn publish(&self, event: Event) {
+        if event.event == "recording_recovered" {
+            self.recovered.fetch_add(1, Ordering::Relaxed);
+        }
         if matches!(event.event, "recording_finished" | "recording_failed") {
             self.forget(&event.call_id, Some(&event.recording_id));
             let counter = if event.event == "recording_failed" { &self.failed } else { &self.finished };

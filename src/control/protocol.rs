@@ -81,6 +81,27 @@ pub enum Command {
     Subscribe { since: Option<u64> },
 }
 
+impl Command {
+    /// The `cmd` name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start(_) => "start",
+            Command::Stop { .. } => "stop",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::AddLeg { .. } => "add_leg",
+            Command::RemoveLeg { .. } => "remove_leg",
+            Command::Update { .. } => "update",
+            Command::Status { .. } => "status",
+            Command::List => "list",
+            Command::Stats => "stats",
+            Command::Drain => "drain",
+            Command::Health => "health",
+            Command::Subscribe { .. } => "subscribe",
+        }
+    }
+}
+
 /// The commands, for error messages.
 pub const COMMANDS: &[&str] = &[
     "start",

@@ -230,6 +230,8 @@ pub struct Leg {
     closed_expected: u64,
     closed_received: u64,
     stats: LegStats,
+    /// RFC 3550 A.8 interarrival jitter, seconds.
+    jitter_s: f64,
 }
 
 impl Leg {
@@ -248,12 +250,18 @@ impl Leg {
             unsupported: None,
             events: Vec::new(),
             active_event: None,
+            jitter_s: 0.0,
             last_closed_event: None,
             event_end: 0,
             closed_expected: 0,
             closed_received: 0,
             stats: LegStats::default(),
         }
+    }
+
+    /// Interarrival jitter so far (RFC 3550 A.8, smoothed over about 16 packets), seconds.
+    pub fn jitter_s(&self) -> f64 {
+        self.jitter_s
     }
 
     /// Counters so far.
@@ -434,7 +442,15 @@ impl Leg {
                 self.stats.reordered += 1;
                 self.place_reordered(cursor, ts, media)
             }
-            SeqClass::InOrder { .. } => self.place_new(now_ns, cursor, ts, media, false),
+            SeqClass::InOrder { .. } => {
+                // RFC 3550 A.8: the change in transit time against the previous packet, smoothed.
+                if let Some(r) = seg.reference {
+                    let arrival = (now_ns - r.arrival_ns) as f64 / 1e9;
+                    let media_time = f64::from(ts.wrapping_sub(r.ts) as i32) / f64::from(clock_rate);
+                    self.jitter_s += ((arrival - media_time).abs() - self.jitter_s) / 16.0;
+                }
+                self.place_new(now_ns, cursor, ts, media, false)
+            }
         }
     }
 

@@ -123,6 +123,10 @@ pub struct Finished {
     pub summary: Value,
     /// Whether it failed.
     pub failed: bool,
+    /// Its legs' counters and the audio bytes it wrote, for the worker's metrics.
+    pub totals: (crate::engine::LegTotals, u64),
+    /// Each leg's final interarrival jitter (legs that sent), seconds.
+    pub jitters: Vec<f64>,
 }
 
 impl LiveCall {
@@ -258,6 +262,9 @@ impl LiveCall {
     pub fn finalize(mut self, reason: EndReason, now_ns: u64) -> Finished {
         self.session.finish(now_ns);
         self.pump(u64::MAX);
+        let totals = self.totals();
+        let jitters =
+            self.session.recording().legs().iter().filter(|l| l.stats().packets > 0).map(|l| l.jitter_s()).collect();
         let mut files = Vec::new();
         for (i, out) in self.outputs.iter_mut().enumerate() {
             let Some(w) = out.writer.take() else { continue };
@@ -295,7 +302,18 @@ impl LiveCall {
             summary["partial_files"] =
                 json!(self.outputs.iter().map(|o| o.partial.display().to_string()).collect::<Vec<_>>());
         }
-        Finished { summary, failed }
+        Finished { summary, failed, totals, jitters }
+    }
+
+    /// Its legs' counters and the audio bytes written so far.
+    pub fn totals(&self) -> (crate::engine::LegTotals, u64) {
+        let mut t = crate::engine::LegTotals::default();
+        for leg in self.session.recording().legs() {
+            t.add_leg(leg);
+        }
+        let s = &self.session;
+        let bytes = (0..s.outputs()).map(|o| s.frames_written(o) * u64::from(s.channels()) * 2).sum();
+        (t, bytes)
     }
 
     /// The recording as JSON: for `status`, `stop` and the sidecar.

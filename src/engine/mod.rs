@@ -178,8 +178,125 @@ pub struct WorkerStats {
     pub truncated: AtomicU64,
     /// Active calls.
     pub calls: AtomicU64,
+    /// Active legs (streams).
+    pub streams: AtomicU64,
+    /// Recordings this worker started.
+    pub recordings_started: AtomicU64,
+    /// Timeline counters summed over every leg this worker has recorded (see [`LegTotals`]).
+    pub legs: LegTotalsAtomic,
+    /// Audio bytes written to recording files (16-bit PCM, every output).
+    pub bytes_written: AtomicU64,
+    /// Per-leg interarrival jitter at the end of each leg, as a histogram (seconds).
+    pub jitter: JitterHistogram,
     /// Clock reading at the worker's last loop tick (liveness, for the watchdog).
     pub heartbeat: AtomicU64,
+}
+
+/// Timeline counters summed over legs: what each leg reports in `status`/`stop`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegTotals {
+    /// RTP packets (events and duplicates included).
+    pub packets: u64,
+    /// Expected − received (RFC 3550).
+    pub lost: u64,
+    /// Too late to place.
+    pub late: u64,
+    /// Too far ahead of arrival to place.
+    pub ahead: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Out of order but placed.
+    pub reordered: u64,
+    /// Neither RTP nor RTCP.
+    pub malformed: u64,
+    /// RTCP packets.
+    pub rtcp: u64,
+    /// DTMF events recorded.
+    pub dtmf_events: u64,
+}
+
+impl LegTotals {
+    /// Adds one leg's counters.
+    pub fn add_leg(&mut self, leg: &crate::core::leg::Leg) {
+        let s = leg.stats();
+        self.packets += s.packets;
+        self.lost += leg.lost();
+        self.late += s.late;
+        self.ahead += s.ahead;
+        self.duplicates += s.duplicates;
+        self.reordered += s.reordered;
+        self.malformed += s.malformed;
+        self.rtcp += s.rtcp_packets;
+        self.dtmf_events += leg.events().len() as u64;
+    }
+
+    /// The sum of two.
+    pub fn plus(self, o: LegTotals) -> LegTotals {
+        LegTotals {
+            packets: self.packets + o.packets,
+            lost: self.lost + o.lost,
+            late: self.late + o.late,
+            ahead: self.ahead + o.ahead,
+            duplicates: self.duplicates + o.duplicates,
+            reordered: self.reordered + o.reordered,
+            malformed: self.malformed + o.malformed,
+            rtcp: self.rtcp + o.rtcp,
+            dtmf_events: self.dtmf_events + o.dtmf_events,
+        }
+    }
+}
+
+/// [`LegTotals`] published by a worker for scrapes (stored whole each round, never per packet).
+#[derive(Debug, Default)]
+pub struct LegTotalsAtomic {
+    fields: [AtomicU64; 9],
+}
+
+impl LegTotalsAtomic {
+    /// Publishes `t`.
+    pub fn store(&self, t: LegTotals) {
+        let v = [t.packets, t.lost, t.late, t.ahead, t.duplicates, t.reordered, t.malformed, t.rtcp, t.dtmf_events];
+        for (a, v) in self.fields.iter().zip(v) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The last published totals.
+    pub fn load(&self) -> LegTotals {
+        let f = |i: usize| self.fields[i].load(Ordering::Relaxed);
+        LegTotals {
+            packets: f(0),
+            lost: f(1),
+            late: f(2),
+            ahead: f(3),
+            duplicates: f(4),
+            reordered: f(5),
+            malformed: f(6),
+            rtcp: f(7),
+            dtmf_events: f(8),
+        }
+    }
+}
+
+/// Upper bounds of the jitter histogram's buckets, seconds.
+pub const JITTER_BUCKETS: [f64; 9] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
+
+/// A histogram of legs' final jitter, one observation per leg, updated when a call ends.
+#[derive(Debug, Default)]
+pub struct JitterHistogram {
+    /// Per bucket of [`JITTER_BUCKETS`] (not cumulative), then the overflow bucket.
+    pub buckets: [AtomicU64; 10],
+    /// Sum of observations, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl JitterHistogram {
+    /// Records one leg's jitter.
+    pub fn observe(&self, seconds: f64) {
+        let i = JITTER_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(JITTER_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
 }
 
 /// How to build the engine.

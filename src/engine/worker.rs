@@ -51,6 +51,10 @@ struct Owned {
 /// Per-packet counters, published to [`WorkerStats`] once per housekeeping tick.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
+    /// Leg counters of calls that have ended (active calls are added at each publish).
+    ended_legs: crate::engine::LegTotals,
+    /// Audio bytes of calls that have ended.
+    ended_bytes: u64,
     datagrams: u64,
     bytes: u64,
     stale: u64,
@@ -164,6 +168,19 @@ impl Worker {
         s.kernel_drops.store(c.kernel_drops, Ordering::Relaxed);
         s.truncated.store(c.truncated, Ordering::Relaxed);
         s.calls.store(self.by_id.len() as u64, Ordering::Relaxed);
+        // Once per housekeeping round (and at each call's end), never per packet.
+        let mut legs = c.ended_legs;
+        let mut bytes = c.ended_bytes;
+        let mut streams = 0;
+        for owned in self.calls.iter().flatten() {
+            let (t, b) = owned.call.totals();
+            legs = legs.plus(t);
+            bytes += b;
+            streams += owned.call.legs.iter().filter(|l| l.left_ms.is_none()).count() as u64;
+        }
+        s.legs.store(legs);
+        s.bytes_written.store(bytes, Ordering::Relaxed);
+        s.streams.store(streams, Ordering::Relaxed);
     }
 
     fn handle(&mut self, req: Request) {
@@ -225,6 +242,7 @@ impl Worker {
         let reply = json!({"recording_id": owned.call.recording_id, "worker": self.index});
         self.calls[slot] = Some(owned);
         self.by_id.insert(call_id, slot);
+        self.stats.recordings_started.fetch_add(1, Ordering::Relaxed);
         self.publish();
         Ok(reply)
     }
@@ -338,6 +356,12 @@ impl Worker {
         let call_id = owned.call.call_id.clone();
         let recording_id = owned.call.recording_id.clone();
         let finished = owned.call.finalize(reason, now);
+        let (t, b) = finished.totals;
+        self.counters.ended_legs = self.counters.ended_legs.plus(t);
+        self.counters.ended_bytes += b;
+        for &j in &finished.jitters {
+            self.stats.jitter.observe(j);
+        }
         let event = if finished.failed { "recording_failed" } else { "recording_finished" };
         if finished.failed {
             crate::log::error(&format!(
