@@ -269,6 +269,31 @@ struct Trial {
 }
 
 impl Trial {
+    /// A run of `receiver` on `load`, with what the sender reported; the receiver's own figures
+    /// are filled in by the caller.
+    fn new(receiver: String, load: Load, sent: &SendReport) -> Trial {
+        Trial {
+            receiver,
+            calls: load.calls,
+            streams: load.calls * 2,
+            seconds: load.seconds,
+            sent: sent.sent.iter().sum(),
+            dropped_on_purpose: sent.dropped.iter().sum(),
+            received: 0,
+            recorded: None,
+            socket_overflow: 0,
+            kernel_udp_errors: 0,
+            callvault_lost: None,
+            cpu_ns: 0,
+            rss_per_stream_bytes: None,
+            recordings_checked: 0,
+            recordings_bad: Vec::new(),
+            sender_late_packets: sent.late_packets,
+            sender_max_late_us: sent.max_late_us,
+            sender_cpu_ns: sent.cpu_ns,
+        }
+    }
+
     fn ns_per_packet(&self) -> f64 {
         self.cpu_ns as f64 / self.received.max(1) as f64
     }
@@ -585,24 +610,11 @@ fn floor_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> {
         kernel_drops += r.kernel_drops;
     }
     Ok(Trial {
-        receiver: format!("floor ({})", backend.name()),
-        calls: load.calls,
-        streams,
-        seconds: load.seconds,
-        sent: sent.sent.iter().sum(),
-        dropped_on_purpose: sent.dropped.iter().sum(),
         received,
-        recorded: None,
         socket_overflow: kernel_drops,
         kernel_udp_errors: udp.in_errors,
-        callvault_lost: None,
         cpu_ns: cpu1 - cpu0,
-        rss_per_stream_bytes: None,
-        recordings_checked: 0,
-        recordings_bad: Vec::new(),
-        sender_late_packets: sent.late_packets,
-        sender_max_late_us: sent.max_late_us,
-        sender_cpu_ns: sent.cpu_ns,
+        ..Trial::new(format!("floor ({})", backend.name()), load, &sent)
     })
 }
 
@@ -773,12 +785,6 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
     }
     let streams = load.calls * 2;
     Ok(Trial {
-        receiver: format!("callvault ({})", backend.name()),
-        calls: load.calls,
-        streams,
-        seconds: load.seconds,
-        sent: sent.sent.iter().sum(),
-        dropped_on_purpose: sent.dropped.iter().sum(),
         received,
         recorded: Some(recorded),
         socket_overflow: overflow,
@@ -788,9 +794,7 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
         rss_per_stream_bytes: Some(rss_peak.saturating_sub(rss_idle) / streams.max(1) as u64),
         recordings_checked: load.calls,
         recordings_bad: bad,
-        sender_late_packets: sent.late_packets,
-        sender_max_late_us: sent.max_late_us,
-        sender_cpu_ns: sent.cpu_ns,
+        ..Trial::new(format!("callvault ({})", backend.name()), load, &sent)
     })
 }
 
@@ -860,26 +864,15 @@ fn rtpengine_trial(ctx: &Ctx, bin: &Path, load: Load) -> Result<Trial> {
         bad.push(format!("rtpengine wrote {pcaps} pcap file(s) for {} calls", load.calls));
     }
     Ok(Trial {
-        receiver: "rtpengine (forward + pcap)".into(),
-        calls: load.calls,
-        streams: load.calls * 2,
-        seconds: load.seconds,
-        sent: sent_total,
-        dropped_on_purpose: sent.dropped.iter().sum(),
         // rtpengine does not say what it received; the namespace's counters do, less the sink's
         // overflow (its forwarded copies).
         received: sent_total.saturating_sub(udp.in_errors.saturating_sub(udp.rcvbuf_errors)),
-        recorded: None,
-        socket_overflow: 0,
         kernel_udp_errors: udp.in_errors,
-        callvault_lost: None,
         cpu_ns: cpu1 - cpu0,
         rss_per_stream_bytes: Some(rss_peak.saturating_sub(rss_idle) / (load.calls * 2).max(1) as u64),
         recordings_checked: pcaps,
         recordings_bad: bad,
-        sender_late_packets: sent.late_packets,
-        sender_max_late_us: sent.max_late_us,
-        sender_cpu_ns: sent.cpu_ns,
+        ..Trial::new("rtpengine (forward + pcap)".into(), load, &sent)
     })
 }
 
@@ -1000,11 +993,10 @@ fn render(
 ) -> String {
     let a = &ctx.args;
     let mut t = String::new();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let _ = writeln!(
         t,
         "### {} — {} calls x {} s, {:?} {} ms{}{}{}{}",
-        utc(now),
+        utc_now(),
         a.calls,
         a.seconds,
         a.codec,
@@ -1130,20 +1122,10 @@ fn render(
 
 use std::fmt::Write as _;
 
-/// `YYYY-MM-DD HH:MM UTC` from a Unix time (civil-from-days, proleptic Gregorian).
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+/// `YYYY-MM-DD HH:MM UTC`, from the daemon's own RFC 3339 formatting.
+fn utc_now() -> String {
+    let t = callvault::engine::call::rfc3339(std::time::SystemTime::now());
+    format!("{} {} UTC", &t[..10], &t[11..16])
 }
 
 fn append_results(path: &Path, table: &str) -> std::io::Result<()> {
