@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod ctl;
+pub mod doctor;
 pub mod engine;
 pub mod fuzz_targets;
 pub mod import;

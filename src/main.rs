@@ -62,6 +62,9 @@ enum Command {
     /// Send a capture's RTP streams to live addresses at the capture's own pacing.
     #[command(after_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
+    /// Check the kernel and system settings against the tuning (docs/tuning.md); changes nothing.
+    #[command(after_help = callvault::doctor::EXAMPLES)]
+    Doctor(callvault::doctor::DoctorArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -207,6 +210,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => live::serve_cmd(args),
         Command::Ctl(args) => live::ctl_cmd(args),
         Command::Replay(args) => replay_cmd(args),
+        Command::Doctor(args) => callvault::doctor::run(&args),
     }
 }
 
