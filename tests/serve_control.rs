@@ -698,7 +698,7 @@ fn idle_metrics_connections_do_not_delay_a_scrape() {
     let mut text = String::new();
     http.read_to_string(&mut text).unwrap();
     let took = t.elapsed();
-    assert!(text.starts_with("HTTP/1.1 200") && text.contains("callvault_calls_active 0"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("callvault_active_calls{worker=\"0\"} 0"), "{text}");
     assert!(took < Duration::from_secs(1), "a scrape behind 10 idle connections took {took:?}");
     // Beyond 16 open connections the newest is closed at once rather than kept waiting.
     let more: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
