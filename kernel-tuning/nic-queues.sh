@@ -60,7 +60,7 @@ udp_hash=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --apply) apply=1 ;;
-        --cpus) cpus=${2:?--cpus needs a list}; shift ;;
+        --cpus) [ $# -ge 2 ] || die "--cpus needs a list"; cpus=$2; shift ;;
         --queues) queues=${2:?--queues needs a number}; shift ;;
         --rps) rps=${2:?--rps needs auto, on or off}; shift ;;
         --rfs) rfs=${2:?--rfs needs on or off}; shift ;;
@@ -119,7 +119,9 @@ have_ethtool=0
 if command -v ethtool >/dev/null 2>&1; then have_ethtool=1; fi
 
 online=$(cat /sys/devices/system/cpu/online)
-mapfile -t cpu_list < <(expand_cpus "${cpus:-$online}")
+# Not `< <(...)`: die inside a process substitution would not stop this script.
+cpu_text=$(expand_cpus "${cpus:-$online}") || exit 2
+mapfile -t cpu_list <<<"$cpu_text"
 ncpus=${#cpu_list[@]}
 [ "$ncpus" -gt 0 ] || die "no CPUs in --cpus"
 for c in "${cpu_list[@]}"; do

@@ -669,7 +669,7 @@ fn check_nofile(b: &mut Builder, cfg: &Config, facts: &Facts) {
     let recommended = format!(">= {need} (max_calls × 5 + 256); LimitNOFILE= in the systemd unit");
     let mut why = format!(
         "serve needs {need} descriptors for {} calls (two sockets per leg, two legs per call, a spool file per \
-         call, a reserve), raises the soft limit to the hard one and refuses to start above it",
+         call, a reserve), raises the soft limit to the hard one and refuses to start when the hard limit is below that",
         cfg.limits.max_calls
     );
     let Some(lim) = facts.daemon_nofile.as_ref().or(facts.own_nofile.as_ref()) else {

@@ -28,9 +28,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Connections served at once; one beyond this is closed at once, so idle or slow clients can
 /// hold at most this many threads, and never delay a scrape on another connection.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send its request, and to take the reply.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request head read (a longer one is answered 431).
+const MAX_HEAD: usize = 8192;
 
 /// Serves `/metrics` until the listener fails: each connection on its own short-lived thread
 /// (at most [`MAX_CONNECTIONS`] at once), with [`IO_TIMEOUT`] on reads and writes.
@@ -56,7 +58,14 @@ pub fn serve(listener: TcpListener, control: Arc<Control>) {
         let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
             let _guard = guard;
             if let Err(e) = answer(stream, &c)
-                && !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                && !matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock
+                        | ErrorKind::TimedOut
+                        | ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::NotConnected
+                )
             {
                 crate::log::warn(&format!("metrics: {e}"));
             }
@@ -77,16 +86,36 @@ impl Drop for Slot {
 }
 
 fn answer(mut stream: TcpStream, control: &Arc<Control>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    // The request head may arrive in pieces: read until its blank line (or 2 KiB, or the timeout).
-    let mut head = [0u8; 2048];
+    // The request head may arrive in pieces: read until its blank line, within IO_TIMEOUT in all
+    // (not per read: a client trickling bytes must not hold its slot for long).
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let mut head = vec![0u8; MAX_HEAD];
     let mut n = 0;
-    while n < head.len() && !head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+    let mut complete = false;
+    while n < head.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(ErrorKind::TimedOut, "request not sent in time"));
+        }
+        stream.set_read_timeout(Some(left))?;
         match stream.read(&mut head[n..])? {
             0 => break,
             got => n += got,
         }
+        if head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            complete = true;
+            break;
+        }
+    }
+    if !complete && n == head.len() {
+        let body = format!("request head longer than {MAX_HEAD} bytes\n");
+        write!(
+            stream,
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return finish(stream);
     }
     let request = String::from_utf8_lossy(&head[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("");
@@ -112,7 +141,18 @@ fn answer(mut stream: TcpStream, control: &Arc<Control>) -> std::io::Result<()> 
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
+    )?;
+    finish(stream)
+}
+
+/// Ends a connection after the reply: reads what the client still sends (briefly) so that the
+/// close is orderly and the reply is not cut off by a reset.
+fn finish(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(())
 }
 
 /// Free space below which the spool counts as full for `/readyz` (a new call could not be

@@ -508,7 +508,7 @@ tests:
           - exp_labels: {severity: ticket, instance: cv1}
             exp_annotations:
               summary: "callvault on cv1 has been draining for 30 minutes"
-              description: "callvault on cv1 has refused new calls (drain) for more than 30 minutes (draining = 1). A forgotten drain? Resume it or finish the maintenance."
+              description: "callvault on cv1 has refused new calls (drain) for more than 30 minutes (draining = 1). A forgotten drain? Drain lasts until the daemon restarts: finish the maintenance and restart it."
 
   - name: control errors
     interval: 1m

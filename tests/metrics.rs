@@ -140,10 +140,27 @@ fn healthz_and_readyz() {
     let (status, body) = get(port, "/readyz", "");
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready\n"));
     let mut c = d.client().unwrap();
+    let h = c.request(json!({"cmd": "health"}));
+    assert_eq!((h["status"].as_str(), h["ready"].as_bool()), (Some("ok"), Some(true)), "{h}");
+    assert!(h["spool_free_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
     assert_eq!(c.request(json!({"cmd": "drain"}))["ok"], true);
+    // The control socket and /readyz agree.
+    assert_eq!(c.request(json!({"cmd": "health"}))["ready"], false);
     let (status, body) = get(port, "/readyz", "");
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     assert!(body.contains("draining"), "{body}");
     assert_eq!(get(port, "/healthz", "").0, "HTTP/1.1 200 OK", "draining is alive, just not ready");
     assert_eq!(get(port, "/nothing", "").0, "HTTP/1.1 404 Not Found");
+}
+
+/// A request head longer than 8 KiB gets a whole 431 reply, not a cut-off one and a reset.
+#[test]
+fn an_oversized_request_gets_431() {
+    let (_d, port) = metrics_daemon();
+    let (status, body) = get(port, "/metrics", &format!("X-Padding: {}\r\n", "a".repeat(10_000)));
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large", "{body}");
+    assert!(body.contains("8192"), "{body}");
+    // A 3 KB header is fine.
+    let (status, _) = get(port, "/metrics", &format!("X-Padding: {}\r\n", "a".repeat(3_000)));
+    assert_eq!(status, "HTTP/1.1 200 OK");
 }

@@ -700,15 +700,34 @@ fn idle_metrics_connections_do_not_delay_a_scrape() {
     let took = t.elapsed();
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("callvault_active_calls{worker=\"0\"} 0"), "{text}");
     assert!(took < Duration::from_secs(1), "a scrape behind 10 idle connections took {took:?}");
-    // Beyond 16 open connections the newest is closed at once rather than kept waiting.
-    let more: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    // Beyond 64 open connections the newest is closed at once rather than kept waiting.
+    let more: Vec<_> = (0..60).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     let mut last = more.last().unwrap();
     last.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut buf = [0u8; 16];
     let closed = matches!(last.read(&mut buf), Ok(0)) || t.elapsed() > Duration::from_secs(2);
-    assert!(closed, "the 21st connection was kept open");
+    assert!(closed, "the 71st connection was kept open");
     drop((idle, more));
     assert_eq!(d.client().unwrap().request(json!({"cmd": "health"}))["ok"], true);
+    // A client that trickles its request a byte at a time is cut off after 2 s in all, not
+    // after 2 s of silence (it once held its slot for as long as it kept trickling).
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let t = std::time::Instant::now();
+    let mut cut_off = false;
+    for b in b"GET /metrics HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxxxxxx" {
+        if slow.write_all(&[*b]).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if t.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 64];
+    cut_off |= matches!(slow.read(&mut buf), Ok(0) | Err(_));
+    assert!(cut_off && t.elapsed() < Duration::from_secs(6), "a trickling client kept its slot for {:?}", t.elapsed());
 }
 
 #[test]

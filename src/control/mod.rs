@@ -519,15 +519,22 @@ impl Control {
             .filter(|(_, w)| now.saturating_sub(w.stats.heartbeat.load(Ordering::Relaxed)) > 5_000_000_000)
             .map(|(i, _)| i)
             .collect();
+        let spool_free = crate::metrics::free_bytes(&self.cfg.spool_dir());
+        let spool_low = spool_free.is_none_or(|f| f < crate::metrics::SPOOL_MIN_FREE_BYTES);
+        // The same judgement as /readyz: an ACD that asks `health` hears what Prometheus hears.
         let status = if !stalled.is_empty() {
             "degraded"
         } else if self.draining.load(Ordering::SeqCst) {
             "draining"
+        } else if spool_low {
+            "spool_low"
         } else {
             "ok"
         };
         json!({
             "status": status,
+            "ready": status == "ok",
+            "spool_free_bytes": spool_free,
             "protocol_version": PROTOCOL_VERSION,
             "version": env!("CARGO_PKG_VERSION"),
             "backend": self.engine.backend_kind().name(),
