@@ -379,6 +379,9 @@ fn timedatectl_synchronised() -> Option<bool> {
     }
 }
 
+/// The end of a disk finding's error when serve could not use data_dir at all.
+const UNUSABLE_DATA_DIR: &str = ": serve cannot use it as data_dir";
+
 /// statvfs of the data directory, or of its nearest existing ancestor when it does not exist yet.
 fn disk_space(data_dir: &Path) -> Result<DiskSpace, String> {
     let abs = if data_dir.is_absolute() {
@@ -386,6 +389,14 @@ fn disk_space(data_dir: &Path) -> Result<DiskSpace, String> {
     } else {
         std::env::current_dir().map_err(|e| format!("current directory: {e}"))?.join(data_dir)
     };
+    // Something that is there but is no directory (or cannot be entered) would stop `serve`:
+    // say so rather than measure the directory above it.
+    if abs.exists() && !abs.is_dir() {
+        return Err(format!("{} exists and is not a directory{UNUSABLE_DATA_DIR}", abs.display()));
+    }
+    if abs.is_dir() && std::fs::read_dir(&abs).is_err() {
+        return Err(format!("{} cannot be read by this user{UNUSABLE_DATA_DIR}", abs.display()));
+    }
     let mut dir = abs.as_path();
     while !dir.is_dir() {
         dir = dir.parent().ok_or_else(|| format!("no existing directory above {}", abs.display()))?;
@@ -726,6 +737,10 @@ fn check_disk(b: &mut Builder, cfg: &Config, facts: &Facts) {
                 d.path.display()
             );
             b.push("disk", status, setting, current, recommended, why);
+        }
+        // A data_dir serve cannot use is a finding, not an unknown.
+        Some(Err(e)) if e.ends_with(UNUSABLE_DATA_DIR) => {
+            b.push("disk", Status::Warn, setting, e.clone(), recommended, why)
         }
         Some(Err(e)) => b.push("disk", Status::Unknown, setting, e.clone(), recommended, why),
         None => b.push("disk", Status::Unknown, setting, "not probed", recommended, why),

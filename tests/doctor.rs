@@ -361,3 +361,20 @@ fn cli_exit_codes() {
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("Examples:") && help.contains("--json") && help.contains("Exit codes"), "{help}");
 }
+
+/// A data_dir that is a file is a finding (serve would refuse it), not a measurement of the
+/// directory above it (as it once was).
+#[test]
+fn a_data_dir_that_is_a_file_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("data_dir = \"{}\"\n", file.display())).unwrap();
+    let o = callvault(&["doctor", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json(&o);
+    let disk = v["findings"].as_array().unwrap().iter().find(|f| f["check"] == "disk").unwrap().clone();
+    assert_eq!(disk["status"], "warn", "{disk}");
+    assert!(disk["current"].as_str().unwrap().contains("is not a directory"), "{disk}");
+}
