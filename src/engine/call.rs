@@ -287,7 +287,14 @@ impl LiveCall {
                 Err(e) => self.failure = Some(e.to_string()),
             }
         }
-        let summary = self.summary(Some(reason), now_ns, &files);
+        let mut summary = self.summary(Some(reason), now_ns, &files);
+        if let Some(f) = &self.failure {
+            // In the sidecar too, where the disk allows: recovery at the next start then knows
+            // the file was left by this failure, not by a crash.
+            summary["error"] = json!(f);
+            summary["partial_files"] =
+                json!(self.outputs.iter().map(|o| o.partial.display().to_string()).collect::<Vec<_>>());
+        }
         let sidecar = self.sidecar_path();
         if let Err(e) = write_atomically(&sidecar, &summary) {
             self.failure.get_or_insert(format!("writing {}: {e}", sidecar.display()));
@@ -510,6 +517,8 @@ fn recover_partial(partial: &Path) -> Option<Value> {
             },
         );
     let known = from_sidecar.is_some();
+    // The recording had failed (and the ACD was told) before this file was left unfinished.
+    let failed_before = from_sidecar.as_ref().and_then(|v| v["error"].as_str().map(str::to_string));
     let mut summary = match (from_sidecar, &name) {
         (Some(v), _) => v,
         (None, Some(n)) => {
@@ -567,6 +576,10 @@ fn recover_partial(partial: &Path) -> Option<Value> {
             }
             summary["state"] = json!("finished");
             summary["end_reason"] = json!("crash_recovered");
+            if let Some(e) = &failed_before {
+                summary["recovered_after_failure"] = json!(e);
+                summary.as_object_mut().map(|o| o.remove("error"));
+            }
             let rate = summary["sample_rate"].as_u64().unwrap_or(8000).max(1);
             summary["duration_ms"] = json!(r.frames * 1000 / rate);
             let mut files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
@@ -584,9 +597,10 @@ fn recover_partial(partial: &Path) -> Option<Value> {
                 _ => {}
             }
             crate::log::warn(&format!(
-                "recovered {} ({} frames) left unfinished by a crash{}",
+                "recovered {} ({} frames) left unfinished by {}{}",
                 path.display(),
                 r.frames,
+                failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
                 match (known, named) {
                     (true, _) => "",
                     (false, true) => "; no readable sidecar: ids taken from the file name",
@@ -804,5 +818,24 @@ mod tests {
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert_eq!(reports[0]["recording_id"], rid);
         assert_eq!(reports[0]["recovered_files"].as_array().map(Vec::len), Some(2), "{}", reports[0]);
+    }
+
+    /// A recording that failed (disk full) and left its file unfinished is repaired at the next
+    /// start and said to be recovered after that failure, not after a crash.
+    #[test]
+    fn a_file_left_by_a_failure_is_recovered_as_such() {
+        let spool = tempfile::tempdir().unwrap();
+        let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+        let path = spool.path().join(format!("c-1-{rid}.wav.partial"));
+        let w = wav::create_file(&path, wav::WavSpec { sample_rate: 8000, channels: 2 }).unwrap();
+        std::mem::forget(w);
+        let sidecar = json!({"call_id": "c-1", "recording_id": rid, "state": "finished",
+            "error": "writing …: No space left on device (os error 28)"});
+        fs::write(spool.path().join(format!("c-1-{rid}.json")), sidecar.to_string()).unwrap();
+        let reports = recover_spool(spool.path());
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let r = &reports[0];
+        assert!(r["recovered_after_failure"].as_str().is_some_and(|e| e.contains("No space")), "{r}");
+        assert!(r.get("error").is_none(), "repaired, so no longer an error: {r}");
     }
 }
