@@ -303,7 +303,6 @@ impl LiveCall {
             self.failure.get_or_insert(format!("syncing {}: {e}", self.spool.display()));
         }
         let failed = self.failure.is_some();
-        let mut summary = summary;
         if let Some(f) = &self.failure {
             summary["error"] = json!(f);
             summary["partial_files"] =
