@@ -118,6 +118,16 @@ fn answer(mut stream: TcpStream, control: &Arc<Control>) -> std::io::Result<()> 
         return finish(stream);
     }
     let request = String::from_utf8_lossy(&head[..n]);
+    let method = request.split_whitespace().next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        let body = "only GET and HEAD\n";
+        write!(
+            stream,
+            "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return finish(stream);
+    }
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let path = path.split('?').next().unwrap_or("");
     // Prometheus asks for OpenMetrics; anything else (curl, promtool) gets the classic text format.
@@ -139,8 +149,9 @@ fn answer(mut stream: TcpStream, control: &Arc<Control>) -> std::io::Result<()> 
     };
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if method == "HEAD" { "" } else { body.as_str() }
     )?;
     finish(stream)
 }

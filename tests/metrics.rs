@@ -151,6 +151,17 @@ fn healthz_and_readyz() {
     assert!(body.contains("draining"), "{body}");
     assert_eq!(get(port, "/healthz", "").0, "HTTP/1.1 200 OK", "draining is alive, just not ready");
     assert_eq!(get(port, "/nothing", "").0, "HTTP/1.1 404 Not Found");
+    // GET and HEAD only; HEAD has no body.
+    let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"), "{text:?}");
 }
 
 /// A request head longer than 8 KiB gets a whole 431 reply, not a cut-off one and a reset.
