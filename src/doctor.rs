@@ -648,7 +648,20 @@ fn check_io_uring(b: &mut Builder, cfg: &Config, facts: &Facts) {
     };
     let probe_failed = matches!(facts.io_uring_probe, Some(Err(_)));
     let value = facts.sysctl(setting);
-    let current = format!("{}{probe}", value.unwrap_or("absent (kernel before 6.6)"));
+    if value.is_none() && facts.sysctls.is_empty() && facts.io_uring_probe.is_none() {
+        // No sysctl could be read at all: that says nothing about the kernel's version.
+        return b.push(
+            "io_uring",
+            Status::Unknown,
+            setting,
+            "unreadable (no sysctl could be read)".to_string(),
+            recommended,
+            "cannot tell whether io_uring is allowed",
+        );
+    }
+    let absent =
+        if facts.sysctls.is_empty() { "unreadable (no sysctl could be read)" } else { "absent (kernel before 6.6)" };
+    let current = format!("{}{probe}", value.unwrap_or(absent));
     let (status, why) = match value.map(str::parse::<u8>) {
         None | Some(Ok(0)) if !probe_failed => {
             (Status::Ok, "io_uring is allowed: callvault's preferred back end".to_string())
