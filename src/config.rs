@@ -142,6 +142,9 @@ pub struct LimitsConfig {
     pub silence_timeout_s: u64,
     /// A `leg_silent` event is sent after a leg has sent nothing for this long, seconds.
     pub leg_silent_event_s: u64,
+    /// `start` is refused (`spool_full`) and the recorder reports itself not ready while the
+    /// spool's file system has less than this free, MiB; 0 turns the check off.
+    pub min_spool_free_mb: u64,
 }
 
 /// `[recording]`
@@ -224,6 +227,7 @@ impl Default for LimitsConfig {
             max_duration_s: 0,
             silence_timeout_s: 30 * 60,
             leg_silent_event_s: 30,
+            min_spool_free_mb: 256,
         }
     }
 }

@@ -166,9 +166,14 @@ fn finish(mut stream: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Free space below which the spool counts as full for `/readyz` (a new call could not be
-/// recorded for long).
-pub const SPOOL_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+/// Whether the spool's file system has less free than `[limits] min_spool_free_mb` (or cannot be
+/// read): then `start` is refused and the recorder is not ready. Returns the free bytes too.
+pub fn spool_low(control: &Control) -> (bool, Option<u64>) {
+    let cfg = control.config();
+    let free = free_bytes(&cfg.spool_dir());
+    let min = cfg.limits.min_spool_free_mb.saturating_mul(1024 * 1024);
+    (min > 0 && free.is_none_or(|f| f < min), free)
+}
 
 /// Whether new calls can be taken: not draining, every worker alive, the spool has room.
 pub fn readiness(control: &Control) -> Result<(), String> {
@@ -179,15 +184,15 @@ pub fn readiness(control: &Control) -> Result<(), String> {
         return Err("a worker has stalled".into());
     }
     let spool = control.config().spool_dir();
-    match free_bytes(&spool) {
-        Some(free) if free < SPOOL_MIN_FREE_BYTES => Err(format!(
-            "spool {} has {} MiB free (below {} MiB)",
+    match spool_low(control) {
+        (false, _) => Ok(()),
+        (true, Some(free)) => Err(format!(
+            "spool {} has {} MiB free (below [limits] min_spool_free_mb = {})",
             spool.display(),
             free >> 20,
-            SPOOL_MIN_FREE_BYTES >> 20
+            control.config().limits.min_spool_free_mb
         )),
-        Some(_) => Ok(()),
-        None => Err(format!("spool {} cannot be read", spool.display())),
+        (true, None) => Err(format!("spool {} cannot be read", spool.display())),
     }
 }
 

@@ -175,3 +175,25 @@ fn an_oversized_request_gets_431() {
     let (status, _) = get(port, "/metrics", &format!("X-Padding: {}\r\n", "a".repeat(3_000)));
     assert_eq!(status, "HTTP/1.1 200 OK");
 }
+
+/// With less free than `[limits] min_spool_free_mb`, `start` is refused (`spool_full`, naming the
+/// key), `health` says `spool_low` and `/readyz` 503, rather than taking calls it cannot keep.
+#[test]
+fn a_nearly_full_spool_refuses_new_calls_and_says_so() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // No disk here has 100 TB free: the spool counts as nearly full.
+    let d = Daemon::start(Options {
+        extra: format!("[limits]\nmin_spool_free_mb = 100000000\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..Options::default()
+    });
+    let mut c = d.client().unwrap();
+    let r = c.request(json!({"cmd": "start", "call_id": "x", "legs": [{"label": "a"}]}));
+    assert_eq!(r["error"]["code"], "spool_full", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("min_spool_free_mb"), "{r}");
+    let h = c.request(json!({"cmd": "health"}));
+    assert_eq!((h["status"].as_str(), h["ready"].as_bool()), (Some("spool_low"), Some(false)), "{h}");
+    let (status, body) = get(port, "/readyz", "");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(body.contains("min_spool_free_mb"), "{body}");
+    assert!(d.spool().read_dir().unwrap().next().is_none(), "nothing was created");
+}

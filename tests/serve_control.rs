@@ -661,7 +661,8 @@ impl Drop for TinyDisk {
 
 #[test]
 fn a_start_that_fails_on_a_full_disk_leaves_no_file_behind() {
-    let d = Daemon::start(Options::default());
+    // The free-space check off, so that the writes themselves fail.
+    let d = Daemon::start(Options { extra: "[limits]\nmin_spool_free_mb = 0\n".into(), ..Options::default() });
     let spool = d.spool();
     // Two pages: a 4 KiB filler leaves room for a WAV header but not for the sidecar too.
     let Some(_disk) = TinyDisk::mount(&spool, 8192) else {
@@ -679,9 +680,7 @@ fn a_start_that_fails_on_a_full_disk_leaves_no_file_behind() {
         // Now not even a header fits.
         std::fs::write(&filler, vec![0u8; 8192]).unwrap();
     }
-    // The daemon lives on, and says the spool is nearly full (as /readyz does).
-    let h = c.request(json!({"cmd": "health"}));
-    assert_eq!((h["status"].as_str(), h["ready"].as_bool()), (Some("spool_low"), Some(false)), "{h}");
+    assert_eq!(c.request(json!({"cmd": "health"}))["status"], "ok", "the daemon lives on");
     assert_eq!(c.request(json!({"cmd": "stats"}))["calls_active"], 0);
 }
 

@@ -308,6 +308,18 @@ impl Control {
         if self.draining.load(Ordering::SeqCst) {
             return Err(CallError::new("draining", "this recorder is draining: start the call on another recorder"));
         }
+        if let (true, free) = crate::metrics::spool_low(self) {
+            return Err(CallError::new(
+                "spool_full",
+                format!(
+                    "spool {} has {} MiB free, below [limits] min_spool_free_mb = {}: free space there or start the call \
+                     on another recorder",
+                    self.cfg.spool_dir().display(),
+                    free.map_or("unknown".to_string(), |f| (f >> 20).to_string()),
+                    self.cfg.limits.min_spool_free_mb
+                ),
+            ));
+        }
         if s.legs.len() > self.cfg.limits.max_legs_per_call {
             return Err(CallError::new(
                 "bad_request",
@@ -519,8 +531,7 @@ impl Control {
             .filter(|(_, w)| now.saturating_sub(w.stats.heartbeat.load(Ordering::Relaxed)) > 5_000_000_000)
             .map(|(i, _)| i)
             .collect();
-        let spool_free = crate::metrics::free_bytes(&self.cfg.spool_dir());
-        let spool_low = spool_free.is_none_or(|f| f < crate::metrics::SPOOL_MIN_FREE_BYTES);
+        let (spool_low, spool_free) = crate::metrics::spool_low(self);
         // The same judgement as /readyz: an ACD that asks `health` hears what Prometheus hears.
         let status = if !stalled.is_empty() {
             "degraded"
