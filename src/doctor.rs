@@ -244,15 +244,7 @@ pub fn parse_softnet_dropped(text: &str) -> Option<u64> {
     any.then_some(sum)
 }
 
-/// A counter from `/proc/net/snmp` (a header line and a value line per protocol).
-pub fn parse_snmp(text: &str, proto: &str, field: &str) -> Option<u64> {
-    let prefix = format!("{proto}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    let header = lines.next()?;
-    let values = lines.next()?;
-    let i = header.split_whitespace().position(|h| h == field)?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
+pub use crate::host::parse_snmp;
 
 /// Soft and hard "Max open files" from a `/proc/<pid>/limits` text (`None`: unlimited).
 pub fn parse_limits_nofile(text: &str) -> Option<(Option<u64>, Option<u64>)> {
@@ -401,20 +393,8 @@ fn disk_space(data_dir: &Path) -> Result<DiskSpace, String> {
     while !dir.is_dir() {
         dir = dir.parent().ok_or_else(|| format!("no existing directory above {}", abs.display()))?;
     }
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
-    // SAFETY: statvfs is plain data, filled by the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` is valid for writes.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!("statvfs {}: {}", dir.display(), io::Error::last_os_error()));
-    }
-    let frsize = st.f_frsize as u64;
-    Ok(DiskSpace {
-        path: dir.to_path_buf(),
-        available: (st.f_bavail as u64).saturating_mul(frsize),
-        total: (st.f_blocks as u64).saturating_mul(frsize),
-    })
+    let space = crate::host::fs_space(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    Ok(DiskSpace { path: dir.to_path_buf(), available: space.available, total: space.total })
 }
 
 fn bytes(n: u64) -> String {

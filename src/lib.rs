@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod doctor;
 pub mod engine;
 pub mod fuzz_targets;
+pub mod host;
 pub mod import;
 pub mod log;
 pub mod metrics;

@@ -198,16 +198,7 @@ pub fn readiness(control: &Control) -> Result<(), String> {
 
 /// Bytes available to an unprivileged writer on `path`'s file system.
 pub fn free_bytes(path: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call; `st` is plain data for
-    // statvfs to fill, read only when it returned 0.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
-    }
+    crate::host::fs_space(path).ok().map(|s| s.available)
 }
 
 /// Bytes of the files in the spool (recordings in progress and finished, not yet shipped).
@@ -220,11 +211,7 @@ fn spool_bytes(spool: &Path) -> u64 {
 /// The network namespace's UDP receive errors (`/proc/net/snmp`): `(InErrors, RcvbufErrors)`.
 fn udp_receive_errors() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next()?, udp.next()?);
-    let get = |name: &str| {
-        names.split_whitespace().position(|n| n == name).and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
-    };
+    let get = |field| crate::host::parse_snmp(&text, "Udp", field);
     Some((get("InErrors")?, get("RcvbufErrors")?))
 }
 

@@ -50,22 +50,16 @@ impl UdpCounters {
     /// Reads them now.
     pub fn read() -> io::Result<UdpCounters> {
         let text = std::fs::read_to_string("/proc/net/snmp")?;
-        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-            return Err(io::Error::other("no Udp: lines in /proc/net/snmp"));
+        let get = |field| {
+            callvault::host::parse_snmp(&text, "Udp", field)
+                .ok_or_else(|| io::Error::other(format!("no Udp {field} in /proc/net/snmp")))
         };
-        let mut c = UdpCounters::default();
-        for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
-            let v = value.parse().unwrap_or(0);
-            match name {
-                "InDatagrams" => c.in_datagrams = v,
-                "NoPorts" => c.no_ports = v,
-                "InErrors" => c.in_errors = v,
-                "RcvbufErrors" => c.rcvbuf_errors = v,
-                _ => {}
-            }
-        }
-        Ok(c)
+        Ok(UdpCounters {
+            in_datagrams: get("InDatagrams")?,
+            no_ports: get("NoPorts")?,
+            in_errors: get("InErrors")?,
+            rcvbuf_errors: get("RcvbufErrors")?,
+        })
     }
 
     /// What happened between `earlier` and `self`.
