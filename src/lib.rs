@@ -20,4 +20,5 @@ pub mod log;
 pub mod metrics;
 pub mod output;
 pub mod replay;
+pub mod seal;
 pub mod serve;

@@ -1,0 +1,494 @@
+//! Opening sealed files: random access to the plaintext (only the chunks a range needs are
+//! decrypted), full verification, and recovery of the authenticated prefix of an unfinished file.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use aws_lc_rs::digest::{Context, SHA256};
+
+use super::format::{
+    CHUNK_OVERHEAD, FINAL_HEAD_INDEX, HEADER_TAG_COUNTER, Header, NonceKind, PROVISIONAL_HEAD_INDEX, SEAL_RECORD_LEN,
+    SealRecord, TAG_LEN, hex,
+};
+use super::keys::{Keyring, PublicKey};
+use super::writer::FileKey;
+use super::{SealError, sha256};
+
+/// Where a file's records are.
+#[derive(Debug, Clone)]
+enum Geometry {
+    Finalised {
+        /// Body chunk records (the last one is short).
+        chunks: u64,
+        last_plain: u64,
+        final_head_at: u64,
+        record: SealRecord,
+    },
+    /// No seal record at the end: a crash, or the end was cut off.
+    Unfinished,
+}
+
+/// An opened sealed file.
+pub struct SealedReader<R: Read + Seek> {
+    r: R,
+    header: Header,
+    header_len: u64,
+    key: FileKey,
+    file_len: u64,
+    geometry: Geometry,
+    /// The last chunk decrypted (index, plaintext), so sequential small reads decrypt each once.
+    cached: Option<(u64, Vec<u8>)>,
+}
+
+/// What a full verification established.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub record: SealRecord,
+    /// The trusted key that signed.
+    pub signer: PublicKey,
+    /// SHA-256 of the whole plaintext file (head then body), as `sha256sum` of the decrypted file
+    /// would print.
+    pub plaintext_sha256: [u8; 32],
+    pub chunks: u64,
+}
+
+/// What an unfinished (or damaged) file still holds.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// The container head that authenticates (final if the file was finalised, else the
+    /// provisional one written at creation).
+    pub head: Option<Vec<u8>>,
+    pub head_is_final: bool,
+    /// Body chunks that authenticate, in order from the first.
+    pub chunks: u64,
+    /// Their plaintext bytes.
+    pub body_len: u64,
+    /// The body ended with the last-chunk mark (nothing of the body is missing).
+    pub body_complete: bool,
+    /// Why recovery stopped where it did, if not at a complete body.
+    pub stopped_by: Option<String>,
+}
+
+fn read_exact_at<R: Read + Seek>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), SealError> {
+    r.seek(SeekFrom::Start(at)).and_then(|_| r.read_exact(buf)).map_err(|e| SealError::Io {
+        action: "read sealed file",
+        path: Default::default(),
+        source: e,
+    })
+}
+
+impl<R: Read + Seek> SealedReader<R> {
+    /// Reads the header, unwraps the data key and checks the header's tag. A wrong key, an
+    /// unknown key and a damaged header are told apart.
+    pub fn open(mut r: R, keys: &Keyring) -> Result<Self, SealError> {
+        let file_len = r.seek(SeekFrom::End(0)).map_err(|e| SealError::Io {
+            action: "seek in sealed file",
+            path: Default::default(),
+            source: e,
+        })?;
+        let mut first = [0u8; 12];
+        if file_len < 12 {
+            let mut some = vec![0u8; file_len as usize];
+            read_exact_at(&mut r, 0, &mut some)?;
+            return Err(if some.starts_with(&super::format::MAGIC[..some.len().min(8)]) && !some.is_empty() {
+                SealError::Truncated(format!("{file_len} bytes: not even a header"))
+            } else {
+                SealError::NotSealed
+            });
+        }
+        read_exact_at(&mut r, 0, &mut first)?;
+        let header_len = Header::peek_len(&first)?;
+        if header_len as u64 > file_len {
+            return Err(SealError::Truncated(format!("{file_len} bytes, shorter than its {header_len}-byte header")));
+        }
+        let mut hbytes = vec![0u8; header_len];
+        read_exact_at(&mut r, 0, &mut hbytes)?;
+        let (header, _) = Header::decode(&hbytes)?;
+        let kek = keys.kek(&header.key_id)?;
+        let Some(data_key) = kek.unwrap(&header.wrapped_key) else {
+            return Err(if kek.fingerprint != header.kek_fingerprint {
+                SealError::WrongKek { id: header.key_id.clone() }
+            } else {
+                SealError::HeaderAltered
+            });
+        };
+        let mut key = FileKey::new(&data_key, header.nonce_prefix);
+        let (untagged, tag) = hbytes.split_at(header_len - TAG_LEN);
+        if kek.fingerprint != header.kek_fingerprint || !key.check_header_tag(untagged, tag) {
+            return Err(SealError::HeaderAltered);
+        }
+        key.header_hash = sha256(&[&hbytes]);
+        let geometry = Self::geometry(&mut r, &header, header_len as u64, file_len)?;
+        Ok(SealedReader { r, header, header_len: header_len as u64, key, file_len, geometry, cached: None })
+    }
+
+    fn geometry(r: &mut R, h: &Header, header_len: u64, file_len: u64) -> Result<Geometry, SealError> {
+        let body_start = header_len + h.head_record_len();
+        let rec = h.chunk_record_len();
+        if file_len >= body_start + h.head_record_len() + CHUNK_OVERHEAD as u64 + SEAL_RECORD_LEN as u64 {
+            let mut tail = [0u8; SEAL_RECORD_LEN];
+            read_exact_at(r, file_len - SEAL_RECORD_LEN as u64, &mut tail)?;
+            if SealRecord::present(&tail) {
+                let record = SealRecord::decode(&tail)?;
+                let final_head_at = file_len - SEAL_RECORD_LEN as u64 - h.head_record_len();
+                let region = final_head_at - body_start;
+                let (full, rem) = (region / rec, region % rec);
+                if rem < CHUNK_OVERHEAD as u64 {
+                    return Err(SealError::Truncated(format!(
+                        "its body is {region} bytes, which is no whole number of chunks (cut or padded)"
+                    )));
+                }
+                return Ok(Geometry::Finalised {
+                    chunks: full + 1,
+                    last_plain: rem - CHUNK_OVERHEAD as u64,
+                    final_head_at,
+                    record,
+                });
+            }
+        }
+        Ok(Geometry::Unfinished)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn is_finalised(&self) -> bool {
+        matches!(self.geometry, Geometry::Finalised { .. })
+    }
+
+    /// The seal record, when finalised (not yet verified).
+    pub fn seal_record(&self) -> Option<&SealRecord> {
+        match &self.geometry {
+            Geometry::Finalised { record, .. } => Some(record),
+            Geometry::Unfinished => None,
+        }
+    }
+
+    fn body_start(&self) -> u64 {
+        self.header_len + self.header.head_record_len()
+    }
+
+    /// Decrypts the record at `at` of `len` bytes as `(index, kind)`, telling reordering and
+    /// splicing apart from alteration by the record's clear prefix.
+    fn open_at(&mut self, at: u64, len: u64, index: u32, kind: NonceKind, pos: u64) -> Result<Vec<u8>, SealError> {
+        let mut rec = vec![0u8; len as usize];
+        read_exact_at(&mut self.r, at, &mut rec)?;
+        self.open_bytes(rec, index, kind, pos, at)
+    }
+
+    fn open_bytes(&self, rec: Vec<u8>, index: u32, kind: NonceKind, pos: u64, at: u64) -> Result<Vec<u8>, SealError> {
+        // Opening works in place and leaves garbage on failure: diagnose from the bytes as read.
+        let mut work = rec.clone();
+        match self.key.open_record(&mut work, index, kind) {
+            Some(range) => Ok(work[range].to_vec()),
+            None => Err(self.diagnose(&rec, index, pos, at)),
+        }
+    }
+
+    fn diagnose(&self, rec: &[u8], index: u32, pos: u64, at: u64) -> SealError {
+        if index >= HEADER_TAG_COUNTER {
+            return SealError::HeadAltered { final_head: index == FINAL_HEAD_INDEX };
+        }
+        let declared = u32::from_be_bytes(rec[..4].try_into().unwrap());
+        let tag: [u8; 4] = rec[4..8].try_into().unwrap();
+        if tag != self.key.file_tag() {
+            return SealError::ChunkFromOtherFile { index: pos };
+        }
+        if declared != index && declared < HEADER_TAG_COUNTER {
+            // Believe the prefix only if the record authenticates where it says it belongs.
+            let fits = [NonceKind::Body, NonceKind::LastBody]
+                .iter()
+                .any(|k| self.key.open_record(&mut rec.to_vec(), declared, *k).is_some());
+            if fits {
+                return SealError::ChunkOutOfOrder { index: pos, found: declared };
+            }
+        }
+        SealError::ChunkAltered { index: pos, offset: at }
+    }
+
+    fn finalised(&mut self) -> Result<(u64, u64, u64, SealRecord), SealError> {
+        match &self.geometry {
+            Geometry::Finalised { chunks, last_plain, final_head_at, record } => {
+                Ok((*chunks, *last_plain, *final_head_at, record.clone()))
+            }
+            Geometry::Unfinished => {
+                let r = self.recover();
+                Err(SealError::NotFinalised {
+                    recovered_bytes: r.head.map_or(0, |h| h.len() as u64) + r.body_len,
+                    chunks: r.chunks,
+                })
+            }
+        }
+    }
+
+    /// Plaintext length of a finalised file (head and body).
+    pub fn plaintext_len(&self) -> Option<u64> {
+        self.seal_record().map(|r| r.plaintext_len)
+    }
+
+    /// Body chunk `i` of a finalised file, decrypted and authenticated.
+    fn body_chunk(&mut self, i: u64) -> Result<Vec<u8>, SealError> {
+        if let Some((ci, data)) = &self.cached
+            && *ci == i
+        {
+            return Ok(data.clone());
+        }
+        let (chunks, last_plain, _, _) = self.finalised()?;
+        let rec = self.header.chunk_record_len();
+        let last = i + 1 == chunks;
+        let len = if last { last_plain + CHUNK_OVERHEAD as u64 } else { rec };
+        let kind = if last { NonceKind::LastBody } else { NonceKind::Body };
+        let at = self.body_start() + i * rec;
+        let data = self.open_at(at, len, i as u32, kind, i)?;
+        self.cached = Some((i, data.clone()));
+        Ok(data)
+    }
+
+    /// The final container head of a finalised file.
+    pub fn final_head(&mut self) -> Result<Vec<u8>, SealError> {
+        let (_, _, at, _) = self.finalised()?;
+        if self.header.head_len == 0 {
+            return Ok(Vec::new());
+        }
+        self.open_at(at, self.header.head_record_len(), FINAL_HEAD_INDEX, NonceKind::Head, 0)
+    }
+
+    /// The provisional container head written when the file was created.
+    pub fn provisional_head(&mut self) -> Result<Vec<u8>, SealError> {
+        if self.header.head_len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.file_len < self.body_start() {
+            return Err(SealError::Truncated("the provisional head is cut".into()));
+        }
+        self.open_at(self.header_len, self.header.head_record_len(), PROVISIONAL_HEAD_INDEX, NonceKind::Head, 0)
+    }
+
+    /// Reads plaintext bytes at `offset` of a finalised file, decrypting only the chunks the
+    /// range touches. Returns the bytes read (0 at the end).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, SealError> {
+        let Some(total) = self.plaintext_len() else {
+            return Err(self.finalised().expect_err("unfinished"));
+        };
+        let head_len = u64::from(self.header.head_len);
+        let mut done = 0usize;
+        let mut pos = offset;
+        while done < buf.len() && pos < total {
+            if pos < head_len {
+                let head = self.final_head()?;
+                let n = ((head_len - pos) as usize).min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&head[pos as usize..pos as usize + n]);
+                done += n;
+                pos += n as u64;
+                continue;
+            }
+            let b = pos - head_len;
+            let cs = u64::from(self.header.chunk_size);
+            let chunk = self.body_chunk(b / cs)?;
+            let within = (b % cs) as usize;
+            if within >= chunk.len() {
+                break;
+            }
+            let n = (chunk.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+            done += n;
+            pos += n as u64;
+        }
+        Ok(done)
+    }
+
+    /// Checks everything: every record authenticates in place, the digests match the seal
+    /// record, and its signature is valid and by a trusted key. Writes the plaintext to `out`
+    /// as it goes when given (callers that must not emit unverified bytes verify first).
+    pub fn verify(&mut self, trusted: &[PublicKey], mut out: Option<&mut dyn Write>) -> Result<Verified, SealError> {
+        let (chunks, last_plain, final_head_at, record) = self.finalised()?;
+        let mut sealed = Context::new(&SHA256);
+        let mut whole = Context::new(&SHA256);
+        let mut body = Context::new(&SHA256);
+        // Everything before the seal record, in file order, hashed raw.
+        let mut raw = vec![0u8; self.body_start() as usize];
+        read_exact_at(&mut self.r, 0, &mut raw)?;
+        sealed.update(&raw);
+        self.provisional_head()?;
+        let head = self.final_head()?;
+        whole.update(&head);
+        if let Some(o) = out.as_deref_mut() {
+            o.write_all(&head).map_err(|e| SealError::Io { action: "write", path: Default::default(), source: e })?;
+        }
+        let rec_len = self.header.chunk_record_len();
+        self.r.seek(SeekFrom::Start(self.body_start())).map_err(|e| SealError::Io {
+            action: "seek in sealed file",
+            path: Default::default(),
+            source: e,
+        })?;
+        for i in 0..chunks {
+            let last = i + 1 == chunks;
+            let len = if last { last_plain + CHUNK_OVERHEAD as u64 } else { rec_len };
+            let mut rec = vec![0u8; len as usize];
+            self.r.read_exact(&mut rec).map_err(|e| SealError::Io {
+                action: "read sealed file",
+                path: Default::default(),
+                source: e,
+            })?;
+            sealed.update(&rec);
+            let at = self.body_start() + i * rec_len;
+            let kind = if last { NonceKind::LastBody } else { NonceKind::Body };
+            let plain = self.open_bytes(rec, i as u32, kind, i, at)?;
+            body.update(&plain);
+            whole.update(&plain);
+            if let Some(o) = out.as_deref_mut() {
+                o.write_all(&plain).map_err(|e| SealError::Io {
+                    action: "write",
+                    path: Default::default(),
+                    source: e,
+                })?;
+            }
+        }
+        let mut tail = vec![0u8; self.header.head_record_len() as usize];
+        read_exact_at(&mut self.r, final_head_at, &mut tail)?;
+        sealed.update(&tail);
+        // The signature first: a record re-signed by another key is named as such, not as a
+        // digest mismatch.
+        let signer = PublicKey { id: String::new(), key: record.signer, source: Default::default() };
+        if !signer.verify(&record.signed_message(), &record.signature) {
+            return Err(SealError::SignatureInvalid);
+        }
+        let Some(signer) = trusted.iter().find(|t| t.key == record.signer).cloned() else {
+            return Err(SealError::SignatureUntrusted {
+                signer: format!("public key {}", hex(&record.signer)),
+                trusted: trusted.iter().map(|t| format!("{} ({})", t.id, &hex(&t.key)[..16])).collect(),
+            });
+        };
+        let digest = |c: Context| -> [u8; 32] { c.finish().as_ref().try_into().unwrap() };
+        let head_digest = if head.is_empty() { [0; 32] } else { sha256(&[&head]) };
+        if digest(sealed) != record.sealed_sha256 {
+            return Err(SealError::DigestMismatch { which: "sealed-file" });
+        }
+        if head_digest != record.head_sha256 {
+            return Err(SealError::DigestMismatch { which: "container-head" });
+        }
+        if digest(body) != record.body_sha256 {
+            return Err(SealError::DigestMismatch { which: "audio" });
+        }
+        let plain_len = head.len() as u64 + (chunks - 1) * u64::from(self.header.chunk_size) + last_plain;
+        if plain_len != record.plaintext_len {
+            return Err(SealError::DigestMismatch { which: "length" });
+        }
+        Ok(Verified { record, signer, plaintext_sha256: digest(whole), chunks })
+    }
+
+    /// Finds the authenticated prefix: the container head (final, else provisional) and the
+    /// body chunks that open in order from the first. Works on finalised and unfinished files.
+    pub fn recover(&mut self) -> Recovery {
+        let mut out = Recovery {
+            head: None,
+            head_is_final: false,
+            chunks: 0,
+            body_len: 0,
+            body_complete: false,
+            stopped_by: None,
+        };
+        if self.header.head_len > 0 {
+            let final_head = if self.is_finalised() { self.final_head().ok() } else { None };
+            match final_head {
+                Some(h) => {
+                    out.head = Some(h);
+                    out.head_is_final = true;
+                }
+                None => match self.provisional_head() {
+                    Ok(h) => out.head = Some(h),
+                    Err(e) => {
+                        out.stopped_by = Some(e.to_string());
+                        return out;
+                    }
+                },
+            }
+        }
+        let rec_len = self.header.chunk_record_len();
+        let start = self.body_start();
+        // Candidate records: whole ones, then whatever is left (a short last chunk).
+        let limit = match &self.geometry {
+            Geometry::Finalised { final_head_at, .. } => *final_head_at,
+            Geometry::Unfinished => self.file_len,
+        };
+        let mut i = 0u64;
+        loop {
+            let at = start + i * rec_len;
+            if at >= limit {
+                out.stopped_by.get_or_insert_with(|| "the body ends without its last-chunk mark".into());
+                break;
+            }
+            let len = rec_len.min(limit - at);
+            if len < CHUNK_OVERHEAD as u64 {
+                out.stopped_by = Some(format!("{len} stray bytes after chunk {i}"));
+                break;
+            }
+            let mut rec = vec![0u8; len as usize];
+            if let Err(e) = read_exact_at(&mut self.r, at, &mut rec) {
+                out.stopped_by = Some(e.to_string());
+                break;
+            }
+            let index = i as u32;
+            if len == rec_len
+                && let Some(r) = self.key.open_record(&mut rec.clone(), index, NonceKind::Body)
+            {
+                out.chunks += 1;
+                out.body_len += (r.end - r.start) as u64;
+                i += 1;
+                continue;
+            }
+            if let Some(r) = self.key.open_record(&mut rec.clone(), index, NonceKind::LastBody) {
+                out.chunks += 1;
+                out.body_len += (r.end - r.start) as u64;
+                out.body_complete = true;
+                out.stopped_by = None;
+                break;
+            }
+            out.stopped_by = Some(if len < rec_len {
+                format!("chunk {i} is cut short ({len} of {rec_len} bytes)")
+            } else {
+                self.diagnose(&rec, index, i, at).to_string()
+            });
+            break;
+        }
+        out
+    }
+
+    /// Writes the first `len` body bytes of the authenticated prefix (see [`Self::recover`]).
+    pub fn write_body_prefix(&mut self, len: u64, out: &mut dyn Write) -> Result<(), SealError> {
+        let rec_len = self.header.chunk_record_len();
+        let mut written = 0u64;
+        let mut i = 0u64;
+        while written < len {
+            let at = self.body_start() + i * rec_len;
+            let avail = self.file_len.saturating_sub(at).min(rec_len);
+            let mut rec = vec![0u8; avail as usize];
+            read_exact_at(&mut self.r, at, &mut rec)?;
+            let range = self
+                .key
+                .open_record(&mut rec, i as u32, NonceKind::Body)
+                .or_else(|| {
+                    let mut again = vec![0u8; avail as usize];
+                    read_exact_at(&mut self.r, at, &mut again).ok()?;
+                    let r = self.key.open_record(&mut again, i as u32, NonceKind::LastBody)?;
+                    rec = again;
+                    Some(r)
+                })
+                .ok_or(SealError::ChunkAltered { index: i, offset: at })?;
+            let n = ((range.end - range.start) as u64).min(len - written);
+            out.write_all(&rec[range.start..range.start + n as usize]).map_err(|e| SealError::Io {
+                action: "write",
+                path: Default::default(),
+                source: e,
+            })?;
+            written += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the whole sealed file.
+    pub fn sealed_len(&self) -> u64 {
+        self.file_len
+    }
+}
