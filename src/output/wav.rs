@@ -59,12 +59,12 @@ pub struct WavSpec {
 
 impl WavSpec {
     /// Bytes per interleaved frame.
-    fn block_align(&self) -> u16 {
+    pub(crate) fn block_align(&self) -> u16 {
         // validate() guarantees this does not overflow.
         self.channels * 2
     }
 
-    fn validate(&self) -> Result<(), WavError> {
+    pub(crate) fn validate(&self) -> Result<(), WavError> {
         if self.channels == 0 || self.channels > u16::MAX / 2 {
             return Err(WavError::InvalidSpec {
                 reason: format!("channel count {} must be 1..={}", self.channels, u16::MAX / 2),
@@ -167,6 +167,13 @@ pub enum WavError {
     /// shift every later sample (swapping stereo channels), so the writer refuses.
     #[error("an earlier write to this WAV failed; stop writing, then finalize or run repair on the file")]
     WriterFailed,
+    /// Sealing (encryption at rest) failed.
+    #[error("{}: {source}", path.display())]
+    Seal {
+        path: PathBuf,
+        #[source]
+        source: crate::seal::SealError,
+    },
 }
 
 /// Hook run at the end of `finalize` to make the data durable (fsync for files).
@@ -376,7 +383,7 @@ fn sync_buffered_file(w: &mut BufWriter<File>) -> io::Result<()> {
 }
 
 #[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> Result<(), WavError> {
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<(), WavError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -385,7 +392,7 @@ fn sync_parent_dir(path: &Path) -> Result<(), WavError> {
 }
 
 #[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> Result<(), WavError> {
+pub(crate) fn sync_parent_dir(_path: &Path) -> Result<(), WavError> {
     Ok(())
 }
 
@@ -401,7 +408,7 @@ fn put(h: &mut [u8], at: usize, bytes: &[u8]) {
 }
 
 /// Builds our 80-byte header for `data_bytes` of audio, as RIFF (with the reserved `JUNK`) or RF64.
-fn build_header(spec: &WavSpec, data_bytes: u64, rf64: bool) -> [u8; HEADER_LEN as usize] {
+pub(crate) fn build_header(spec: &WavSpec, data_bytes: u64, rf64: bool) -> [u8; HEADER_LEN as usize] {
     let block_align = spec.block_align();
     let frames = data_bytes / u64::from(block_align);
     let riff_size = HEADER_LEN - 8 + data_bytes;

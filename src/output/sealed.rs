@@ -1,0 +1,485 @@
+//! Recordings sealed at rest: the WAV container inside a sealed file, sealed metadata, and
+//! the recovery of what a crash left.
+//!
+//! The WAV header is the sealed file's container head: a provisional one (sizes zero) is
+//! sealed when the file is created, the final one when it is finalised, each under its own nonce.
+//! Neither is ever rewritten, so completing the header at the end reuses no nonce.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::wav::{self, HEADER_LEN, WavError, WavInfo, WavSpec, WavWriter};
+use crate::seal::format::{self, FLAG_RECOVERED};
+use crate::seal::{Container, Content, Keyring, SealError, SealParams, SealRecord, SealWriter, SealedReader};
+
+/// Extension of a sealed audio file (`<recording id>.wav.cvs`).
+pub const AUDIO_EXT: &str = "wav.cvs";
+/// Extension of a sealed metadata file (`<recording id>.meta.cvs`).
+pub const META_EXT: &str = "meta.cvs";
+
+/// Everything a writer needs to seal: the keys and the chunk size.
+#[derive(Debug)]
+pub struct Sealing {
+    pub keys: Keyring,
+    pub chunk_size: u32,
+}
+
+impl Sealing {
+    /// Checks that new files can be sealed and signed.
+    pub fn new(keys: Keyring, chunk_size: u32) -> Result<Arc<Sealing>, SealError> {
+        keys.active_kek()?;
+        keys.signing()?;
+        Ok(Arc::new(Sealing { keys, chunk_size }))
+    }
+}
+
+/// The clear index of a recording's files: ids and times only.
+pub fn clear_index(recording_id: &str, started_at: &str) -> String {
+    serde_json::json!({"recording_id": recording_id, "started_at": started_at}).to_string()
+}
+
+fn seal_err(path: &Path, source: SealError) -> WavError {
+    WavError::Seal { path: path.to_path_buf(), source }
+}
+
+/// Turns the writer's path-less I/O errors into ones naming the file.
+fn named(path: &Path, e: SealError) -> WavError {
+    match e {
+        SealError::Io { action, source, .. } => WavError::File { path: path.to_path_buf(), action, source },
+        other => seal_err(path, other),
+    }
+}
+
+fn parse_ulid(path: &Path, id: &str) -> Result<ulid::Ulid, WavError> {
+    ulid::Ulid::from_string(id)
+        .map_err(|_| seal_err(path, SealError::Invalid(format!("recording id {id:?} is not a ULID"))))
+}
+
+/// A WAV recording being written sealed.
+pub struct SealedWavWriter {
+    w: SealWriter<File>,
+    spec: WavSpec,
+    frames: u64,
+    buf: Vec<u8>,
+    path: PathBuf,
+    sealing: Arc<Sealing>,
+    flags: u16,
+}
+
+impl std::fmt::Debug for SealedWavWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedWavWriter").field("path", &self.path).field("frames", &self.frames).finish()
+    }
+}
+
+impl SealedWavWriter {
+    /// Creates `path` (which must not exist) with its header and provisional WAV header.
+    pub fn create(
+        path: &Path,
+        spec: WavSpec,
+        sealing: &Arc<Sealing>,
+        recording_id: &str,
+        index: String,
+    ) -> Result<Self, WavError> {
+        spec.validate()?;
+        let rid = parse_ulid(path, recording_id)?;
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| WavError::File { path: path.to_path_buf(), action: "create", source })?;
+        let params = SealParams {
+            content: Content::Audio,
+            container: Container::Wav,
+            chunk_size: sealing.chunk_size,
+            recording_id: rid,
+            created_ms: crate::seal::now_ms(),
+            index,
+        };
+        let kek = sealing.keys.active_kek().map_err(|e| seal_err(path, e))?;
+        let w = SealWriter::create(file, &params, kek, &wav::build_header(&spec, 0, false))
+            .map_err(|e| named(path, e))?;
+        Ok(SealedWavWriter {
+            w,
+            spec,
+            frames: 0,
+            buf: Vec::new(),
+            path: path.to_path_buf(),
+            sealing: sealing.clone(),
+            flags: 0,
+        })
+    }
+
+    pub fn write_samples(&mut self, interleaved: &[i16]) -> Result<(), WavError> {
+        let channels = usize::from(self.spec.channels);
+        if !interleaved.len().is_multiple_of(channels) {
+            return Err(WavError::PartialFrame { samples: interleaved.len(), channels: self.spec.channels });
+        }
+        self.buf.clear();
+        self.buf.reserve(interleaved.len() * 2);
+        for s in interleaved {
+            self.buf.extend_from_slice(&s.to_le_bytes());
+        }
+        self.w.write(&self.buf).map_err(|e| named(&self.path, e))?;
+        self.frames += (interleaved.len() / channels) as u64;
+        Ok(())
+    }
+
+    /// Whole chunks are written as they fill; the partial one cannot be (see the writer).
+    pub fn flush(&mut self) -> Result<(), WavError> {
+        self.w.flush().map_err(|e| named(&self.path, e))
+    }
+
+    pub fn frames_written(&self) -> u64 {
+        self.frames
+    }
+
+    /// Seals the rest and the final WAV header, signs, fsyncs. A frame count other than
+    /// `expected_frames` is reported after the file is complete, as with plain WAV.
+    pub fn finalize(self, expected_frames: u64) -> Result<(WavInfo, SealRecord), WavError> {
+        let data_bytes = self.frames * u64::from(self.spec.block_align());
+        let rf64 = data_bytes > wav::DEFAULT_RF64_THRESHOLD;
+        let head = wav::build_header(&self.spec, data_bytes, rf64);
+        let signer = self.sealing.keys.signing().map_err(|e| seal_err(&self.path, e))?;
+        let (file, record) =
+            self.w.finish(&head, self.flags, signer, crate::seal::now_ms()).map_err(|e| named(&self.path, e))?;
+        file.sync_all().map_err(|source| WavError::File { path: self.path.clone(), action: "fsync", source })?;
+        let info =
+            WavInfo { frames: self.frames, data_bytes, rf64, sample_rate: self.spec.sample_rate, channels: self.spec.channels };
+        if self.frames != expected_frames {
+            return Err(WavError::LengthMismatch { expected_frames, written_frames: self.frames });
+        }
+        Ok((info, record))
+    }
+}
+
+/// A recording's audio file, plain or sealed.
+#[derive(Debug)]
+pub enum AudioFile {
+    Plain(WavWriter<BufWriter<File>>),
+    Sealed(SealedWavWriter),
+}
+
+impl AudioFile {
+    /// Creates the file at `path` (sealed when `sealing` is given).
+    pub fn create(
+        path: &Path,
+        spec: WavSpec,
+        sealing: Option<&Arc<Sealing>>,
+        recording_id: &str,
+        index: impl FnOnce() -> String,
+    ) -> Result<AudioFile, WavError> {
+        Ok(match sealing {
+            None => AudioFile::Plain(wav::create_file(path, spec)?),
+            Some(s) => AudioFile::Sealed(SealedWavWriter::create(path, spec, s, recording_id, index())?),
+        })
+    }
+
+    pub fn write_samples(&mut self, interleaved: &[i16]) -> Result<(), WavError> {
+        match self {
+            AudioFile::Plain(w) => w.write_samples(interleaved),
+            AudioFile::Sealed(w) => w.write_samples(interleaved),
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<(), WavError> {
+        match self {
+            AudioFile::Plain(w) => w.flush(),
+            AudioFile::Sealed(w) => w.flush(),
+        }
+    }
+
+    /// Finalises; for a sealed file also returns its seal record (digests, signer).
+    pub fn finalize(self, expected_frames: u64) -> Result<(WavInfo, Option<SealRecord>), WavError> {
+        match self {
+            AudioFile::Plain(w) => w.finalize(expected_frames).map(|i| (i, None)),
+            AudioFile::Sealed(w) => w.finalize(expected_frames).map(|(i, r)| (i, Some(r))),
+        }
+    }
+}
+
+/// The digests a seal record signs, as JSON for summaries.
+pub fn seal_summary(r: &SealRecord, key_id: &str) -> Value {
+    serde_json::json!({
+        "kek_id": key_id,
+        "plaintext_bytes": r.plaintext_len,
+        "audio_sha256": format::hex(&r.body_sha256),
+        "sealed_sha256": format::hex(&r.sealed_sha256),
+        "signer": format::hex(&r.signer),
+    })
+}
+
+/// Writes a JSON document sealed, atomically (temporary file, fsync, rename), under a fresh data
+/// key each time: rewriting metadata never reuses a nonce.
+pub fn write_sealed_json(
+    path: &Path,
+    value: &Value,
+    sealing: &Sealing,
+    recording_id: &str,
+    index: String,
+) -> io::Result<()> {
+    let to_io = |e: SealError| io::Error::other(e.to_string());
+    let rid = ulid::Ulid::from_string(recording_id).map_err(|_| io::Error::other("recording id is not a ULID"))?;
+    let tmp = tmp_path(path);
+    let text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let written = (|| {
+        let file = File::options().write(true).create(true).truncate(true).open(&tmp)?;
+        let params = SealParams {
+            content: Content::Metadata,
+            container: Container::Json,
+            chunk_size: sealing.chunk_size,
+            recording_id: rid,
+            created_ms: crate::seal::now_ms(),
+            index,
+        };
+        let mut w = SealWriter::create(file, &params, sealing.keys.active_kek().map_err(to_io)?, &[]).map_err(to_io)?;
+        w.write(&text).map_err(to_io)?;
+        let (file, _) =
+            w.finish(&[], 0, sealing.keys.signing().map_err(to_io)?, crate::seal::now_ms()).map_err(to_io)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The temporary name [`write_sealed_json`] writes first.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Reads and fully verifies a sealed JSON document.
+pub fn read_sealed_json(path: &Path, keys: &Keyring) -> Result<Value, SealError> {
+    let file = File::open(path).map_err(|e| SealError::io("open", path, e))?;
+    let mut r = SealedReader::open(file, keys)?;
+    let mut out = Vec::new();
+    r.verify(keys.trusted(), Some(&mut out))?;
+    serde_json::from_slice(&out).map_err(|e| SealError::Invalid(format!("{}: not JSON inside: {e}", path.display())))
+}
+
+/// The WAV spec of one of our WAV headers (provisional or final).
+fn spec_of(head: &[u8]) -> Option<WavSpec> {
+    if head.len() != HEADER_LEN as usize || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let channels = u16::from_le_bytes([head[58], head[59]]);
+    let sample_rate = u32::from_le_bytes(head[60..64].try_into().ok()?);
+    let spec = WavSpec { sample_rate, channels };
+    spec.validate().ok().map(|()| spec)
+}
+
+/// What was recovered from an unfinished (or damaged) sealed file.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// Plaintext bytes written (head included).
+    pub bytes: u64,
+    /// Audio frames (WAV), 0 for other containers.
+    pub frames: u64,
+    pub spec: Option<WavSpec>,
+    /// The file had been finalised and only damage stopped the read.
+    pub was_finalised: bool,
+    /// Why the rest is missing.
+    pub stopped_by: Option<String>,
+}
+
+/// Writes the authenticated prefix of a sealed file as a usable plaintext file: for WAV, the
+/// samples that authenticate (whole frames) under a header that says so.
+pub fn write_recovered(
+    reader: &mut SealedReader<File>,
+    out: &mut dyn Write,
+) -> Result<Recovered, SealError> {
+    let rec = reader.recover();
+    let was_finalised = reader.is_finalised();
+    match reader.header().container {
+        Container::Wav => {
+            let Some(spec) = rec.head.as_deref().and_then(spec_of) else {
+                return Err(SealError::Truncated(
+                    rec.stopped_by.unwrap_or_else(|| "no readable WAV header in the file".into()),
+                ));
+            };
+            let align = u64::from(spec.block_align());
+            let data = rec.body_len - rec.body_len % align;
+            let head = wav::build_header(&spec, data, data > wav::DEFAULT_RF64_THRESHOLD);
+            out.write_all(&head).map_err(|e| SealError::Io { action: "write", path: Default::default(), source: e })?;
+            reader.write_body_prefix(data, out)?;
+            Ok(Recovered {
+                bytes: HEADER_LEN + data,
+                frames: data / align,
+                spec: Some(spec),
+                was_finalised,
+                stopped_by: rec.stopped_by,
+            })
+        }
+        Container::Json => {
+            reader.write_body_prefix(rec.body_len, out)?;
+            Ok(Recovered { bytes: rec.body_len, frames: 0, spec: None, was_finalised, stopped_by: rec.stopped_by })
+        }
+    }
+}
+
+/// Adapts a [`SealWriter`] to `io::Write`, for streaming a recovered prefix into a new file.
+struct SealSink<'a>(&'a mut SealWriter<File>);
+
+impl Write for SealSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`reseal_unfinished`] did.
+#[derive(Debug, Clone)]
+pub struct Resealed {
+    pub frames: u64,
+    pub spec: WavSpec,
+    pub record: SealRecord,
+    pub stopped_by: Option<String>,
+}
+
+/// Recovers a sealed WAV left unfinished by a crash: its authenticated prefix is re-sealed under
+/// a new data key into `dest` (which must not exist), finalised and signed with the recovered
+/// flag; then `partial` is removed. Nothing is appended to the crashed file: a chunk it was
+/// writing when the process died may have used the very nonce a new last chunk would need.
+pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) -> Result<Resealed, WavError> {
+    if dest.exists() {
+        return Err(WavError::WouldReplace { path: dest.to_path_buf() });
+    }
+    let file = File::open(partial).map_err(|source| WavError::File { path: partial.into(), action: "open", source })?;
+    let mut reader = SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(partial, e))?;
+    if reader.header().container != Container::Wav {
+        return Err(seal_err(partial, SealError::Invalid("not a sealed WAV recording".into())));
+    }
+    let rec = reader.recover();
+    let spec = rec
+        .head
+        .as_deref()
+        .and_then(spec_of)
+        .ok_or_else(|| seal_err(partial, SealError::Truncated("no readable WAV header".into())))?;
+    let header = reader.header().clone();
+    let align = u64::from(spec.block_align());
+    let data = rec.body_len - rec.body_len % align;
+    let tmp = tmp_path(dest);
+    let _ = fs::remove_file(&tmp);
+    let done = (|| {
+        let out = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|source| WavError::File { path: tmp.clone(), action: "create", source })?;
+        let params = SealParams {
+            content: Content::Audio,
+            container: Container::Wav,
+            chunk_size: header.chunk_size,
+            recording_id: header.recording_id,
+            created_ms: crate::seal::now_ms(),
+            index: header.index.clone(),
+        };
+        let kek = sealing.keys.active_kek().map_err(|e| seal_err(dest, e))?;
+        let mut w =
+            SealWriter::create(out, &params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(&tmp, e))?;
+        reader.write_body_prefix(data, &mut SealSink(&mut w)).map_err(|e| seal_err(partial, e))?;
+        let head = wav::build_header(&spec, data, data > wav::DEFAULT_RF64_THRESHOLD);
+        let signer = sealing.keys.signing().map_err(|e| seal_err(dest, e))?;
+        let (out, record) =
+            w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| named(&tmp, e))?;
+        out.sync_all().map_err(|source| WavError::File { path: tmp.clone(), action: "fsync", source })?;
+        fs::rename(&tmp, dest).map_err(|source| WavError::File { path: dest.into(), action: "rename into", source })?;
+        Ok(record)
+    })();
+    let record = match done {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fs::remove_file(partial).map_err(|source| WavError::File { path: partial.into(), action: "remove", source })?;
+    wav::sync_parent_dir(dest)?;
+    Ok(Resealed { frames: data / align, spec, record, stopped_by: rec.stopped_by })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::{Kek, SigningKey};
+
+    fn sealing() -> Arc<Sealing> {
+        let ring = Keyring::from_keys(vec![Kek::generate("k1").unwrap()], Some(SigningKey::generate("s1").unwrap()));
+        Sealing::new(ring, 1024).unwrap()
+    }
+
+    const RID: &str = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+
+    #[test]
+    fn a_sealed_wav_decrypts_to_the_plain_wav_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let spec = WavSpec { sample_rate: 8000, channels: 2 };
+        let samples: Vec<i16> = (0..8000).map(|i| (i * 37 % 20000) as i16 - 10000).collect();
+        let plain_path = dir.path().join("p.wav");
+        let mut p = wav::create_file(&plain_path, spec).unwrap();
+        let sealed_path = dir.path().join("s.wav.cvs");
+        let mut w = SealedWavWriter::create(&sealed_path, spec, &s, RID, clear_index(RID, "t")).unwrap();
+        for part in samples.chunks(320) {
+            p.write_samples(part).unwrap();
+            w.write_samples(part).unwrap();
+        }
+        p.finalize(4000).unwrap();
+        let (info, _) = w.finalize(4000).unwrap();
+        assert_eq!(info.frames, 4000);
+        let mut r = SealedReader::open(File::open(&sealed_path).unwrap(), &s.keys).unwrap();
+        let mut out = Vec::new();
+        r.verify(s.keys.trusted(), Some(&mut out)).unwrap();
+        assert_eq!(out, fs::read(&plain_path).unwrap());
+    }
+
+    #[test]
+    fn an_unfinished_sealed_wav_is_resealed_with_every_whole_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let spec = WavSpec { sample_rate: 8000, channels: 1 };
+        let partial = dir.path().join(format!("{RID}.wav.cvs.partial"));
+        let mut w = SealedWavWriter::create(&partial, spec, &s, RID, clear_index(RID, "t")).unwrap();
+        w.write_samples(&[7i16; 1500]).unwrap(); // 3000 bytes: two whole 1 KiB chunks on disk
+        std::mem::forget(w);
+        let dest = dir.path().join(format!("{RID}.wav.cvs"));
+        let r = reseal_unfinished(&partial, &dest, &s).unwrap();
+        assert_eq!(r.frames, 1024);
+        assert!(!partial.exists());
+        let mut reader = SealedReader::open(File::open(&dest).unwrap(), &s.keys).unwrap();
+        let mut out = Vec::new();
+        let v = reader.verify(s.keys.trusted(), Some(&mut out)).unwrap();
+        assert_eq!(v.record.flags & FLAG_RECOVERED, FLAG_RECOVERED);
+        let (h, samples) = {
+            let mut rd = hound::WavReader::new(io::Cursor::new(out)).unwrap();
+            (rd.spec(), rd.samples::<i16>().map(Result::unwrap).collect::<Vec<_>>())
+        };
+        assert_eq!((h.sample_rate, h.channels), (8000, 1));
+        assert_eq!(samples, vec![7i16; 1024]);
+    }
+
+    #[test]
+    fn sealed_json_round_trips_and_leaves_no_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let p = dir.path().join(format!("{RID}.{META_EXT}"));
+        let v = serde_json::json!({"caller": "+4915112345678", "metadata": {"agent": "Alice"}});
+        write_sealed_json(&p, &v, &s, RID, clear_index(RID, "t")).unwrap();
+        write_sealed_json(&p, &v, &s, RID, clear_index(RID, "t")).unwrap();
+        let bytes = fs::read(&p).unwrap();
+        assert!(!bytes.windows(5).any(|w| w == b"Alice" || w == b"49151"));
+        assert_eq!(read_sealed_json(&p, &s.keys).unwrap(), v);
+        assert!(!tmp_path(&p).exists());
+    }
+}
