@@ -73,6 +73,21 @@ pub struct Config {
     pub recording: RecordingDefaults,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Where the keys for encryption at rest come from.
+    pub keys: KeysConfig,
+}
+
+/// `[keys]`: see `docs/keys.md`. With nothing set, systemd credentials are used when
+/// `$CREDENTIALS_DIRECTORY` holds `callvault.kek`, else `<data_dir>/keys` (created on first start).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// A key directory (`<id>.kek`, `active`, `signing.key`, `<id>.pub`).
+    pub dir: PathBuf,
+    /// One KEK file instead of a directory (no rotation).
+    pub kek_file: PathBuf,
+    /// The Ed25519 signing key file, when it is not in the key directory or credentials.
+    pub signing_key_file: PathBuf,
 }
 
 /// `[control]`
@@ -157,6 +172,10 @@ pub struct RecordingDefaults {
     pub dtmf_digits: bool,
     /// How long a packet may be late and still be placed, ms.
     pub reorder_window_ms: u32,
+    /// "on" (sealed with AES-256-GCM, the default) or "off" (plain WAV and JSON).
+    pub encryption: String,
+    /// Plaintext KiB per sealed chunk: at most this much is lost to a crash.
+    pub seal_chunk_kib: u32,
 }
 
 /// `[metrics]`
@@ -177,6 +196,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             recording: RecordingDefaults::default(),
             metrics: MetricsConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -234,7 +254,13 @@ impl Default for LimitsConfig {
 
 impl Default for RecordingDefaults {
     fn default() -> Self {
-        RecordingDefaults { layout: "stereo".into(), dtmf_digits: false, reorder_window_ms: 200 }
+        RecordingDefaults {
+            layout: "stereo".into(),
+            dtmf_digits: false,
+            reorder_window_ms: 200,
+            encryption: "on".into(),
+            seal_chunk_kib: 8,
+        }
     }
 }
 
@@ -341,6 +367,19 @@ impl Config {
         if !(20..=2000).contains(&self.recording.reorder_window_ms) {
             return Err(invalid("recording.reorder_window_ms", self.recording.reorder_window_ms, "must be 20 to 2000"));
         }
+        if !matches!(self.recording.encryption.as_str(), "on" | "off") {
+            return Err(invalid("recording.encryption", &self.recording.encryption, "must be \"on\" or \"off\""));
+        }
+        if !(1..=1024).contains(&self.recording.seal_chunk_kib) {
+            return Err(invalid("recording.seal_chunk_kib", self.recording.seal_chunk_kib, "must be 1 to 1024"));
+        }
+        if !self.keys.dir.as_os_str().is_empty() && !self.keys.kek_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "keys.kek_file",
+                self.keys.kek_file.display(),
+                "set keys.dir or keys.kek_file, not both",
+            ));
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("metrics.listen", &self.metrics.listen, "must be IP:PORT (or empty to turn it off)"));
         }
@@ -354,6 +393,36 @@ impl Config {
         } else {
             self.control.socket.clone()
         }
+    }
+
+    /// Whether recordings are sealed.
+    pub fn encrypted(&self) -> bool {
+        self.recording.encryption != "off"
+    }
+
+    /// Where keys come from, and the signing key file if set apart. `credentials` is
+    /// `$CREDENTIALS_DIRECTORY` (passed in so this stays a pure function).
+    pub fn key_source(&self, credentials: Option<&Path>) -> crate::seal::KeySource {
+        use crate::seal::KeySource;
+        if !self.keys.kek_file.as_os_str().is_empty() {
+            KeySource::File(self.keys.kek_file.clone())
+        } else if !self.keys.dir.as_os_str().is_empty() {
+            KeySource::Dir(self.keys.dir.clone())
+        } else if let Some(c) = credentials.filter(|c| c.join(crate::seal::keys::CREDENTIAL_KEK).exists()) {
+            KeySource::Credentials(c.to_path_buf())
+        } else {
+            KeySource::Dir(self.default_key_dir())
+        }
+    }
+
+    /// `<data_dir>/keys`.
+    pub fn default_key_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// The configured signing key file, if any.
+    pub fn signing_key_file(&self) -> Option<&Path> {
+        (!self.keys.signing_key_file.as_os_str().is_empty()).then_some(self.keys.signing_key_file.as_path())
     }
 
     /// The spool directory (recordings in progress and finished).
@@ -452,6 +521,9 @@ mod tests {
             ("[recording]\nlayout = \"quad\"\n", "recording.layout"),
             ("[control]\nsocket_mode = \"rw\"\n", "control.socket_mode"),
             ("[metrics]\nlisten = \"9464\"\n", "metrics.listen"),
+            ("[recording]\nencryption = \"maybe\"\n", "recording.encryption"),
+            ("[recording]\nseal_chunk_kib = 0\n", "recording.seal_chunk_kib"),
+            ("[keys]\ndir = \"/k\"\nkek_file = \"/k/a.kek\"\n", "keys.kek_file"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");

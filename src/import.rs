@@ -21,7 +21,8 @@ use crate::core::mixer::{self, Layout};
 use crate::core::payload::{PayloadFormat, PayloadMap};
 use crate::core::recording::{LegSpec, Recording, RecordingConfig};
 use crate::core::rtp::{self, Packet};
-use crate::output::wav::{self, WavError, WavSpec, WavWriter};
+use crate::output::sealed::{self, AudioFile};
+use crate::output::wav::{WavError, WavSpec};
 
 /// What to import and how.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct ImportOptions {
     pub payload_overrides: Vec<(u8, PayloadFormat)>,
     /// Keep DTMF digit values.
     pub keep_dtmf_digits: bool,
+    /// Seal the recordings (and write sealed metadata beside them), as `serve` does.
+    pub sealing: Option<std::sync::Arc<crate::output::sealed::Sealing>>,
 }
 
 /// Progress callback: `(bytes read, total bytes, pass 1 or 2)`.
@@ -140,6 +143,14 @@ pub struct RecordingReport {
     pub duration_ms: u64,
     /// Legs in channel order.
     pub legs: Vec<LegReport>,
+    /// The first packet's time (UTC, RFC 3339).
+    pub started_at: String,
+    /// With `--encrypt`: each file's signed digests.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<serde_json::Value>,
+    /// With `--encrypt`: the sealed metadata file (this report, sealed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_file: Option<String>,
 }
 
 /// One leg in the report.
@@ -512,7 +523,9 @@ struct ActiveCall {
     plan_index: usize,
     recording: Recording,
     recording_id: String,
-    writers: Vec<(PathBuf, PathBuf, WavWriter<std::io::BufWriter<fs::File>>)>,
+    writers: Vec<(PathBuf, PathBuf, AudioFile)>,
+    started_at: String,
+    seals: Vec<serde_json::Value>,
     planes: Vec<Vec<i16>>,
     mixed: Vec<i16>,
     remaining: u64,
@@ -657,8 +670,15 @@ fn open_call(
     let specs: Vec<LegSpec> =
         plan.legs.iter().map(|l| LegSpec { label: l.label.clone(), payload_map: l.map.clone() }).collect();
     let recording = Recording::new(cfg.clone(), specs, Some(plan.first_ns));
-    let id = ulid::Ulid::from_datetime(UNIX_EPOCH + Duration::from_nanos(plan.first_ns)).to_string();
-    let base = format!("{}-{}", sanitise(&plan.call_id), id);
+    let started = UNIX_EPOCH + Duration::from_nanos(plan.first_ns);
+    let id = ulid::Ulid::from_datetime(started).to_string();
+    let started_at = crate::engine::call::rfc3339(started);
+    // Sealed files are named by recording id only: a call id may hold a number.
+    let base = match opts.sealing {
+        Some(_) => id.clone(),
+        None => format!("{}-{}", sanitise(&plan.call_id), id),
+    };
+    let ext = if opts.sealing.is_some() { sealed::AUDIO_EXT } else { "wav" };
     let rate = cfg.timeline.sample_rate;
     let mut names = Vec::new();
     if opts.layout == Layout::Separate {
@@ -670,9 +690,11 @@ fn open_call(
     }
     let mut writers = Vec::new();
     for (name, channels) in names {
-        let final_path = out_dir.join(format!("{name}.wav"));
-        let partial = out_dir.join(format!("{name}.wav.partial"));
-        let w = wav::create_file(&partial, WavSpec { sample_rate: rate, channels })?;
+        let final_path = out_dir.join(format!("{name}.{ext}"));
+        let partial = out_dir.join(format!("{name}.{ext}.partial"));
+        let spec = WavSpec { sample_rate: rate, channels };
+        let index = || sealed::clear_index(&id, &started_at);
+        let w = AudioFile::create(&partial, spec, opts.sealing.as_ref(), &id, index)?;
         writers.push((partial, final_path, w));
     }
     Ok(ActiveCall {
@@ -681,6 +703,8 @@ fn open_call(
         recording,
         recording_id: id,
         writers,
+        started_at,
+        seals: Vec::new(),
         mixed: Vec::new(),
         remaining: plan.datagrams,
         failed: None,
@@ -704,15 +728,23 @@ fn close_call(
             // Keep the partial file: `callvault repair` can still recover what was written.
             continue;
         }
-        let result = w.finalize(frames).and_then(|_| {
+        let result = w.finalize(frames).and_then(|(_, record)| {
             fs::rename(&partial, &final_path).map_err(|source| WavError::File {
                 path: final_path.clone(),
                 action: "rename into place",
                 source,
-            })
+            })?;
+            Ok(record)
         });
         match result {
-            Ok(()) => files.push(final_path.display().to_string()),
+            Ok(record) => {
+                files.push(final_path.display().to_string());
+                if let (Some(r), Some(s)) = (record, &opts.sealing) {
+                    let mut v = sealed::seal_summary(&r, s.keys.active_kek().map_or("", |k| k.id.as_str()));
+                    v["file"] = serde_json::json!(final_path.display().to_string());
+                    call.seals.push(v);
+                }
+            }
             Err(e) => failure = Some(e.to_string()),
         }
     }
@@ -777,7 +809,7 @@ fn close_call(
             }
         })
         .collect();
-    Some(RecordingReport {
+    let mut rep = RecordingReport {
         recording_id: call.recording_id,
         call_id: plan.call_id.clone(),
         file: if opts.layout == Layout::Separate { None } else { files.first().cloned() },
@@ -786,5 +818,28 @@ fn close_call(
         channels: opts.layout.channels(plan.legs.len()),
         duration_ms: frames * 1000 / u64::from(rate),
         legs,
-    })
+        started_at: call.started_at,
+        seals: call.seals,
+        metadata_file: None,
+    };
+    if let Some(s) = &opts.sealing
+        && let Some(dir) = files.first().and_then(|f| Path::new(f).parent())
+    {
+        let path = dir.join(format!("{}.{}", rep.recording_id, sealed::META_EXT));
+        let value = serde_json::to_value(&rep).unwrap_or_default();
+        let index = sealed::clear_index(&rep.recording_id, &rep.started_at);
+        match sealed::write_sealed_json(&path, &value, s, &rep.recording_id, index) {
+            Ok(()) => rep.metadata_file = Some(path.display().to_string()),
+            Err(e) => {
+                report.errors.push(ImportIssue {
+                    kind: IssueKind::Write,
+                    offset: None,
+                    call_id: Some(plan.call_id.clone()),
+                    message: format!("cannot write {}: {e}", path.display()),
+                });
+                return None;
+            }
+        }
+    }
+    Some(rep)
 }

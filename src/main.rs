@@ -30,6 +30,8 @@ macro_rules! out {
     }};
 }
 
+#[path = "cli/keys.rs"]
+mod keys;
 #[path = "cli/live.rs"]
 mod live;
 
@@ -65,6 +67,15 @@ enum Command {
     /// Check the kernel and system settings against the tuning (docs/tuning.md); changes nothing.
     #[command(after_help = callvault::doctor::EXAMPLES)]
     Doctor(callvault::doctor::DoctorArgs),
+    /// Manage the keys of encryption at rest: generate, rotate, list.
+    #[command(after_help = keys::KEY_EXAMPLES)]
+    Key(keys::KeyArgs),
+    /// Check sealed recordings: integrity, authenticity and the signed digests (writes no plaintext).
+    #[command(after_help = keys::VERIFY_EXAMPLES)]
+    Verify(keys::VerifyArgs),
+    /// Write a sealed recording's plaintext (a WAV for sox) after verifying it.
+    #[command(after_help = keys::DECRYPT_EXAMPLES)]
+    Decrypt(keys::DecryptArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -138,6 +149,11 @@ struct ImportArgs {
     /// Never show a progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Seal the recordings (and their metadata) as `serve` does; keys from --key/--key-dir/--config.
+    #[arg(long)]
+    encrypt: bool,
+    #[command(flatten)]
+    keys: keys::KeySel,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +227,9 @@ fn main() -> ExitCode {
         Command::Ctl(args) => live::ctl_cmd(args),
         Command::Replay(args) => replay_cmd(args),
         Command::Doctor(args) => callvault::doctor::run(&args),
+        Command::Key(args) => keys::key_cmd(args),
+        Command::Verify(args) => keys::verify_cmd(args),
+        Command::Decrypt(args) => keys::decrypt_cmd(args),
     }
 }
 
@@ -325,7 +344,29 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
         },
         payload_overrides: args.pt.clone(),
         keep_dtmf_digits: args.dtmf_digits,
+        sealing: None,
     };
+    let mut opts = opts;
+    if !args.encrypt && (args.keys.key.is_some() || args.keys.key_dir.is_some() || args.keys.signing_key.is_some()) {
+        eprintln!("error: --key, --key-dir and --signing-key seal only with --encrypt");
+        return ExitCode::from(2);
+    }
+    if args.encrypt {
+        let sealing = args.keys.load(true).and_then(|(ring, _, warnings)| {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            callvault::output::sealed::Sealing::new(ring, callvault::seal::format::DEFAULT_CHUNK)
+                .map_err(|e| e.to_string())
+        });
+        match sealing {
+            Ok(s) => opts.sealing = Some(s),
+            Err(e) => {
+                eprintln!("error: --encrypt: {e}");
+                return ExitCode::from(5);
+            }
+        }
+    }
     let show_progress = !args.quiet
         && std::io::stderr().is_terminal()
         && std::fs::metadata(&args.capture).map(|m| m.len() > 4 << 20).unwrap_or(false);

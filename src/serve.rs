@@ -71,6 +71,9 @@ pub enum ServeError {
         /// Available.
         limit: u64,
     },
+    /// The keys for encryption at rest.
+    #[error("encryption at rest: {0} (or set [recording] encryption = \"off\" to record in the clear)")]
+    Keys(#[from] crate::seal::SealError),
     /// The engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -100,8 +103,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     // its recovery could take the running daemon's live `.partial` files for a crash's.
     let _lock = lock_data_dir(&cfg.data_dir)?;
     crate::output::ensure_dir(&spool).map_err(|source| ServeError::Dir { path: spool.clone(), source })?;
+    let sealing = open_sealing(&cfg)?;
     // Before anything new is recorded: finish what a crash left behind.
-    let recovered = crate::engine::call::recover_spool(&spool);
+    let recovered = crate::engine::call::recover_spool(&spool, sealing.as_ref());
     let limit = raise_descriptor_limit();
     let needed = cfg.descriptors_needed();
     if limit < needed {
@@ -129,7 +133,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             leg_silent_ns: cfg.limits.leg_silent_event_s * 1_000_000_000,
             batch_wait: Duration::from_micros(cfg.engine.batch_wait_us),
         },
-        spool: spool.clone(),
+        spool: crate::engine::call::Spool { dir: spool.clone(), sealing: sealing.clone() },
     };
     let (events_tx, events_rx) = mpsc::channel();
     let engine = Engine::start(&settings, events_tx)?;
@@ -225,6 +229,30 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let _ = join_timeout(dispatcher, Duration::from_secs(10));
     crate::log::info("stopped");
     Ok(())
+}
+
+/// The keys recordings are sealed with, or `None` with `encryption = "off"` (said at every
+/// start). On first start with no key configured, keys are generated in `<data_dir>/keys`.
+fn open_sealing(cfg: &Config) -> Result<Option<std::sync::Arc<crate::output::sealed::Sealing>>, ServeError> {
+    if !cfg.encrypted() {
+        crate::log::warn(
+            "[recording] encryption = \"off\": recordings and their metadata are written to disk in the clear",
+        );
+        return Ok(None);
+    }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let resolved = crate::seal::setup::resolve(cfg, credentials.as_deref(), true)?;
+    for w in &resolved.warnings {
+        crate::log::warn(w);
+    }
+    let sealing = crate::output::sealed::Sealing::new(resolved.keys, cfg.recording.seal_chunk_kib * 1024)?;
+    crate::log::info(&format!(
+        "sealing recordings with KEK '{}' from the {}; signing key '{}'",
+        sealing.keys.active_kek()?.id,
+        resolved.source,
+        sealing.keys.signing()?.id
+    ));
+    Ok(Some(sealing))
 }
 
 /// Binds one socket on `[rtp] bind` (any port): an address that is not this host's is refused

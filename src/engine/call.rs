@@ -2,16 +2,26 @@
 //! call runs, and how it is finalised (atomically: `.partial` files renamed, a sidecar written).
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use crate::core::mixer::Layout;
 use crate::core::session::{PauseMode, Session};
-use crate::output::wav::{self, WavSpec, WavWriter};
+use crate::output::sealed::{self, AudioFile, Sealing};
+use crate::output::wav::{self, WavSpec};
+
+/// Where calls write: the spool directory, and the keys when recordings are sealed.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    /// `None`: `[recording] encryption = "off"`, plain WAV and JSON.
+    pub sealing: Option<Arc<Sealing>>,
+}
 
 /// Which datagrams a leg accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +100,7 @@ pub struct LegLive {
 struct Output {
     partial: PathBuf,
     path: PathBuf,
-    writer: Option<WavWriter<BufWriter<fs::File>>>,
+    writer: Option<AudioFile>,
 }
 
 /// A call in progress.
@@ -110,8 +120,11 @@ pub struct LiveCall {
     /// Monotonic start.
     pub started_ns: u64,
     spool: PathBuf,
+    sealing: Option<Arc<Sealing>>,
     stem: String,
     outputs: Vec<Output>,
+    /// Per output file, its seal record's digests (sealed recordings).
+    seals: Vec<Value>,
     /// The first write error; the call is failed and finalised as far as possible.
     pub failure: Option<String>,
 }
@@ -138,11 +151,15 @@ impl LiveCall {
         metadata: serde_json::Map<String, Value>,
         session: Session,
         legs: Vec<LegLive>,
-        spool: &Path,
+        spool: &Spool,
         started_at: SystemTime,
         started_ns: u64,
     ) -> Result<LiveCall, wav::WavError> {
-        let stem = format!("{}-{}", crate::import::sanitise(&call_id), recording_id);
+        // Sealed files carry only the recording id in their names: a call id may hold a number.
+        let stem = match &spool.sealing {
+            Some(_) => recording_id.clone(),
+            None => format!("{}-{}", crate::import::sanitise(&call_id), recording_id),
+        };
         let mut call = LiveCall {
             call_id,
             recording_id,
@@ -151,16 +168,18 @@ impl LiveCall {
             legs,
             started_at,
             started_ns,
-            spool: spool.to_path_buf(),
+            spool: spool.dir.clone(),
+            sealing: spool.sealing.clone(),
             stem,
             outputs: Vec::new(),
+            seals: Vec::new(),
             failure: None,
         };
         let opened = (0..call.session.outputs()).try_for_each(|i| call.open_output(i)).and_then(|()| {
             // A sidecar from the first moment: after a crash, start-up recovery knows whose
             // recording a `.partial` file is.
             let sidecar = call.sidecar_path();
-            write_atomically(&sidecar, &call.summary(None, started_ns, &[])).map_err(|source| wav::WavError::File {
+            call.write_sidecar(&call.summary(None, started_ns, &[])).map_err(|source| wav::WavError::File {
                 path: sidecar,
                 action: "write",
                 source,
@@ -185,20 +204,23 @@ impl LiveCall {
         }
         let sidecar = self.sidecar_path();
         remove_if_present(&sidecar.with_extension("json.tmp"));
+        remove_if_present(&sealed::tmp_path(&sidecar));
         remove_if_present(&sidecar);
         let _ = fs::File::open(&self.spool).and_then(|d| d.sync_all());
     }
 
     fn open_output(&mut self, index: usize) -> Result<(), wav::WavError> {
+        let ext = if self.sealing.is_some() { sealed::AUDIO_EXT } else { "wav" };
         let name = if self.session.layout() == Layout::Separate {
-            format!("{}-{}-{}.wav", self.stem, index, crate::import::sanitise(&self.legs[index].label))
+            format!("{}-{}-{}.{ext}", self.stem, index, crate::import::sanitise(&self.legs[index].label))
         } else {
-            format!("{}.wav", self.stem)
+            format!("{}.{ext}", self.stem)
         };
         let path = self.spool.join(name);
-        let partial = path.with_extension("wav.partial");
+        let partial = partial_path(&path);
         let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
-        let writer = wav::create_file(&partial, spec).inspect_err(|e| {
+        let index = || sealed::clear_index(&self.recording_id, &rfc3339(self.started_at));
+        let writer = AudioFile::create(&partial, spec, self.sealing.as_ref(), &self.recording_id, index).inspect_err(|e| {
             // Created but its header could not be written (disk full): a 0-byte file that is
             // nobody's recording. A file that already existed is not ours to remove.
             let existed =
@@ -212,7 +234,19 @@ impl LiveCall {
     }
 
     fn sidecar_path(&self) -> PathBuf {
-        self.spool.join(format!("{}.json", self.stem))
+        match self.sealing {
+            Some(_) => self.spool.join(format!("{}.{}", self.stem, sealed::META_EXT)),
+            None => self.spool.join(format!("{}.json", self.stem)),
+        }
+    }
+
+    /// Writes the sidecar (sealed when recordings are), atomically.
+    fn write_sidecar(&self, summary: &Value) -> std::io::Result<()> {
+        let path = self.sidecar_path();
+        match &self.sealing {
+            Some(s) => write_sealed_sidecar(&path, summary, s),
+            None => write_atomically(&path, summary),
+        }
     }
 
     /// Adds a leg's output file (separate layout) after `Session::add_leg`.
@@ -275,15 +309,23 @@ impl LiveCall {
                 continue;
             }
             let expected = self.session.frames_written(i);
-            let done = w.finalize(expected).and_then(|_| {
+            let done = w.finalize(expected).and_then(|(_, record)| {
                 fs::rename(&out.partial, &out.path).map_err(|source| wav::WavError::File {
                     path: out.path.clone(),
                     action: "rename into place",
                     source,
-                })
+                })?;
+                Ok(record)
             });
             match done {
-                Ok(()) => files.push(out.path.clone()),
+                Ok(record) => {
+                    files.push(out.path.clone());
+                    if let (Some(r), Some(s)) = (record, &self.sealing) {
+                        let mut v = sealed::seal_summary(&r, s.keys.active_kek().map_or("", |k| k.id.as_str()));
+                        v["file"] = json!(out.path.display().to_string());
+                        self.seals.push(v);
+                    }
+                }
                 Err(e) => self.failure = Some(e.to_string()),
             }
         }
@@ -296,7 +338,7 @@ impl LiveCall {
                 json!(self.outputs.iter().map(|o| o.partial.display().to_string()).collect::<Vec<_>>());
         }
         let sidecar = self.sidecar_path();
-        if let Err(e) = write_atomically(&sidecar, &summary) {
+        if let Err(e) = self.write_sidecar(&summary) {
             self.failure.get_or_insert(format!("writing {}: {e}", sidecar.display()));
         }
         if let Err(e) = fs::File::open(&self.spool).and_then(|d| d.sync_all()) {
@@ -401,8 +443,27 @@ impl LiveCall {
             })).collect::<Vec<_>>(),
             "metadata": self.metadata,
             "legs": legs,
+            "encrypted": self.sealing.is_some(),
+            "seals": self.seals,
         })
     }
+}
+
+/// `X.partial` for a final path `X`.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Writes a sealed sidecar: its clear index has the ids and times only.
+fn write_sealed_sidecar(path: &Path, summary: &Value, sealing: &Sealing) -> std::io::Result<()> {
+    let rid = summary["recording_id"].as_str().unwrap_or_default();
+    let mut index = json!({"recording_id": rid, "started_at": summary["started_at"], "state": summary["state"]});
+    if let Some(ms) = summary["duration_ms"].as_u64() {
+        index["duration_ms"] = json!(ms);
+    }
+    sealed::write_sealed_json(path, summary, sealing, rid, index.to_string())
 }
 
 /// Writes `value` to `path` via a temporary file and a rename, so readers never see half.
@@ -468,7 +529,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 ///
 /// Only to be called with the data directory's lock held: a running daemon's live files look
 /// exactly like a crash's.
-pub fn recover_spool(spool: &Path) -> Vec<Value> {
+pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value> {
     let Ok(entries) = fs::read_dir(spool) else { return Vec::new() };
     let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
@@ -481,6 +542,33 @@ pub fn recover_spool(spool: &Path) -> Vec<Value> {
         changed = true;
     }
     let mut out = Vec::new();
+    for tmp in names.iter().filter(|p| ends(p, ".meta.cvs.tmp")) {
+        crate::log::warn(&format!("recovery: removing {}, an unfinished sealed sidecar write", tmp.display()));
+        remove_if_present(tmp);
+        changed = true;
+    }
+    let sealed_partials: Vec<&PathBuf> = names.iter().filter(|p| ends(p, ".wav.cvs.partial")).collect();
+    match sealing {
+        Some(s) => {
+            for partial in sealed_partials {
+                changed = true;
+                if let Some(summary) = recover_sealed_partial(partial, s) {
+                    match out.iter_mut().find(|x: &&mut Value| x["recording_id"] == summary["recording_id"]) {
+                        Some(earlier) => *earlier = summary,
+                        None => out.push(summary),
+                    }
+                }
+            }
+            changed |= remove_orphan_sealed_sidecars(spool, s);
+        }
+        None if !sealed_partials.is_empty() => crate::log::warn(&format!(
+            "recovery: {} sealed recording(s) left unfinished in {} need their keys: start with \
+             [recording] encryption = \"on\" to recover them (they are kept)",
+            sealed_partials.len(),
+            spool.display()
+        )),
+        None => {}
+    }
     for partial in names.iter().filter(|p| ends(p, ".wav.partial")) {
         changed = true;
         if let Some(summary) = recover_partial(partial) {
@@ -614,6 +702,120 @@ fn recover_partial(partial: &Path) -> Option<Value> {
         }
     }
     named.then_some(summary)
+}
+
+/// Recovers one sealed `.wav.cvs.partial` by re-sealing its authenticated prefix (see
+/// [`sealed::reseal_unfinished`]); its sealed sidecar is updated like a plain one.
+fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Value> {
+    let name = partial.file_name()?.to_str()?;
+    let dest = partial.with_file_name(name.strip_suffix(".partial")?);
+    // `<rid>.wav.cvs` or `<rid>-<n>-<label>.wav.cvs`.
+    let rid = name.get(..26).filter(|r| ulid::Ulid::from_string(r).is_ok())?.to_string();
+    let separate = name.as_bytes().get(26) == Some(&b'-');
+    let sidecar = partial.with_file_name(format!("{rid}.{}", sealed::META_EXT));
+    let from_sidecar = sealed::read_sealed_json(&sidecar, &sealing.keys)
+        .inspect_err(|e| {
+            if sidecar.exists() {
+                crate::log::warn(&format!("recovery: sidecar {} unreadable: {e}", sidecar.display()));
+            }
+        })
+        .ok()
+        .filter(|v| v["recording_id"] == rid.as_str());
+    let known = from_sidecar.is_some();
+    let failed_before = from_sidecar.as_ref().and_then(|v| v["error"].as_str().map(str::to_string));
+    let mut summary = from_sidecar.unwrap_or_else(|| {
+        let mut v = json!({"recording_id": rid, "call_id": Value::Null, "ids_from_file_name": true, "encrypted": true});
+        if separate {
+            v["layout"] = json!("separate");
+        }
+        v
+    });
+    summary["state"] = json!("finished");
+    summary["end_reason"] = json!("crash_recovered");
+    summary["recovered"] = json!(true);
+    let save = |summary: &Value| {
+        if let Err(e) = write_sealed_sidecar(&sidecar, summary, sealing) {
+            crate::log::warn(&format!("recovery: cannot update {}: {e}", sidecar.display()));
+        }
+    };
+    let header_complete =
+        fs::File::open(partial).ok().is_some_and(|f| crate::seal::SealedReader::open(f, &sealing.keys).is_ok());
+    let len = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    if !header_complete && len < 512 {
+        // Its start failed, or the header never reached the disk: nothing to recover.
+        remove_if_present(partial);
+        crate::log::warn(&format!("recovery: removed {} ({len} bytes, no audio)", partial.display()));
+        if !known {
+            return None;
+        }
+        summary["error"] = json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+        summary["partial_files"] = json!([]);
+        save(&summary);
+        return Some(summary);
+    }
+    match sealed::reseal_unfinished(partial, &dest, sealing) {
+        Ok(r) => {
+            if let Some(e) = &failed_before {
+                summary["recovered_after_failure"] = json!(e);
+                summary.as_object_mut().map(|o| o.remove("error"));
+            }
+            summary["sample_rate"] = json!(r.spec.sample_rate);
+            summary["channels"] = json!(r.spec.channels);
+            summary["duration_ms"] = json!(r.frames * 1000 / u64::from(r.spec.sample_rate.max(1)));
+            let file = fs::canonicalize(&dest).unwrap_or(dest.clone()).display().to_string();
+            let mut files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
+            files.push(json!(file));
+            summary["recovered_files"] = json!(files);
+            if summary["layout"] != "separate" {
+                summary["file"] = json!(file);
+            }
+            let mut seal = sealed::seal_summary(&r.record, sealing.keys.active_kek().map_or("", |k| k.id.as_str()));
+            seal["file"] = json!(file);
+            let mut seals = summary["seals"].as_array().cloned().unwrap_or_default();
+            seals.push(seal);
+            summary["seals"] = json!(seals);
+            save(&summary);
+            crate::log::warn(&format!(
+                "recovered sealed {} ({} frames, re-sealed under a new data key) left unfinished by {}{}",
+                dest.display(),
+                r.frames,
+                failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
+                if known { "" } else { "; no readable sidecar: ids taken from the file name" }
+            ));
+        }
+        Err(e) => {
+            crate::log::error(&format!("recovery: {}: {e}", partial.display()));
+            summary["error"] = json!(e.to_string());
+            summary["partial_files"] = json!([partial.display().to_string()]);
+        }
+    }
+    Some(summary)
+}
+
+/// The sealed counterpart of [`remove_orphan_sidecars`].
+fn remove_orphan_sealed_sidecars(spool: &Path, sealing: &Sealing) -> bool {
+    let Ok(entries) = fs::read_dir(spool) else { return false };
+    let files: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let mut removed = false;
+    let suffix = format!(".{}", sealed::META_EXT);
+    for name in files.iter().filter(|n| n.ends_with(&suffix)) {
+        let rid = &name[..name.len() - suffix.len()];
+        let has_audio = files.iter().any(|f| f.starts_with(rid) && f.contains(".wav.cvs"));
+        if has_audio {
+            continue;
+        }
+        let path = spool.join(name);
+        let Ok(v) = sealed::read_sealed_json(&path, &sealing.keys) else { continue };
+        if matches!(v["state"].as_str(), Some("recording" | "paused")) {
+            crate::log::warn(&format!(
+                "recovery: removing {}, the sidecar of a recording that never started (no audio file)",
+                path.display()
+            ));
+            remove_if_present(&path);
+            removed = true;
+        }
+    }
+    removed
 }
 
 /// Removes sidecars that still say `recording` or `paused` but have no audio file at all
@@ -766,7 +968,7 @@ mod tests {
             Default::default(),
             session(Layout::Separate),
             legs(),
-            spool.path(),
+            &Spool { dir: spool.path().to_path_buf(), sealing: None },
             SystemTime::now(),
             0,
         );
@@ -781,7 +983,7 @@ mod tests {
             Default::default(),
             session(Layout::Stereo),
             legs(),
-            spool.path(),
+            &Spool { dir: spool.path().to_path_buf(), sealing: None },
             SystemTime::now(),
             0,
         );
@@ -813,7 +1015,7 @@ mod tests {
         }
         let sidecar = json!({"call_id": "c-1", "recording_id": rid, "layout": "separate", "state": "recording"});
         fs::write(spool.path().join(format!("c-1-{rid}.json")), sidecar.to_string()).unwrap();
-        let reports = recover_spool(spool.path());
+        let reports = recover_spool(spool.path(), None);
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert_eq!(reports[0]["recording_id"], rid);
         assert_eq!(reports[0]["recovered_files"].as_array().map(Vec::len), Some(2), "{}", reports[0]);
@@ -831,7 +1033,7 @@ mod tests {
         let sidecar = json!({"call_id": "c-1", "recording_id": rid, "state": "finished",
             "error": "writing …: No space left on device (os error 28)"});
         fs::write(spool.path().join(format!("c-1-{rid}.json")), sidecar.to_string()).unwrap();
-        let reports = recover_spool(spool.path());
+        let reports = recover_spool(spool.path(), None);
         assert_eq!(reports.len(), 1, "{reports:?}");
         let r = &reports[0];
         assert!(r["recovered_after_failure"].as_str().is_some_and(|e| e.contains("No space")), "{r}");

@@ -312,8 +312,8 @@ pub struct EngineSettings {
     pub backend_config: BackendConfig,
     /// Call limits.
     pub limits: WorkerLimits,
-    /// Spool directory.
-    pub spool: std::path::PathBuf,
+    /// Spool directory and sealing keys.
+    pub spool: call::Spool,
 }
 
 /// A handle on one worker.

@@ -87,11 +87,11 @@ impl SealedWavWriter {
     ) -> Result<Self, WavError> {
         spec.validate()?;
         let rid = parse_ulid(path, recording_id)?;
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|source| WavError::File { path: path.to_path_buf(), action: "create", source })?;
+        let file = File::options().write(true).create_new(true).open(path).map_err(|source| WavError::File {
+            path: path.to_path_buf(),
+            action: "create",
+            source,
+        })?;
         let params = SealParams {
             content: Content::Audio,
             container: Container::Wav,
@@ -101,8 +101,8 @@ impl SealedWavWriter {
             index,
         };
         let kek = sealing.keys.active_kek().map_err(|e| seal_err(path, e))?;
-        let w = SealWriter::create(file, &params, kek, &wav::build_header(&spec, 0, false))
-            .map_err(|e| named(path, e))?;
+        let w =
+            SealWriter::create(file, &params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(path, e))?;
         Ok(SealedWavWriter {
             w,
             spec,
@@ -148,8 +148,13 @@ impl SealedWavWriter {
         let (file, record) =
             self.w.finish(&head, self.flags, signer, crate::seal::now_ms()).map_err(|e| named(&self.path, e))?;
         file.sync_all().map_err(|source| WavError::File { path: self.path.clone(), action: "fsync", source })?;
-        let info =
-            WavInfo { frames: self.frames, data_bytes, rf64, sample_rate: self.spec.sample_rate, channels: self.spec.channels };
+        let info = WavInfo {
+            frames: self.frames,
+            data_bytes,
+            rf64,
+            sample_rate: self.spec.sample_rate,
+            channels: self.spec.channels,
+        };
         if self.frames != expected_frames {
             return Err(WavError::LengthMismatch { expected_frames, written_frames: self.frames });
         }
@@ -292,10 +297,7 @@ pub struct Recovered {
 
 /// Writes the authenticated prefix of a sealed file as a usable plaintext file: for WAV, the
 /// samples that authenticate (whole frames) under a header that says so.
-pub fn write_recovered(
-    reader: &mut SealedReader<File>,
-    out: &mut dyn Write,
-) -> Result<Recovered, SealError> {
+pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> Result<Recovered, SealError> {
     let rec = reader.recover();
     let was_finalised = reader.is_finalised();
     match reader.header().container {
@@ -372,11 +374,11 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
     let tmp = tmp_path(dest);
     let _ = fs::remove_file(&tmp);
     let done = (|| {
-        let out = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|source| WavError::File { path: tmp.clone(), action: "create", source })?;
+        let out = File::options().write(true).create_new(true).open(&tmp).map_err(|source| WavError::File {
+            path: tmp.clone(),
+            action: "create",
+            source,
+        })?;
         let params = SealParams {
             content: Content::Audio,
             container: Container::Wav,

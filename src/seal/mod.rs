@@ -20,6 +20,7 @@
 pub mod format;
 pub mod keys;
 pub mod reader;
+pub mod setup;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -113,7 +114,7 @@ impl SealError {
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> SealError {
+    pub fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> SealError {
         SealError::Io { action, path: path.to_path_buf(), source }
     }
 }

@@ -492,3 +492,62 @@ impl<R: Read + Seek> SealedReader<R> {
         self.file_len
     }
 }
+
+/// Checks a finalised file's seal record without any KEK: the SHA-256 of the sealed bytes and
+/// the signature by a trusted key. For auditors who hold public keys only; it says nothing of
+/// the plaintext beyond "these are the bytes that were signed".
+pub fn verify_signature_only<R: Read + Seek>(mut r: R, trusted: &[PublicKey]) -> Result<SealRecord, SealError> {
+    let len = r.seek(SeekFrom::End(0)).map_err(|e| SealError::Io {
+        action: "seek in sealed file",
+        path: Default::default(),
+        source: e,
+    })?;
+    let mut first = [0u8; 12];
+    if len < 12 {
+        return Err(SealError::NotSealed);
+    }
+    read_exact_at(&mut r, 0, &mut first)?;
+    Header::peek_len(&first)?;
+    if len < SEAL_RECORD_LEN as u64 + 12 {
+        return Err(SealError::NotFinalised { recovered_bytes: 0, chunks: 0 });
+    }
+    let mut tail = [0u8; SEAL_RECORD_LEN];
+    read_exact_at(&mut r, len - SEAL_RECORD_LEN as u64, &mut tail)?;
+    if !SealRecord::present(&tail) {
+        return Err(SealError::NotFinalised { recovered_bytes: 0, chunks: 0 });
+    }
+    let record = SealRecord::decode(&tail)?;
+    let mut c = Context::new(&SHA256);
+    r.seek(SeekFrom::Start(0)).map_err(|e| SealError::Io {
+        action: "seek in sealed file",
+        path: Default::default(),
+        source: e,
+    })?;
+    let mut left = len - SEAL_RECORD_LEN as u64;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        r.read_exact(&mut buf[..n]).map_err(|e| SealError::Io {
+            action: "read sealed file",
+            path: Default::default(),
+            source: e,
+        })?;
+        c.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let signer = PublicKey { id: String::new(), key: record.signer, source: Default::default() };
+    if !signer.verify(&record.signed_message(), &record.signature) {
+        return Err(SealError::SignatureInvalid);
+    }
+    if !trusted.iter().any(|t| t.key == record.signer) {
+        return Err(SealError::SignatureUntrusted {
+            signer: format!("public key {}", hex(&record.signer)),
+            trusted: trusted.iter().map(|t| format!("{} ({})", t.id, &hex(&t.key)[..16])).collect(),
+        });
+    }
+    let digest: [u8; 32] = c.finish().as_ref().try_into().unwrap();
+    if digest != record.sealed_sha256 {
+        return Err(SealError::DigestMismatch { which: "sealed-file" });
+    }
+    Ok(record)
+}

@@ -1,0 +1,76 @@
+//! Finding the keys a process seals with, from the configuration.
+
+use std::path::Path;
+
+use super::SealError;
+use super::keys::{self, KeySource, Keyring};
+use crate::config::Config;
+
+/// The keys found, where from, and what an operator must be told (keys generated, and so on).
+#[derive(Debug)]
+pub struct Resolved {
+    pub keys: Keyring,
+    pub source: KeySource,
+    pub warnings: Vec<String>,
+}
+
+/// Loads the keys `cfg` names. With `create`, the default key directory
+/// (`<data_dir>/keys`) gets a KEK and a signing key on first use — `serve` does this so that a
+/// fresh install records sealed at once; tools that only read never create keys.
+pub fn resolve(cfg: &Config, credentials: Option<&Path>, create: bool) -> Result<Resolved, SealError> {
+    let source = cfg.key_source(credentials);
+    let default_dir = cfg.default_key_dir();
+    let mut warnings = Vec::new();
+    match &source {
+        KeySource::Dir(d) if *d == default_dir && create => {
+            let created = keys::init_dir(d)?;
+            if let Some(id) = &created.kek_id {
+                warnings.push(format!(
+                    "no key configured: generated KEK '{id}' in {} (mode 0600). Back it up now and move it to a \
+                     credential store (docs/keys.md): every recording sealed with it is lost with it",
+                    d.display()
+                ));
+            }
+            if let Some(id) = &created.signing_id {
+                warnings.push(format!(
+                    "generated signing key '{id}' in {}; give auditors its public key ({id}.pub) and keep the \
+                     private key off the storage",
+                    d.display()
+                ));
+            }
+        }
+        KeySource::Dir(d) if !d.is_dir() => {
+            return Err(SealError::Invalid(format!(
+                "key directory {} does not exist: create it with `callvault key generate --dir {}`",
+                d.display(),
+                d.display()
+            )));
+        }
+        _ => {}
+    }
+    let mut ring = Keyring::load(&source, cfg.signing_key_file())?;
+    if ring.signing().is_err() {
+        // A KEK file or credentials without a signing key: the data directory keeps one.
+        let fallback = default_dir.join("signing.key");
+        if !fallback.exists() && create {
+            let (id, _) = keys::new_signing(&default_dir)?;
+            warnings.push(format!(
+                "no signing key in the {source}: generated '{id}' in {}; set [keys] signing_key_file or add the \
+                 credential {} to keep it elsewhere",
+                default_dir.display(),
+                keys::CREDENTIAL_SIGNING
+            ));
+        }
+        if fallback.exists() {
+            let with_signing = Keyring::load(&source, Some(&fallback))?;
+            ring = with_signing;
+            // Older public keys kept beside it stay trusted.
+            if let Ok(extra) = Keyring::load(&KeySource::Dir(default_dir.clone()), Some(&fallback)) {
+                for p in extra.trusted() {
+                    ring.trust(p.clone());
+                }
+            }
+        }
+    }
+    Ok(Resolved { keys: ring, source, warnings })
+}
