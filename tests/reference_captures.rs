@@ -36,6 +36,7 @@ fn every_g711_stream_matches_its_reference_decode() {
                 layout,
                 payload_overrides: vec![],
                 keep_dtmf_digits: false,
+                sealing: None,
             };
             let report = import::run(&opts, None).unwrap();
             assert_eq!(report.exit_code(), 0, "{}: {:?}", capture.display(), report.errors);

@@ -106,7 +106,11 @@ fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
     assert_eq!(stop["recording_id"], rid.as_str());
     let file = PathBuf::from(stop["file"].as_str().unwrap());
     assert!(file.is_absolute() && file.exists(), "{stop}");
-    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("call_1-"), "sanitised: {file:?}");
+    // Sealed by default: named by recording id only (a call id may hold a number).
+    assert_eq!(file.file_name().unwrap().to_str().unwrap(), format!("{rid}.wav.cvs"), "{file:?}");
+    assert_eq!(stop["encrypted"], true);
+    assert_eq!(stop["seals"][0]["file"], file.display().to_string(), "{stop}");
+    assert_eq!(stop["seals"][0]["audio_sha256"].as_str().map(str::len), Some(64), "{stop}");
     let (channels, samples) = read_wav(&file);
     assert_eq!(channels, 2);
     let left = channel(&samples, 2, 0);
@@ -115,7 +119,8 @@ fn a_two_leg_call_is_recorded_in_stereo_with_its_metadata() {
     // (PCMU, static) with 0x00 = -32124.
     assert!(left.iter().filter(|&&s| s == 32124).count() >= 49 * 160, "customer audio on the left");
     assert!(right.iter().filter(|&&s| s == -32124).count() >= 49 * 160, "agent audio on the right");
-    let sidecar: Value = serde_json::from_str(&std::fs::read_to_string(file.with_extension("json")).unwrap()).unwrap();
+    let sidecar_path = file.with_file_name(format!("{rid}.meta.cvs"));
+    let sidecar: Value = serde_json::from_slice(&live::decrypt(&sidecar_path)).unwrap();
     assert_eq!(sidecar["metadata"]["queue"], "sales");
     assert_eq!(sidecar["end_reason"], "stopped");
     assert!(sidecar["started_at"].as_str().unwrap().ends_with('Z'));
@@ -309,11 +314,10 @@ fn sigterm_finalises_active_recordings() {
     let names: Vec<String> =
         std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
-    let wav = names.iter().find(|n| n.ends_with(".wav") && n.contains(&rid)).expect("finished recording");
+    let wav = names.iter().find(|n| n.ends_with(".wav.cvs") && n.contains(&rid)).expect("finished recording");
     let (_, samples) = read_wav(&spool.join(wav));
     assert!(samples.iter().filter(|&&x| x == 32124).count() >= 49 * 160);
-    let sidecar: Value =
-        serde_json::from_str(&std::fs::read_to_string(spool.join(wav).with_extension("json")).unwrap()).unwrap();
+    let sidecar: Value = serde_json::from_slice(&live::decrypt(&spool.join(format!("{rid}.meta.cvs")))).unwrap();
     assert_eq!(sidecar["end_reason"], "shutdown");
     assert!(!d.socket.exists(), "the socket file is removed at exit");
     assert!(d.log().contains("finalising 1 active recording"), "{}", d.log());
@@ -423,7 +427,7 @@ fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
     let partial = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".wav.partial"))
+        .find(|p| p.to_string_lossy().ends_with(".wav.cvs.partial"))
         .expect("an unfinished recording");
     assert!(partial.to_string_lossy().contains(&rid));
     // Restart on the same data directory: the file is repaired and reported.
@@ -438,10 +442,12 @@ fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
     assert_eq!(e["recording_id"], rid.as_str());
     assert_eq!(e["end_reason"], "crash_recovered");
     assert_eq!(e["metadata"]["agent"], "1001", "the sidecar written at start keeps the metadata");
+    assert_eq!(e["recovered"], true, "{e}");
     let wav = partial.with_extension("");
     assert!(!partial.exists() && wav.exists());
+    // Re-sealed: it verifies (read_wav checks the signature), flagged as recovered.
     let (_, samples) = read_wav(&wav);
-    // What was written before the kill is kept: at most the writer's 8 KiB buffer (2,048 stereo
+    // What was written before the kill is kept: at most one sealed chunk (8 KiB, 2,048 stereo
     // frames, 0.26 s) is lost. (With a 64 KiB buffer a kill -9 once lost 3 s of a 7 s call.)
     let loud = samples.iter().filter(|&&x| x == 32124).count();
     assert!(loud >= 100 * 160 - 2048, "{loud} samples of the 100 packets (16,000) survived");
@@ -486,7 +492,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused_before_it_touches_the_spool()
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     send_pcmu(&s, ("127.0.0.1", p0), 1, 50, 0x80);
     let before = spool_names(&d.spool());
-    assert!(before.iter().any(|n| n.ends_with(".wav.partial") && n.contains(&rid)), "{before:?}");
+    assert!(before.iter().any(|n| n.ends_with(".wav.cvs.partial") && n.contains(&rid)), "{before:?}");
     // B: the same data_dir with its own socket and ports; then A's own config again.
     let (min, max) = live::port_range(5);
     let data = d.dir.path().join("data");
@@ -672,7 +678,7 @@ fn a_start_that_fails_on_a_full_disk_leaves_no_file_behind() {
     let filler = spool.join("filler");
     std::fs::write(&filler, vec![0u8; 4096]).unwrap();
     let mut c = d.client().unwrap();
-    for (round, names) in [("the sidecar cannot be written", ".json"), ("the header cannot be written", "header")] {
+    for (round, names) in [("the sidecar cannot be written", ".meta.cvs"), ("the header cannot be written", "header")] {
         let r = c.request(json!({"cmd": "start", "call_id": "full", "legs": [{"label": "a"}, {"label": "b"}]}));
         assert_eq!(r["error"]["code"], "spool_failed", "{round}: {r}");
         assert!(r["error"]["message"].as_str().unwrap().contains(names), "{round}: {r}");

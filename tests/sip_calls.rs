@@ -78,6 +78,7 @@ fn sip_call_with_reinvite_is_one_recording_with_caller_and_callee() {
         layout: Layout::Stereo,
         payload_overrides: vec![],
         keep_dtmf_digits: true,
+        sealing: None,
     };
     let report = import::run(&opts, None).unwrap();
     assert_eq!(report.exit_code(), 0, "{:?}", report.errors);

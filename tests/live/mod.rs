@@ -259,11 +259,35 @@ pub fn send_pcmu(from: &UdpSocket, to: (&str, u16), ssrc: u32, count: u16, fill:
     }
 }
 
-/// Reads a WAV file's samples (interleaved) and channel count.
+/// Reads a WAV file's samples (interleaved) and channel count. A sealed recording
+/// (`.wav.cvs`, in a daemon's spool) is verified and decrypted with the daemon's keys
+/// (`<data_dir>/keys`, beside the spool).
 pub fn read_wav(path: &Path) -> (u16, Vec<i16>) {
-    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let bytes = if path.to_string_lossy().ends_with(".cvs") {
+        decrypt(path)
+    } else {
+        std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let mut r =
+        hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let ch = r.spec().channels;
     (ch, r.samples::<i16>().map(Result::unwrap).collect())
+}
+
+/// The keys of the daemon whose spool holds `path`.
+pub fn keys_for(path: &Path) -> callvault::seal::Keyring {
+    let dir = path.parent().and_then(Path::parent).expect("a file in <data_dir>/spool").join("keys");
+    callvault::seal::Keyring::load(&callvault::seal::KeySource::Dir(dir), None).expect("the daemon's keys")
+}
+
+/// Verifies and decrypts a sealed file of a daemon's spool.
+pub fn decrypt(path: &Path) -> Vec<u8> {
+    let keys = keys_for(path);
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut r = callvault::seal::SealedReader::open(f, &keys).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    r.verify(keys.trusted(), Some(&mut out)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    out
 }
 
 pub fn channel(samples: &[i16], channels: u16, c: u16) -> Vec<i16> {
