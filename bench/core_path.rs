@@ -1,5 +1,6 @@
 //! Micro-benchmark of the per-packet path of the recording core, with no I/O:
-//! parse → sequence/timeline → G.711 decode → mix → WAV bytes (into memory).
+//! parse → sequence/timeline → G.711 decode → mix → WAV bytes (into memory), plain or sealed
+//! (AES-256-GCM chunks, as `serve` writes by default).
 //!
 //! `cargo bench --bench core_path` prints ns per packet for each stage cumulatively, and the
 //! whole path as a ratio to parsing alone (ratios from one run; the machines are noisy).
@@ -13,6 +14,14 @@ use callvault::core::payload::PayloadMap;
 use callvault::core::recording::{LegSpec, Recording, RecordingConfig};
 use callvault::core::rtp;
 use callvault::output::wav::{WavSpec, WavWriter};
+use callvault::seal::{Container, Content, Kek, SealParams, SealWriter, SigningKey};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sink {
+    None,
+    Wav,
+    Sealed,
+}
 
 const CALL_SECONDS: u64 = 600; // one 10-minute two-leg call: 60,000 packets
 
@@ -81,7 +90,7 @@ fn run_parse(pkts: &[(u64, usize, Vec<u8>)]) -> u64 {
     sum
 }
 
-fn run_core(pkts: &[(u64, usize, Vec<u8>)], write: bool) -> u64 {
+fn run_core(pkts: &[(u64, usize, Vec<u8>)], sink: Sink) -> u64 {
     let specs = vec![
         LegSpec { label: "customer".into(), payload_map: PayloadMap::default() },
         LegSpec { label: "agent".into(), payload_map: PayloadMap::default() },
@@ -90,6 +99,17 @@ fn run_core(pkts: &[(u64, usize, Vec<u8>)], write: bool) -> u64 {
     let mut planes = vec![Vec::new(), Vec::new()];
     let mut mixed = Vec::new();
     let mut wav = WavWriter::new(Discard::default(), WavSpec { sample_rate: 8000, channels: 2 }).expect("writer");
+    let kek = Kek::generate("bench").expect("kek");
+    let params = SealParams {
+        content: Content::Audio,
+        container: Container::Wav,
+        chunk_size: callvault::seal::format::DEFAULT_CHUNK,
+        recording_id: ulid::Ulid(1),
+        created_ms: 0,
+        index: String::new(),
+    };
+    let mut sealed = SealWriter::create(Discard::default(), &params, &kek, &[0u8; 80]).expect("sealer");
+    let mut bytes = Vec::new();
     let mut frames = 0u64;
     let mut drain = |rec: &mut Recording, now: u64, planes: &mut Vec<Vec<i16>>, mixed: &mut Vec<i16>| loop {
         planes.iter_mut().for_each(Vec::clear);
@@ -98,11 +118,17 @@ fn run_core(pkts: &[(u64, usize, Vec<u8>)], write: bool) -> u64 {
             break;
         }
         frames += n as u64;
-        if write {
+        if sink != Sink::None {
             mixed.clear();
             let p: Vec<&[i16]> = planes.iter().map(Vec::as_slice).collect();
             mixer::mix(Layout::Stereo, &p, mixed);
-            wav.write_samples(mixed).expect("write");
+            if sink == Sink::Wav {
+                wav.write_samples(mixed).expect("write");
+            } else {
+                bytes.clear();
+                mixed.iter().for_each(|s| bytes.extend_from_slice(&s.to_le_bytes()));
+                sealed.write(&bytes).expect("seal");
+            }
         }
     };
     for (at, leg, p) in pkts {
@@ -111,6 +137,10 @@ fn run_core(pkts: &[(u64, usize, Vec<u8>)], write: bool) -> u64 {
     }
     rec.finish();
     drain(&mut rec, 0, &mut planes, &mut mixed);
+    if sink == Sink::Sealed {
+        let signer = SigningKey::generate("bench").expect("signer");
+        black_box(sealed.finish(&[0u8; 80], 0, &signer, 0).expect("finish"));
+    }
     frames
 }
 
@@ -131,13 +161,20 @@ fn main() {
     let n = pkts.len();
     println!("core path, {} packets (one {}-minute two-leg G.711 call, 20 ms)", n, CALL_SECONDS / 60);
     let parse = time("parse (RTP header)", n, || run_parse(&pkts));
-    let core = time("parse + timeline + G.711 decode + render", n, || run_core(&pkts, false));
-    let all = time("… + stereo mix + WAV encoding", n, || run_core(&pkts, true));
+    let core = time("parse + timeline + G.711 decode + render", n, || run_core(&pkts, Sink::None));
+    let all = time("… + stereo mix + WAV encoding", n, || run_core(&pkts, Sink::Wav));
+    let sealed = time("… + stereo mix + sealed WAV (AES-256-GCM)", n, || run_core(&pkts, Sink::Sealed));
     println!(
         "whole path / parse alone: {:.1}x; timeline+decode+render: {:.0} ns; mix+write: {:.0} ns",
         all / parse,
         core - parse,
         all - core
+    );
+    println!(
+        "sealing: {:.0} ns per packet over plain WAV ({:.1} % of the sealed path); sealed / plain path: {:.2}x",
+        sealed - all,
+        100.0 * (sealed - all) / sealed,
+        sealed / all
     );
     let per_core_streams = 1e9 / (all * 50.0);
     println!("one core could record ~{per_core_streams:.0} streams (50 packets/s each) on this path alone");

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use callvault::ctl::Client;
 use callvault::engine::backend::BackendKind;
+use callvault::seal::{KeySource, Keyring, SealedReader};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -761,6 +762,8 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
 
     let mut recorded = 0u64;
     let mut bad = Vec::new();
+    // The keys the daemon generated on its first start, in its data directory.
+    let keys = Keyring::load(&KeySource::Dir(d.dir.join("keys")), None).map_err(|e| e.to_string())?;
     for (i, started) in started_at.iter().enumerate() {
         let stop = request(&mut c, json!({"cmd": "stop", "call_id": format!("bench-{i}")}))?;
         let wall_ms = started.elapsed().as_millis() as i64;
@@ -779,7 +782,7 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
         if leg_lost != dropped {
             bad.push(format!("bench-{i}: {leg_lost} reported lost, {dropped} dropped on purpose"));
         }
-        if let Err(e) = check_recording(&stop, wall_ms) {
+        if let Err(e) = check_recording(&stop, wall_ms, &keys) {
             bad.push(format!("bench-{i}: {e}"));
         }
     }
@@ -801,9 +804,19 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
 /// The finished file agrees with the stop reply and with the time the call lasted: a stereo
 /// 8 kHz WAV whose sample count is its duration, and whose duration is the wall-clock time from
 /// start to stop (within 250 ms: the replies' own latency).
-fn check_recording(stop: &Value, wall_ms: i64) -> std::result::Result<(), String> {
+fn check_recording(stop: &Value, wall_ms: i64, keys: &Keyring) -> std::result::Result<(), String> {
     let file = stop["file"].as_str().ok_or("stop reply names no file")?;
-    let reader = hound::WavReader::open(file).map_err(|e| format!("{file}: {e}"))?;
+    // Sealed (the default): verified in full and decrypted in memory; never written out.
+    let plain = if file.ends_with(".cvs") {
+        let f = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+        let mut r = SealedReader::open(f, keys).map_err(|e| format!("{file}: {e}"))?;
+        let mut out = Vec::new();
+        r.verify(keys.trusted(), Some(&mut out)).map_err(|e| format!("{file}: {e}"))?;
+        out
+    } else {
+        std::fs::read(file).map_err(|e| format!("{file}: {e}"))?
+    };
+    let reader = hound::WavReader::new(std::io::Cursor::new(plain)).map_err(|e| format!("{file}: {e}"))?;
     let spec = reader.spec();
     if spec.channels != 2 || spec.sample_rate != 8000 || spec.bits_per_sample != 16 {
         return Err(format!(

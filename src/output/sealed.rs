@@ -166,7 +166,7 @@ impl SealedWavWriter {
 #[derive(Debug)]
 pub enum AudioFile {
     Plain(WavWriter<BufWriter<File>>),
-    Sealed(SealedWavWriter),
+    Sealed(Box<SealedWavWriter>),
 }
 
 impl AudioFile {
@@ -180,7 +180,7 @@ impl AudioFile {
     ) -> Result<AudioFile, WavError> {
         Ok(match sealing {
             None => AudioFile::Plain(wav::create_file(path, spec)?),
-            Some(s) => AudioFile::Sealed(SealedWavWriter::create(path, spec, s, recording_id, index())?),
+            Some(s) => AudioFile::Sealed(Box::new(SealedWavWriter::create(path, spec, s, recording_id, index())?)),
         })
     }
 

@@ -21,7 +21,7 @@ enum Geometry {
         chunks: u64,
         last_plain: u64,
         final_head_at: u64,
-        record: SealRecord,
+        record: Box<SealRecord>,
     },
     /// No seal record at the end: a crash, or the end was cut off.
     Unfinished,
@@ -141,7 +141,7 @@ impl<R: Read + Seek> SealedReader<R> {
                     chunks: full + 1,
                     last_plain: rem - CHUNK_OVERHEAD as u64,
                     final_head_at,
-                    record,
+                    record: Box::new(record),
                 });
             }
         }
@@ -209,7 +209,7 @@ impl<R: Read + Seek> SealedReader<R> {
     fn finalised(&mut self) -> Result<(u64, u64, u64, SealRecord), SealError> {
         match &self.geometry {
             Geometry::Finalised { chunks, last_plain, final_head_at, record } => {
-                Ok((*chunks, *last_plain, *final_head_at, record.clone()))
+                Ok((*chunks, *last_plain, *final_head_at, (**record).clone()))
             }
             Geometry::Unfinished => {
                 let r = self.recover();
