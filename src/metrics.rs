@@ -484,6 +484,13 @@ impl Collector for Scrape {
             &per_worker(&|s| load(&s.bytes_written)),
         )?;
 
+        gauge(
+            &mut e,
+            "callvault_encryption_enabled",
+            "1 when recordings and metadata are sealed at rest ([recording] encryption = \"on\"), 0 when written in the clear.",
+            None,
+            &[(none.clone(), i64::from(control.config().encrypted()))],
+        )?;
         let spool = control.config().spool_dir();
         gauge(
             &mut e,

@@ -47,6 +47,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("callvault_audio_written_bytes_total", "counter"),
     ("callvault_spool_bytes", "gauge"),
     ("callvault_spool_free_bytes", "gauge"),
+    ("callvault_encryption_enabled", "gauge"),
     ("callvault_leg_jitter_seconds", "histogram"),
     ("callvault_control_requests_total", "counter"),
 ];
@@ -231,6 +232,7 @@ fn alert_rules_reference_only_known_metrics() {
         "CallvaultSpoolFilling",
         "CallvaultRecordingsFailing",
         "CallvaultRecordingsRecovered",
+        "CallvaultEncryptionOff",
         "CallvaultDraining",
         "CallvaultControlErrors",
         "CallvaultWrongSource",
@@ -492,6 +494,22 @@ tests:
             exp_annotations:
               summary: "callvault on cv1 recovered recordings after a crash"
               description: "At its last start callvault on cv1 found and repaired 2 recordings left unfinished by a crash or power loss. Find out why the previous process died; the repaired recordings end at the crash."
+
+  - name: encryption off
+    interval: 1m
+    input_series:
+      - series: 'callvault_encryption_enabled{job="callvault",instance="cv1"}'
+        values: '0x10'
+      - series: 'callvault_encryption_enabled{job="callvault",instance="cv2"}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: CallvaultEncryptionOff
+        exp_alerts:
+          - exp_labels: {severity: page, instance: cv1}
+            exp_annotations:
+              summary: "callvault on cv1 writes recordings in the clear"
+              description: "callvault on cv1 runs with [recording] encryption = \"off\": recordings and their metadata (caller numbers, ACD metadata) reach the disk unencrypted. Unless this is a deliberate test machine, set encryption = \"on\" (docs/keys.md) and restart."
 
   - name: forgotten drain
     interval: 1m
