@@ -484,7 +484,18 @@ fn repair_cmd(args: RepairArgs) -> ExitCode {
     for path in &args.files {
         let is_partial = path.extension().is_some_and(|e| e == "partial");
         let final_path = if is_partial { path.with_extension("") } else { path.clone() };
-        let outcome = if is_partial && final_path.exists() {
+        let sealed = std::fs::File::open(path).ok().and_then(|mut f| {
+            let mut magic = [0u8; 8];
+            std::io::Read::read_exact(&mut f, &mut magic).ok().map(|()| &magic == callvault::seal::format::MAGIC)
+        });
+        let outcome = if sealed == Some(true) {
+            Err(wav::WavError::Unsupported {
+                path: path.clone(),
+                reason: "it is a sealed recording, which repair never rewrites: `callvault serve` re-seals it at \
+                         start (with its keys), and `callvault decrypt --recover` writes its authenticated prefix"
+                    .into(),
+            })
+        } else if is_partial && final_path.exists() {
             // Never replace a recording: the finished file may be the good copy.
             Err(wav::WavError::WouldReplace { path: final_path.clone() })
         } else {

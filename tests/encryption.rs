@@ -431,4 +431,9 @@ fn verify_and_decrypt_name_each_kind_of_damage() {
         dir.path().join("damaged.wav.cvs").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
+    // `repair` (for plain WAV) refuses to touch a sealed file, and says what does.
+    let o = callvault(&["repair", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sealed recording"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&f).unwrap(), good, "unchanged");
 }

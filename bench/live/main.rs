@@ -132,6 +132,10 @@ struct Args {
     /// much of the kernel's receive work: on a large machine give it several).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     senders: u16,
+    /// Recordings sealed at rest (`on`, as `serve` does by default) or plain (`off`): run both
+    /// to see what sealing costs live.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    encryption: String,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -657,12 +661,13 @@ impl Daemon {
         // The whole range up to 60998, so ports another program holds are skipped, not short.
         let port_max = 60998;
         let config = format!(
-            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n",
+            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n[recording]\nencryption = \"{encryption}\"\n",
             dir = dir.display(),
             sock = socket.display(),
             backend = backend.name(),
             max_calls = calls + 10,
             workers = ctx.receiver_cpus.len(),
+            encryption = ctx.args.encryption,
         );
         let cfg = dir.join("callvault.toml");
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
@@ -763,7 +768,11 @@ fn callvault_trial(ctx: &Ctx, backend: BackendArg, load: Load) -> Result<Trial> 
     let mut recorded = 0u64;
     let mut bad = Vec::new();
     // The keys the daemon generated on its first start, in its data directory.
-    let keys = Keyring::load(&KeySource::Dir(d.dir.join("keys")), None).map_err(|e| e.to_string())?;
+    let keys = if ctx.args.encryption == "on" {
+        Keyring::load(&KeySource::Dir(d.dir.join("keys")), None).map_err(|e| e.to_string())?
+    } else {
+        Keyring::default()
+    };
     for (i, started) in started_at.iter().enumerate() {
         let stop = request(&mut c, json!({"cmd": "stop", "call_id": format!("bench-{i}")}))?;
         let wall_ms = started.elapsed().as_millis() as i64;
@@ -1008,12 +1017,13 @@ fn render(
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "### {} — {} calls x {} s, {:?} {} ms{}{}{}{}",
+        "### {} — {} calls x {} s, {:?} {} ms, recordings {}{}{}{}{}",
         utc_now(),
         a.calls,
         a.seconds,
         a.codec,
         a.ptime,
+        if a.encryption == "on" { "sealed" } else { "plain" },
         if a.loss > 0.0 { format!(", loss {}", a.loss) } else { String::new() },
         if a.reorder > 0.0 { format!(", reorder {}", a.reorder) } else { String::new() },
         if a.jitter_ms > 0.0 { format!(", jitter {} ms", a.jitter_ms) } else { String::new() },
