@@ -88,6 +88,8 @@ pub struct KeysConfig {
     pub kek_file: PathBuf,
     /// The Ed25519 signing key file, when it is not in the key directory or credentials.
     pub signing_key_file: PathBuf,
+    /// More public keys whose signatures are trusted (earlier signing keys' `<id>.pub`).
+    pub trusted_public_keys: Vec<PathBuf>,
 }
 
 /// `[control]`
@@ -408,7 +410,9 @@ impl Config {
             KeySource::File(self.keys.kek_file.clone())
         } else if !self.keys.dir.as_os_str().is_empty() {
             KeySource::Dir(self.keys.dir.clone())
-        } else if let Some(c) = credentials.filter(|c| c.join(crate::seal::keys::CREDENTIAL_KEK).exists()) {
+        } else if let Some(c) = credentials.filter(|c| crate::seal::keys::has_callvault_credentials(c)) {
+            // Any callvault credential means keys are meant to come from there: never fall back
+            // to generating keys on the storage because `callvault.kek` is missing.
             KeySource::Credentials(c.to_path_buf())
         } else {
             KeySource::Dir(self.default_key_dir())

@@ -154,6 +154,9 @@ struct ImportArgs {
     encrypt: bool,
     #[command(flatten)]
     keys: keys::KeySel,
+    /// The signing key file for --encrypt, when not in the key directory or credentials.
+    #[arg(long = "signing-key", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -347,12 +350,12 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
         sealing: None,
     };
     let mut opts = opts;
-    if !args.encrypt && (args.keys.key.is_some() || args.keys.key_dir.is_some() || args.keys.signing_key.is_some()) {
+    if !args.encrypt && (args.keys.key.is_some() || args.keys.key_dir.is_some() || args.signing_key.is_some()) {
         eprintln!("error: --key, --key-dir and --signing-key seal only with --encrypt");
         return ExitCode::from(2);
     }
     if args.encrypt {
-        let sealing = args.keys.load(true).and_then(|(ring, _, warnings)| {
+        let sealing = args.keys.load(true, args.signing_key.as_deref()).and_then(|(ring, _, warnings)| {
             for w in warnings {
                 eprintln!("warning: {w}");
             }

@@ -201,8 +201,44 @@ fn systemd_credentials_are_used_as_systemd_writes_them() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v[0]["recording_id"].as_str(), v[0]["signer"].as_str()), (Some(rid.as_str()), Some("sign-cred")));
+    assert_eq!((v[0]["recording_id"].as_str(), v[0]["signer_id"].as_str()), (Some(rid.as_str()), Some("sign-cred")));
     std::fs::set_permissions(creds.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Credentials without the active KEK (say, renamed during a rotation) are refused: keys are
+/// never generated onto the storage instead.
+#[test]
+fn credentials_without_the_active_kek_refuse_to_start() {
+    let creds = tempfile::tempdir().unwrap();
+    write_key(&creds.path().join("callvault.kek.2026"), &kek_text("kek-old", 9), 0o400);
+    let dir = tempfile::tempdir().unwrap();
+    let (min, max) = live::port_range(2);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[metrics]\nlisten = \"\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(live::bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("callvault.kek") && err.contains("LoadCredential"), "{err}");
+    assert!(!dir.path().join("data/keys").exists(), "no keys generated: {err}");
+    // `key rotate` says credentials are systemd's to write.
+    let o = Command::new(live::bin())
+        .args(["key", "rotate", "--config", cfg.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("systemd-creds"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

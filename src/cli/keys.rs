@@ -27,8 +27,9 @@ Examples:
   callvault key rotate --signing --dir /etc/callvault/keys
   callvault key generate --out kek.txt && systemd-creds encrypt --name=callvault.kek kek.txt kek.cred
 
-Key files are one line of text and must be mode 0600 (or 0400). docs/keys.md explains the key
-directory, systemd credentials, rotation, backup, and what losing a KEK means.
+Key files are one line of text that group and others must have no access to (mode 0600 or
+0400). docs/keys.md explains the key directory, systemd credentials, rotation, backup, and what
+losing a KEK means.
 
 Exit codes: 0 done; 1 failed (the message names the file and what to do); 2 usage;
 5 the keys could not be loaded.";
@@ -71,9 +72,6 @@ pub struct KeySel {
     /// A single KEK file.
     #[arg(long = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// The signing key file (for sealing), when not in the key directory.
-    #[arg(long = "signing-key", value_name = "FILE")]
-    pub signing_key: Option<PathBuf>,
 }
 
 impl KeySel {
@@ -84,8 +82,9 @@ impl KeySel {
         }
     }
 
-    /// The keys, as `serve` would find them (without `create`, nothing is generated).
-    pub fn load(&self, create: bool) -> Result<(Keyring, KeySource, Vec<String>), String> {
+    /// The keys, as `serve` would find them (without `create`, nothing is generated);
+    /// `signing_key` overrides where the signing key comes from.
+    pub fn load(&self, create: bool, signing_key: Option<&Path>) -> Result<(Keyring, KeySource, Vec<String>), String> {
         let mut cfg = self.config()?;
         if let Some(d) = &self.key_dir {
             cfg.keys.dir = d.clone();
@@ -95,24 +94,44 @@ impl KeySel {
             cfg.keys.kek_file = k.clone();
             cfg.keys.dir = PathBuf::new();
         }
-        if let Some(s) = &self.signing_key {
-            cfg.keys.signing_key_file = s.clone();
+        if let Some(s) = signing_key {
+            cfg.keys.signing_key_file = s.to_path_buf();
         }
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let r = callvault::seal::setup::resolve(&cfg, credentials.as_deref(), create).map_err(|e| e.to_string())?;
         Ok((r.keys, r.source, r.warnings))
     }
+}
 
+/// Which key directory `key generate` and `key rotate` work on.
+#[derive(clap::Args, Clone, Default)]
+pub struct DirSel {
+    /// The key directory; default: --config's [keys] dir, else <data_dir>/keys (./callvault-data/keys).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Take the key directory from this config.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl DirSel {
     fn dir(&self) -> Result<PathBuf, String> {
-        if let Some(d) = &self.key_dir {
+        if let Some(d) = &self.dir {
             return Ok(d.clone());
         }
-        if self.key.is_some() {
-            return Err("--key names a single KEK file, which cannot be rotated: use --dir".into());
-        }
-        let cfg = self.config()?;
-        match cfg.key_source(None) {
+        let cfg = match &self.config {
+            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        match cfg.key_source(credentials.as_deref()) {
             KeySource::Dir(d) => Ok(d),
+            KeySource::Credentials(c) => Err(format!(
+                "keys come from the systemd credentials in {} ($CREDENTIALS_DIRECTORY), which only systemd writes: \
+                 make a new key with `callvault key generate --out FILE`, encrypt it with systemd-creds and \
+                 change the unit (docs/keys.md, Rotation); or name a directory with --dir",
+                c.display()
+            )),
             other => Err(format!("the configured keys are a {other}, not a key directory: use --dir")),
         }
     }
@@ -122,11 +141,11 @@ impl KeySel {
 pub enum KeyCmd {
     /// Create a KEK (and a signing key in a new directory), or a standalone key file with --out.
     Generate {
-        /// The key directory (created 0700 if missing); default: --config's, else ./callvault-data/keys.
-        #[arg(long, value_name = "DIR", conflicts_with = "out")]
-        dir: Option<PathBuf>,
-        /// Write one new key file here instead (for a credential store); it must not exist.
-        #[arg(long, value_name = "FILE")]
+        #[command(flatten)]
+        sel: DirSel,
+        /// Write one new key file here instead of into a directory (for a credential store); it
+        /// must not exist.
+        #[arg(long, value_name = "FILE", conflicts_with = "dir")]
         out: Option<PathBuf>,
         /// A signing key (Ed25519) instead of a KEK.
         #[arg(long)]
@@ -134,21 +153,18 @@ pub enum KeyCmd {
         /// Make the new KEK the active one (the first KEK of a directory always is).
         #[arg(long)]
         activate: bool,
-        #[command(flatten)]
-        sel: KeySel,
-        /// JSON on standard output.
+        /// Print what was created as JSON on standard output.
         #[arg(long)]
         json: bool,
     },
     /// Make a new KEK active (or, with --signing, replace the signing key); old keys stay.
     Rotate {
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        sel: DirSel,
         /// Rotate the signing key; its old public key stays trusted for old recordings.
         #[arg(long)]
         signing: bool,
-        #[command(flatten)]
-        sel: KeySel,
+        /// Print what was created as JSON on standard output.
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +173,7 @@ pub enum KeyCmd {
     List {
         #[command(flatten)]
         sel: KeySel,
+        /// Print the keys found as JSON on standard output.
         #[arg(long)]
         json: bool,
     },
@@ -220,7 +237,7 @@ fn print_json(v: &Value) {
 
 pub fn key_cmd(args: KeyArgs) -> ExitCode {
     match args.cmd {
-        KeyCmd::Generate { dir, out, signing, activate, sel, json } => {
+        KeyCmd::Generate { sel, out, signing, activate, json } => {
             if let Some(path) = out {
                 let (id, text, public) = if signing {
                     let k = match keys::SigningKey::generate(&keys::new_key_id("sign")) {
@@ -249,7 +266,7 @@ pub fn key_cmd(args: KeyArgs) -> ExitCode {
                 report_created(json, if signing { "signing key" } else { "KEK" }, &id, &files, false);
                 return ExitCode::SUCCESS;
             }
-            let dir = match dir.map_or_else(|| sel.dir(), Ok) {
+            let dir = match sel.dir() {
                 Ok(d) => d,
                 Err(e) => return fail(e, 2),
             };
@@ -271,8 +288,8 @@ pub fn key_cmd(args: KeyArgs) -> ExitCode {
                 Err(e) => fail(e, 1),
             }
         }
-        KeyCmd::Rotate { dir, signing, sel, json } => {
-            let dir = match dir.map_or_else(|| sel.dir(), Ok) {
+        KeyCmd::Rotate { sel, signing, json } => {
+            let dir = match sel.dir() {
                 Ok(d) => d,
                 Err(e) => return fail(e, 2),
             };
@@ -283,10 +300,19 @@ pub fn key_cmd(args: KeyArgs) -> ExitCode {
                     let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
                     report_created(json, if signing { "signing key" } else { "KEK" }, &id, &files, !signing);
                     if !json {
-                        eprintln!(
-                            "old keys are kept: recordings sealed with them keep decrypting. Back up {}.",
-                            dir.display()
-                        );
+                        if signing {
+                            eprintln!(
+                                "the old public key stays in {} so recordings it signed keep verifying; give auditors \
+                                 the new <id>.pub. Restart serve to sign with the new key.",
+                                dir.display()
+                            );
+                        } else {
+                            eprintln!(
+                                "the old KEKs stay, so recordings sealed with them keep decrypting. Back up {} now, \
+                                 then restart serve to seal with the new KEK.",
+                                dir.display()
+                            );
+                        }
                     }
                     ExitCode::SUCCESS
                 }
@@ -294,7 +320,7 @@ pub fn key_cmd(args: KeyArgs) -> ExitCode {
             }
         }
         KeyCmd::List { sel, json } => {
-            let (ring, source, _) = match sel.load(false) {
+            let (ring, source, _) = match sel.load(false, None) {
                 Ok(r) => r,
                 Err(e) => return fail(e, EXIT_KEYS),
             };
@@ -390,10 +416,18 @@ fn is_key_problem(e: &SealError) -> bool {
 
 pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
     // Signature-only checks need no KEK; the keyring only supplies trusted public keys then.
-    let ring = match args.sel.load(false) {
+    let ring = match args.sel.load(false, None) {
         Ok((r, _, _)) => r,
         Err(_) if args.signature_only => Keyring::default(),
-        Err(e) => return fail(e, EXIT_KEYS),
+        Err(e) => {
+            return fail(
+                format!(
+                    "{e}\n(an auditor with the recorder's public key only: `callvault verify --signature-only \
+                     --public-key <id>.pub FILE`)"
+                ),
+                EXIT_KEYS,
+            );
+        }
     };
     let trusted = match trusted_keys(&ring, &args.public_key) {
         Ok(t) => t,
@@ -410,21 +444,27 @@ pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
                 .map_err(|e| SealError::io("open", path, e))
                 .and_then(|f| callvault::seal::reader::verify_signature_only(f, &trusted))
                 .map(|rec| {
-                    json!({"sealed_sha256": hex(&rec.sealed_sha256), "audio_sha256": hex(&rec.body_sha256),
-                        "signer": hex(&rec.signer), "finalised_ms": rec.finalised_ms, "contents_checked": false})
+                    let id = trusted.iter().find(|t| t.key == rec.signer).map(|t| t.id.clone());
+                    json!({"sealed_sha256": hex(&rec.sealed_sha256), "body_sha256": hex(&rec.body_sha256),
+                        "signer": hex(&rec.signer), "signer_id": id, "finalised_ms": rec.finalised_ms,
+                        "contents_checked": false})
                 })
         } else {
             open(path, &ring).and_then(|mut rd| {
                 let h = rd.header().clone();
                 let v = rd.verify(&trusted, None)?;
-                Ok(json!({
+                let mut j = json!({
                     "recording_id": h.recording_id.to_string(), "content": h.content.name(), "kek_id": h.key_id,
                     "plaintext_bytes": v.record.plaintext_len, "plaintext_sha256": hex(&v.plaintext_sha256),
-                    "audio_sha256": hex(&v.record.body_sha256), "sealed_sha256": hex(&v.record.sealed_sha256),
-                    "signer": v.signer.id, "finalised_ms": v.record.finalised_ms,
+                    "body_sha256": hex(&v.record.body_sha256), "sealed_sha256": hex(&v.record.sealed_sha256),
+                    "signer": hex(&v.record.signer), "signer_id": v.signer.id, "finalised_ms": v.record.finalised_ms,
                     "recovered": v.record.flags & callvault::seal::format::FLAG_RECOVERED != 0,
                     "chunks": v.chunks, "contents_checked": true,
-                }))
+                });
+                if h.content == callvault::seal::Content::Audio {
+                    j["audio_sha256"] = j["body_sha256"].clone();
+                }
+                Ok(j)
             })
         };
         let file = path.display().to_string();
@@ -433,12 +473,20 @@ pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
                 v["file"] = json!(file);
                 v["verified"] = json!(true);
                 if !args.json {
-                    out!(
-                        "{file}: verified{}; audio sha256 {}; signed by {}",
-                        if args.signature_only { " (signature and sealed bytes only)" } else { "" },
-                        v["audio_sha256"].as_str().unwrap_or_default(),
-                        v["signer"].as_str().unwrap_or_default()
-                    );
+                    let signer = v["signer_id"].as_str().or(v["signer"].as_str()).unwrap_or_default().to_string();
+                    if args.signature_only {
+                        out!(
+                            "{file}: verified (signature and sealed bytes only); sealed sha256 {}; signed by {signer}",
+                            v["sealed_sha256"].as_str().unwrap_or_default()
+                        );
+                    } else {
+                        out!(
+                            "{file}: verified; sha256 of the decrypted file {}; {} sha256 {}; signed by {signer}",
+                            v["plaintext_sha256"].as_str().unwrap_or_default(),
+                            if v["content"] == "audio" { "audio (samples)" } else { "metadata" },
+                            v["body_sha256"].as_str().unwrap_or_default()
+                        );
+                    }
                 }
                 results.push(v);
             }
@@ -462,10 +510,16 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
     if to_stdout && std::io::stdout().is_terminal() {
         return fail("standard output is a terminal: give -o FILE, or pipe it (| sox -t wav - ...)", 2);
     }
+    if to_stdout && args.json {
+        return fail("--json needs -o FILE: with -o - the plaintext itself goes to standard output", 2);
+    }
+    if !to_stdout && args.out.is_dir() {
+        return fail(format!("{} is a directory: give the file to write", args.out.display()), 1);
+    }
     if !to_stdout && args.out.exists() && !args.force {
         return fail(format!("{} exists: not replacing it (--force replaces it)", args.out.display()), 1);
     }
-    let ring = match args.sel.load(false) {
+    let ring = match args.sel.load(false, None) {
         Ok((r, _, _)) => r,
         Err(e) => return fail(e, EXIT_KEYS),
     };
@@ -495,6 +549,7 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
                 json!({"file": args.file.display().to_string(), "out": args.out.display().to_string(), "verified": true,
                 "bytes": v.record.plaintext_len, "plaintext_sha256": hex(&v.plaintext_sha256)}),
             ),
+            Err(e) if e.is_broken_pipe() => std::process::exit(141),
             Err(e) => (1, json!({"error_kind": e.kind(), "error": e.to_string()})),
         },
         Err(e) if args.recover && !is_key_problem(&e) => match sealed::write_recovered(&mut reader, &mut sink) {
@@ -512,6 +567,7 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
                     "recovered": true, "bytes": r.bytes, "frames": r.frames, "error_kind": e.kind(), "error": e.to_string()}),
                 )
             }
+            Err(e2) if e2.is_broken_pipe() => std::process::exit(141),
             Err(e2) => (1, json!({"error_kind": e2.kind(), "error": format!("{e}; nothing recoverable: {e2}")})),
         },
         Err(e) => {
@@ -530,6 +586,9 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
         }
     };
     let flushed = sink.flush();
+    if to_stdout && flushed.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        std::process::exit(141);
+    }
     drop(sink);
     if !to_stdout {
         if code == 0 || code == EXIT_PARTIAL {

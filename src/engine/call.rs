@@ -322,7 +322,8 @@ impl LiveCall {
                     files.push(out.path.clone());
                     if let (Some(r), Some(s)) = (record, &self.sealing) {
                         let mut v = sealed::seal_summary(&r, s.keys.active_kek().map_or("", |k| k.id.as_str()));
-                        v["file"] = json!(out.path.display().to_string());
+                        v["file"] =
+                            json!(fs::canonicalize(&out.path).unwrap_or(out.path.clone()).display().to_string());
                         self.seals.push(v);
                     }
                 }

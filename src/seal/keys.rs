@@ -33,6 +33,15 @@ const PUBLIC_TAG: &str = "callvault-signing-public";
 /// Systemd credential names.
 pub const CREDENTIAL_KEK: &str = "callvault.kek";
 pub const CREDENTIAL_SIGNING: &str = "callvault.signing-key";
+/// Prefix of credentials holding trusted public keys (`callvault.signing-public.<id>`).
+pub const CREDENTIAL_PUBLIC: &str = "callvault.signing-public";
+
+/// Whether a credentials directory holds any of callvault's credentials.
+pub fn has_callvault_credentials(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("callvault.")))
+    })
+}
 
 /// A key-encryption key.
 pub struct Kek {
@@ -333,7 +342,18 @@ impl Keyring {
                 }
             }
             KeySource::Credentials(d) => {
-                let active = load_kek(&d.join(CREDENTIAL_KEK))?;
+                let active_path = d.join(CREDENTIAL_KEK);
+                if !active_path.exists() {
+                    return Err(SealError::NoActiveKek {
+                        dir: d.clone(),
+                        reason: format!(
+                            "the systemd credentials hold no {CREDENTIAL_KEK} (the active KEK); older KEKs are \
+                             {CREDENTIAL_KEK}.<name>. Add LoadCredential[Encrypted]={CREDENTIAL_KEK}:… to the unit \
+                             (docs/keys.md)"
+                        ),
+                    });
+                }
+                let active = load_kek(&active_path)?;
                 ring.active = Some(active.id.clone());
                 ring.add_kek(active)?;
                 let entries = fs::read_dir(d).map_err(|e| SealError::io("read credentials directory", d, e))?;
@@ -343,6 +363,8 @@ impl Keyring {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                     if name.starts_with(&format!("{CREDENTIAL_KEK}.")) {
                         ring.add_kek(load_kek(p)?)?;
+                    } else if name.starts_with(&format!("{CREDENTIAL_PUBLIC}.")) {
+                        ring.trust(PublicKey::load(p)?);
                     }
                 }
                 let signing = d.join(CREDENTIAL_SIGNING);

@@ -66,9 +66,9 @@ pub enum SealError {
     DigestMismatch { which: &'static str },
     #[error("the seal record's signature is invalid (record altered after signing)")]
     SignatureInvalid,
-    #[error("signed by {signer}, which is not a trusted signing key (re-signed by someone else?); trusted: {}", if trusted.is_empty() { "none".to_string() } else { trusted.join(", ") })]
+    #[error("signed by {signer}, which is not a trusted signing key; trusted: {}. Either it was re-signed by someone else, or it is an earlier signing key of this recorder: then trust its <id>.pub (--public-key FILE, [keys] trusted_public_keys, or a callvault.signing-public.<id> credential)", if trusted.is_empty() { "none".to_string() } else { trusted.join(", ") })]
     SignatureUntrusted { signer: String, trusted: Vec<String> },
-    #[error("{action} {}: {source}", path.display())]
+    #[error("cannot {action}{}: {source}", if path.as_os_str().is_empty() { String::new() } else { format!(" {}", path.display()) })]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("key file {} has mode {mode:04o}: group or others may read it; run `chmod 600 {}`", path.display(), path.display())]
     KeyFileMode { path: PathBuf, mode: u32 },
@@ -116,6 +116,11 @@ impl SealError {
 
     pub fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> SealError {
         SealError::Io { action, path: path.to_path_buf(), source }
+    }
+
+    /// The reader of our output went away (a closed pipe).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, SealError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 

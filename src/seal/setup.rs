@@ -48,8 +48,23 @@ pub fn resolve(cfg: &Config, credentials: Option<&Path>, create: bool) -> Result
         }
         _ => {}
     }
+    if let KeySource::Credentials(c) = &source
+        && default_dir.join("signing.key").exists() | dir_has_keks(&default_dir)
+    {
+        warnings.push(format!(
+            "keys come from the systemd credentials in {}; the key directory {} is not used: once its keys \
+             are in credentials (or backed up elsewhere), remove it from the storage",
+            c.display(),
+            default_dir.display()
+        ));
+    }
     let mut ring = Keyring::load(&source, cfg.signing_key_file())?;
-    if ring.signing().is_err() {
+    for p in &cfg.keys.trusted_public_keys {
+        ring.trust(keys::PublicKey::load(p)?);
+    }
+    if ring.signing().is_err() && matches!(source, KeySource::Credentials(_)) && !create {
+        // Readers need no signing key; serve (create) falls through and says what is missing.
+    } else if ring.signing().is_err() {
         // A KEK file or credentials without a signing key: the data directory keeps one.
         let fallback = default_dir.join("signing.key");
         if !fallback.exists() && create {
@@ -73,4 +88,10 @@ pub fn resolve(cfg: &Config, credentials: Option<&Path>, create: bool) -> Result
         }
     }
     Ok(Resolved { keys: ring, source, warnings })
+}
+
+fn dir_has_keks(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".kek")))
+    })
 }
