@@ -682,18 +682,20 @@ fn open_call(
     let rate = cfg.timeline.sample_rate;
     let mut names = Vec::new();
     if opts.layout == Layout::Separate {
-        for l in &plan.legs {
-            names.push((format!("{base}-{}", sanitise(&l.label)), 1));
+        for (i, l) in plan.legs.iter().enumerate() {
+            // Sealed: the leg's index, not its label (which may be a number).
+            let suffix = if opts.sealing.is_some() { i.to_string() } else { sanitise(&l.label) };
+            names.push((format!("{base}-{suffix}"), 1));
         }
     } else {
         names.push((base, opts.layout.channels(plan.legs.len())));
     }
     let mut writers = Vec::new();
-    for (name, channels) in names {
+    for (output, (name, channels)) in names.into_iter().enumerate() {
         let final_path = out_dir.join(format!("{name}.{ext}"));
         let partial = out_dir.join(format!("{name}.{ext}.partial"));
         let spec = WavSpec { sample_rate: rate, channels };
-        let index = || sealed::clear_index(&id, &started_at);
+        let index = || sealed::audio_index(&id, &started_at, output);
         let w = AudioFile::create(&partial, spec, opts.sealing.as_ref(), &id, index)?;
         writers.push((partial, final_path, w));
     }

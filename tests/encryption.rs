@@ -100,6 +100,26 @@ fn the_spool_holds_no_plaintext_audio_or_metadata_during_a_call() {
     }
 }
 
+/// Keys lost while sealed recordings are in the spool: serve refuses to start rather than
+/// generate keys that could never open them.
+#[test]
+fn lost_keys_are_not_replaced_while_the_spool_holds_sealed_recordings() {
+    let mut d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    let (p0, _) = start_call(&mut c, "k-1");
+    send_pcmu(&UdpSocket::bind("127.0.0.1:0").unwrap(), ("127.0.0.1", p0), 1, 10, 0x80);
+    c.request(json!({"cmd": "stop", "call_id": "k-1"}));
+    assert_eq!(d.terminate(), Some(0));
+    let keys = d.dir.path().join("data/keys");
+    std::fs::rename(&keys, d.dir.path().join("keys-elsewhere")).unwrap();
+    let cfg = d.dir.path().join("callvault.toml");
+    let o = Command::new(live::bin()).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("spool holds sealed recordings") && err.contains("Restore"), "{err}");
+    assert!(!keys.exists(), "no new keys: {err}");
+}
+
 #[test]
 fn first_start_generates_keys_and_says_to_back_them_up() {
     let mut d = Daemon::start(Options::default());
@@ -299,6 +319,9 @@ fn kill_9_leaves_a_file_whose_prefix_decrypt_recovers() {
     let mut c = d.client().unwrap();
     let (p0, rid) = start_call(&mut c, "crash-1");
     send_pcmu(&UdpSocket::bind("127.0.0.1:0").unwrap(), ("127.0.0.1", p0), 1, 150, 0x80);
+    // A pause before the crash is in the sidecar, so recovery reports it.
+    assert_eq!(c.request(json!({"cmd": "pause", "call_id": "crash-1"}))["ok"], true);
+    assert_eq!(c.request(json!({"cmd": "resume", "call_id": "crash-1"}))["ok"], true);
     std::thread::sleep(Duration::from_millis(600));
     let mut child = d.child.take().unwrap();
     child.kill().unwrap();
@@ -328,6 +351,26 @@ fn kill_9_leaves_a_file_whose_prefix_decrypt_recovers() {
         let o = Command::new("soxi").arg("-s").arg(&out).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), (samples.len() / 2).to_string(), "sox agrees");
     }
+    // The next start re-seals it and reports it, pause included.
+    let cfg = d.dir.path().join("callvault.toml");
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let d2 = Daemon::spawn(dir, &cfg);
+    let mut c = d2.client().unwrap();
+    assert_eq!(c.request(json!({"cmd": "subscribe", "since": 0}))["replayed"], 1);
+    let e = c.next_line().unwrap();
+    assert_eq!((e["event"].as_str(), e["recovered"].as_bool()), (Some("recording_recovered"), Some(true)), "{e}");
+    assert_eq!(e["pauses"].as_array().map(Vec::len), Some(1), "{e}");
+    assert_eq!(e["metadata"]["caller_number"], CALLER);
+    let file = PathBuf::from(e["file"].as_str().unwrap());
+    let o = callvault(&[
+        "verify",
+        "--json",
+        "--key-dir",
+        d2.dir.path().join("data/keys").to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v[0]["verified"].as_bool(), v[0]["recovered"].as_bool()), (Some(true), Some(true)), "{v}");
 }
 
 /// Each kind of damage to a finished recording is named by `verify` and refused by `decrypt`.
@@ -467,6 +510,27 @@ fn verify_and_decrypt_name_each_kind_of_damage() {
         dir.path().join("damaged.wav.cvs").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
+    // A file under another recording's name: intact, but named as what it is not.
+    let renamed = dir.path().join(format!("{}.wav.cvs", "01M8YXH0ZYKXEV8NV6Y8M3A525"));
+    std::fs::write(&renamed, &good).unwrap();
+    let o = callvault(&["verify", "--json", "--key-dir", k, renamed.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["error_kind"], "name_mismatch", "{v}");
+    // Given --public-key, only those keys are trusted: not the key directory's own.
+    let stranger = dir.path().join("stranger");
+    assert_eq!(callvault(&["key", "generate", "--dir", stranger.to_str().unwrap()]).status.code(), Some(0));
+    let stranger_pub = files_in(&stranger).into_iter().find(|p| p.extension().is_some_and(|e| e == "pub")).unwrap();
+    let o = callvault(&[
+        "verify",
+        "--json",
+        "--key-dir",
+        k,
+        "--public-key",
+        stranger_pub.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["error_kind"], "signature_untrusted", "{v}");
     // `repair` (for plain WAV) refuses to touch a sealed file, and says what does.
     let o = callvault(&["repair", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

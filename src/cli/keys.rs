@@ -192,7 +192,8 @@ pub struct VerifyArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub sel: KeySel,
-    /// Trust this signing public key file (repeatable), besides the key directory's *.pub.
+    /// Trust this signing public key file (repeatable). Given, only these are trusted; without it,
+    /// the key source's own (the key directory's *.pub, the signing key, credentials).
     #[arg(long = "public-key", value_name = "FILE")]
     pub public_key: Vec<PathBuf>,
     /// Check only the signature and the sealed file's digest: no KEK needed, contents not opened.
@@ -218,7 +219,7 @@ pub struct DecryptArgs {
     pub force: bool,
     #[command(flatten)]
     pub sel: KeySel,
-    /// Trust this signing public key file (repeatable).
+    /// Trust this signing public key file (repeatable; given, only these are trusted).
     #[arg(long = "public-key", value_name = "FILE")]
     pub public_key: Vec<PathBuf>,
     /// A JSON report on standard output (only with -o FILE).
@@ -391,12 +392,13 @@ fn report_created(json: bool, what: &str, id: &str, files: &[String], active: bo
     }
 }
 
-fn trusted_keys(ring: &Keyring, extra: &[PathBuf]) -> Result<Vec<PublicKey>, String> {
-    let mut t = ring.trusted().to_vec();
-    for p in extra {
-        t.push(PublicKey::load(p).map_err(|e| e.to_string())?);
+/// The signers to trust: exactly the `--public-key` files when any is given (an auditor's own
+/// list, nothing found on disk added), else the key source's own public keys.
+fn trusted_keys(ring: &Keyring, given: &[PathBuf]) -> Result<Vec<PublicKey>, String> {
+    if given.is_empty() {
+        return Ok(ring.trusted().to_vec());
     }
-    Ok(t)
+    given.iter().map(|p| PublicKey::load(p).map_err(|e| e.to_string())).collect()
 }
 
 fn open(path: &Path, ring: &Keyring) -> Result<SealedReader<File>, SealError> {
@@ -417,6 +419,7 @@ fn is_key_problem(e: &SealError) -> bool {
 pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
     // Signature-only checks need no KEK; the keyring only supplies trusted public keys then.
     let ring = match args.sel.load(false, None) {
+        _ if args.signature_only && !args.public_key.is_empty() => Keyring::default(),
         Ok((r, _, _)) => r,
         Err(_) if args.signature_only => Keyring::default(),
         Err(e) => {
@@ -453,6 +456,9 @@ pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
             open(path, &ring).and_then(|mut rd| {
                 let h = rd.header().clone();
                 let v = rd.verify(&trusted, None)?;
+                if let Some(why) = sealed::name_mismatch(path, &h) {
+                    return Err(SealError::NameMismatch(why));
+                }
                 let mut j = json!({
                     "recording_id": h.recording_id.to_string(), "content": h.content.name(), "kek_id": h.key_id,
                     "plaintext_bytes": v.record.plaintext_len, "plaintext_sha256": hex(&v.plaintext_sha256),
@@ -533,11 +539,19 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
     };
     // Verified completely first: unauthenticated plaintext is never written.
     let verdict = reader.verify(&trusted, None);
-    let tmp = sealed::tmp_path(&args.out);
+    // A fresh temporary name, created exclusively (never through a symlink or over a file that is
+    // there) and readable by the owner only: it holds plaintext.
+    let tmp = {
+        let mut r = [0u8; 6];
+        callvault::seal::random(&mut r);
+        let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        args.out.with_file_name(format!(".{name}.{}.tmp", hex(&r)))
+    };
     let mut sink: Box<dyn Write> = if to_stdout {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
-        match File::options().write(true).create(true).truncate(true).open(&tmp) {
+        use std::os::unix::fs::OpenOptionsExt;
+        match File::options().write(true).create_new(true).mode(0o600).open(&tmp) {
             Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => return fail(format!("cannot create {}: {e}", tmp.display()), 1),
         }

@@ -211,7 +211,10 @@ impl LiveCall {
 
     fn open_output(&mut self, index: usize) -> Result<(), wav::WavError> {
         let ext = if self.sealing.is_some() { sealed::AUDIO_EXT } else { "wav" };
-        let name = if self.session.layout() == Layout::Separate {
+        let name = if self.session.layout() == Layout::Separate && self.sealing.is_some() {
+            // A label may be a name or a number: sealed files carry only the leg's index.
+            format!("{}-{}.{ext}", self.stem, index)
+        } else if self.session.layout() == Layout::Separate {
             format!("{}-{}-{}.{ext}", self.stem, index, crate::import::sanitise(&self.legs[index].label))
         } else {
             format!("{}.{ext}", self.stem)
@@ -219,7 +222,8 @@ impl LiveCall {
         let path = self.spool.join(name);
         let partial = partial_path(&path);
         let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
-        let index = || sealed::clear_index(&self.recording_id, &rfc3339(self.started_at));
+        let output = if self.session.layout() == Layout::Separate { index } else { 0 };
+        let index = || sealed::audio_index(&self.recording_id, &rfc3339(self.started_at), output);
         let writer = AudioFile::create(&partial, spec, self.sealing.as_ref(), &self.recording_id, index).inspect_err(|e| {
             // Created but its header could not be written (disk full): a 0-byte file that is
             // nobody's recording. A file that already existed is not ours to remove.
@@ -246,6 +250,15 @@ impl LiveCall {
         match &self.sealing {
             Some(s) => write_sealed_sidecar(&path, summary, s),
             None => write_atomically(&path, summary),
+        }
+    }
+
+    /// Rewrites the sidecar with the call as it stands (after a pause, a resume, a leg joining or
+    /// leaving), so that recovery after a crash reports them. A failure is logged: the audio
+    /// goes on.
+    pub fn save_sidecar(&self, now_ns: u64) {
+        if let Err(e) = self.write_sidecar(&self.summary(None, now_ns, &[])) {
+            crate::log::warn(&format!("cannot update {}: {e}", self.sidecar_path().display()));
         }
     }
 
@@ -560,7 +573,9 @@ pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value>
                     }
                 }
             }
-            changed |= remove_orphan_sealed_sidecars(spool, s);
+            let (removed, finished) = reconcile_sealed_sidecars(spool, s, &out);
+            changed |= removed || !finished.is_empty();
+            out.extend(finished);
         }
         None if !sealed_partials.is_empty() => crate::log::warn(&format!(
             "recovery: {} sealed recording(s) left unfinished in {} need their keys: start with \
@@ -762,7 +777,25 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
             }
             summary["sample_rate"] = json!(r.spec.sample_rate);
             summary["channels"] = json!(r.spec.channels);
-            summary["duration_ms"] = json!(r.frames * 1000 / u64::from(r.spec.sample_rate.max(1)));
+            let ms = r.frames * 1000 / u64::from(r.spec.sample_rate.max(1));
+            // Separate layout: the recording lasts as long as its longest leg file.
+            let earlier = if summary["recovered_files"].as_array().is_some_and(|f| !f.is_empty()) {
+                summary["duration_ms"].as_u64().unwrap_or(0)
+            } else {
+                0
+            };
+            summary["duration_ms"] = json!(ms.max(earlier));
+            if let Some(kept) = &r.kept_damaged {
+                let mut d = summary["damaged_files"].as_array().cloned().unwrap_or_default();
+                d.push(json!({"file": kept.display().to_string(), "recovery_stopped_by": r.stopped_by}));
+                summary["damaged_files"] = json!(d);
+                crate::log::error(&format!(
+                    "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
+                    partial.display(),
+                    r.stopped_by.as_deref().unwrap_or("bytes that do not authenticate"),
+                    kept.display()
+                ));
+            }
             let file = fs::canonicalize(&dest).unwrap_or(dest.clone()).display().to_string();
             let mut files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
             files.push(json!(file));
@@ -777,9 +810,10 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
             summary["seals"] = json!(seals);
             save(&summary);
             crate::log::warn(&format!(
-                "recovered sealed {} ({} frames, re-sealed under a new data key) left unfinished by {}{}",
+                "recovered sealed {} ({} frames, {}) left unfinished by {}{}",
                 dest.display(),
                 r.frames,
+                if r.was_complete { "complete: only its rename was missing" } else { "re-sealed under a new data key" },
                 failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
                 if known { "" } else { "; no readable sidecar: ids taken from the file name" }
             ));
@@ -793,30 +827,74 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
     Some(summary)
 }
 
-/// The sealed counterpart of [`remove_orphan_sidecars`].
-fn remove_orphan_sealed_sidecars(spool: &Path, sealing: &Sealing) -> bool {
-    let Ok(entries) = fs::read_dir(spool) else { return false };
-    let files: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+/// Sealed sidecars still saying `recording` or `paused` after recovery: with no audio file at
+/// all (a start that failed) they are removed; with finished audio (a crash between the audio's
+/// rename and the sidecar's write at stop) the sidecar is completed from the files and reported,
+/// unless `reported` already covers the recording. Returns (removed any, the completed ones).
+fn reconcile_sealed_sidecars(spool: &Path, sealing: &Arc<Sealing>, reported: &[Value]) -> (bool, Vec<Value>) {
+    let Ok(entries) = fs::read_dir(spool) else { return (false, Vec::new()) };
+    let mut files: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    files.sort();
     let mut removed = false;
+    let mut finished = Vec::new();
     let suffix = format!(".{}", sealed::META_EXT);
     for name in files.iter().filter(|n| n.ends_with(&suffix)) {
         let rid = &name[..name.len() - suffix.len()];
-        let has_audio = files.iter().any(|f| f.starts_with(rid) && f.contains(".wav.cvs"));
-        if has_audio {
+        if reported.iter().any(|r| r["recording_id"] == rid) {
             continue;
         }
+        let audio: Vec<&String> = files
+            .iter()
+            .filter(|f| f.starts_with(rid) && (f.ends_with(".wav.cvs") || f.ends_with(".wav.cvs.partial")))
+            .collect();
         let path = spool.join(name);
-        let Ok(v) = sealed::read_sealed_json(&path, &sealing.keys) else { continue };
-        if matches!(v["state"].as_str(), Some("recording" | "paused")) {
+        let Ok(mut v) = sealed::read_sealed_json(&path, &sealing.keys) else { continue };
+        if !matches!(v["state"].as_str(), Some("recording" | "paused")) {
+            continue;
+        }
+        if audio.is_empty() {
             crate::log::warn(&format!(
                 "recovery: removing {}, the sidecar of a recording that never started (no audio file)",
                 path.display()
             ));
             remove_if_present(&path);
             removed = true;
+            continue;
         }
+        if audio.iter().any(|f| f.ends_with(".partial")) {
+            continue; // kept unrecovered, already reported
+        }
+        let mut duration = 0;
+        let mut done = Vec::new();
+        for f in &audio {
+            let p = spool.join(f);
+            let Ok(file) = fs::File::open(&p) else { continue };
+            let Ok(mut r) = crate::seal::SealedReader::open(file, &sealing.keys) else { continue };
+            let (Ok(ver), Ok(head)) = (r.verify(sealing.keys.trusted(), None), r.final_head()) else { continue };
+            if let Some(spec) = sealed::spec_of(&head) {
+                let data = ver.record.plaintext_len.saturating_sub(wav::HEADER_LEN);
+                let frames = data / (2 * u64::from(spec.channels));
+                duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
+            }
+            done.push(json!(fs::canonicalize(&p).unwrap_or(p).display().to_string()));
+        }
+        v["state"] = json!("finished");
+        v["end_reason"] = json!("crash_recovered");
+        v["recovered"] = json!(true);
+        v["duration_ms"] = json!(duration);
+        if v["layout"] != "separate" {
+            v["file"] = done.first().cloned().unwrap_or(Value::Null);
+        }
+        v["recovered_files"] = json!(done);
+        if let Err(e) = write_sealed_sidecar(&path, &v, sealing) {
+            crate::log::warn(&format!("recovery: cannot update {}: {e}", path.display()));
+        }
+        crate::log::warn(&format!(
+            "recovery: recording {rid} was finished but its sidecar was not (a crash at its stop): completed it"
+        ));
+        finished.push(v);
     }
-    removed
+    (removed, finished)
 }
 
 /// Removes sidecars that still say `recording` or `paused` but have no audio file at all
@@ -1020,6 +1098,43 @@ mod tests {
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert_eq!(reports[0]["recording_id"], rid);
         assert_eq!(reports[0]["recovered_files"].as_array().map(Vec::len), Some(2), "{}", reports[0]);
+    }
+
+    fn test_sealing() -> Arc<Sealing> {
+        use crate::seal::{Kek, Keyring, SigningKey};
+        Sealing::new(
+            Keyring::from_keys(vec![Kek::generate("k").unwrap()], Some(SigningKey::generate("s").unwrap())),
+            1024,
+        )
+        .unwrap()
+    }
+
+    /// Killed after the audio's rename but before the sidecar's final write: the next start
+    /// completes the sidecar from the file and reports the recording.
+    #[test]
+    fn a_finished_file_with_an_unfinished_sealed_sidecar_is_reported() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = test_sealing();
+        let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+        let audio = spool.path().join(format!("{rid}.wav.cvs"));
+        let mut w = sealed::SealedWavWriter::create(
+            &audio,
+            WavSpec { sample_rate: 8000, channels: 2 },
+            &s,
+            rid,
+            sealed::clear_index(rid, "t"),
+        )
+        .unwrap();
+        w.write_samples(&[1i16; 16000]).unwrap();
+        w.finalize(8000).unwrap();
+        let meta = spool.path().join(format!("{rid}.{}", sealed::META_EXT));
+        write_sealed_sidecar(&meta, &json!({"call_id": "c-1", "recording_id": rid, "state": "recording"}), &s).unwrap();
+        let reports = recover_spool(spool.path(), Some(&s));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let r = &reports[0];
+        assert_eq!((r["state"].as_str(), r["duration_ms"].as_u64()), (Some("finished"), Some(1000)), "{r}");
+        assert_eq!(sealed::read_sealed_json(&meta, &s.keys).unwrap()["state"], "finished");
+        assert!(recover_spool(spool.path(), Some(&s)).is_empty(), "reported once");
     }
 
     /// A recording that failed (disk full) and left its file unfinished is repaired at the next

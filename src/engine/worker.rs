@@ -291,14 +291,17 @@ impl Worker {
             Op::Stop => Ok(self.end(slot, EndReason::Stopped, now)),
             Op::Pause(mode) => {
                 call.set_paused(now, Some(mode)).map_err(state_err)?;
+                call.save_sidecar(now);
                 Ok(json!({"recording_id": call.recording_id, "paused": true, "mode": mode.name()}))
             }
             Op::Resume => {
                 call.set_paused(now, None).map_err(state_err)?;
+                call.save_sidecar(now);
                 Ok(json!({"recording_id": call.recording_id, "paused": false}))
             }
             Op::Update(metadata) => {
                 call.metadata.extend(metadata);
+                call.save_sidecar(now);
                 Ok(json!({"recording_id": call.recording_id, "metadata": call.metadata}))
             }
             Op::Status => Ok(call.summary(None, now, &[])),
@@ -322,6 +325,7 @@ impl Worker {
                 self.attach(slot, index, *setup, &mut routes)?;
                 let owned = self.calls[slot].as_mut().expect("still there");
                 owned.routes.extend(routes);
+                owned.call.save_sidecar(now);
                 Ok(json!({"recording_id": owned.call.recording_id, "channel": reply_channel}))
             }
             Op::RemoveLeg(label) => {
@@ -339,6 +343,9 @@ impl Worker {
                 owned.routes.retain(|r| !mine.contains(r));
                 for r in mine {
                     self.detach(r);
+                }
+                if let Some(o) = self.calls[slot].as_ref() {
+                    o.call.save_sidecar(now);
                 }
                 Ok(json!({"recording_id": rid, "released_port": port}))
             }

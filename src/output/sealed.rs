@@ -42,6 +42,37 @@ pub fn clear_index(recording_id: &str, started_at: &str) -> String {
     serde_json::json!({"recording_id": recording_id, "started_at": started_at}).to_string()
 }
 
+/// The clear index of one audio file of a recording: which output it is (0 unless the layout
+/// is separate, where it is the leg's index), so that files swapped between legs are caught.
+pub fn audio_index(recording_id: &str, started_at: &str, output: usize) -> String {
+    serde_json::json!({"recording_id": recording_id, "started_at": started_at, "output": output}).to_string()
+}
+
+/// Whether a sealed file sits under a name that is not its own: the recording id a name starts
+/// with, and the output index after it (`<id>-<n>.…`), against the header. `None` when they
+/// agree (or the name says nothing).
+pub fn name_mismatch(path: &Path, header: &crate::seal::Header) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let named = ulid::Ulid::from_string(name.get(..26)?).ok()?;
+    if named != header.recording_id {
+        return Some(format!("it is recording {} but named {named}", header.recording_id));
+    }
+    let rest = &name[26..];
+    let index: Value = serde_json::from_str(&header.index).unwrap_or(Value::Null);
+    let output = index["output"].as_u64();
+    let named_output =
+        rest.strip_prefix('-').and_then(|r| r.split(['-', '.']).next()).and_then(|n| n.parse::<u64>().ok());
+    match (named_output, output) {
+        (Some(n), Some(o)) if n != o => {
+            Some(format!("it is output {o} (leg {o}) of its recording but named as output {n}"))
+        }
+        (None, Some(o)) if o != 0 && header.content == Content::Audio => {
+            Some(format!("it is output {o} of its recording but named as the recording's only file"))
+        }
+        _ => None,
+    }
+}
+
 fn seal_err(path: &Path, source: SealError) -> WavError {
     WavError::Seal { path: path.to_path_buf(), source }
 }
@@ -271,7 +302,7 @@ pub fn read_sealed_json(path: &Path, keys: &Keyring) -> Result<Value, SealError>
 }
 
 /// The WAV spec of one of our WAV headers (provisional or final).
-fn spec_of(head: &[u8]) -> Option<WavSpec> {
+pub fn spec_of(head: &[u8]) -> Option<WavSpec> {
     if head.len() != HEADER_LEN as usize || &head[8..12] != b"WAVE" {
         return None;
     }
@@ -311,7 +342,7 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
             let data = rec.body_len - rec.body_len % align;
             let head = wav::build_header(&spec, data, data > wav::DEFAULT_RF64_THRESHOLD);
             out.write_all(&head).map_err(|e| SealError::Io { action: "write", path: Default::default(), source: e })?;
-            reader.write_body_prefix(data, out)?;
+            reader.write_body_prefix(&rec, data, out)?;
             Ok(Recovered {
                 bytes: HEADER_LEN + data,
                 frames: data / align,
@@ -321,7 +352,7 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
             })
         }
         Container::Json => {
-            reader.write_body_prefix(rec.body_len, out)?;
+            reader.write_body_prefix(&rec, rec.body_len, out)?;
             Ok(Recovered { bytes: rec.body_len, frames: 0, spec: None, was_finalised, stopped_by: rec.stopped_by })
         }
     }
@@ -347,6 +378,25 @@ pub struct Resealed {
     pub spec: WavSpec,
     pub record: SealRecord,
     pub stopped_by: Option<String>,
+    /// Bytes after the recovered prefix did not authenticate: the unfinished file was kept
+    /// under this name rather than removed.
+    pub kept_damaged: Option<PathBuf>,
+    /// The file had been finalised (the crash came before its rename): renamed, not re-sealed.
+    pub was_complete: bool,
+}
+
+/// A finished sealed WAV that verifies, with the frames its final header says; `None` if it
+/// does not verify.
+fn complete_wav(path: &Path, sealing: &Sealing, rid: ulid::Ulid) -> Option<(u64, WavSpec, SealRecord)> {
+    let mut r = SealedReader::open(File::open(path).ok()?, &sealing.keys).ok()?;
+    if r.header().recording_id != rid || r.header().container != Container::Wav {
+        return None;
+    }
+    let v = r.verify(sealing.keys.trusted(), None).ok()?;
+    let head = r.final_head().ok()?;
+    let spec = spec_of(&head)?;
+    let data = v.record.plaintext_len.saturating_sub(HEADER_LEN);
+    Some((data / u64::from(spec.block_align()), spec, v.record))
 }
 
 /// Recovers a sealed WAV left unfinished by a crash: its authenticated prefix is re-sealed under
@@ -354,13 +404,42 @@ pub struct Resealed {
 /// flag; then `partial` is removed. Nothing is appended to the crashed file: a chunk it was
 /// writing when the process died may have used the very nonce a new last chunk would need.
 pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) -> Result<Resealed, WavError> {
-    if dest.exists() {
-        return Err(WavError::WouldReplace { path: dest.to_path_buf() });
-    }
     let file = File::open(partial).map_err(|source| WavError::File { path: partial.into(), action: "open", source })?;
     let mut reader = SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(partial, e))?;
     if reader.header().container != Container::Wav {
         return Err(seal_err(partial, SealError::Invalid("not a sealed WAV recording".into())));
+    }
+    let rid = reader.header().recording_id;
+    if let Some(name) = partial.file_name().and_then(|n| n.to_str())
+        && name.get(..26).and_then(|p| ulid::Ulid::from_string(p).ok()).is_some_and(|named| named != rid)
+    {
+        return Err(seal_err(
+            partial,
+            SealError::Invalid(format!("its header says recording {rid}, its name another: not touching it")),
+        ));
+    }
+    if dest.exists() {
+        // A crash during an earlier recovery, after the re-sealed file was in place: finish it.
+        if let Some((frames, spec, record)) = complete_wav(dest, sealing, rid) {
+            fs::remove_file(partial).map_err(|source| WavError::File {
+                path: partial.into(),
+                action: "remove",
+                source,
+            })?;
+            wav::sync_parent_dir(dest)?;
+            return Ok(Resealed { frames, spec, record, stopped_by: None, kept_damaged: None, was_complete: true });
+        }
+        return Err(WavError::WouldReplace { path: dest.to_path_buf() });
+    }
+    if let Some((frames, spec, record)) = complete_wav(partial, sealing, rid) {
+        // Finalised and signed, but the crash came before its rename: it only needs the name.
+        fs::hard_link(partial, dest).and_then(|()| fs::remove_file(partial)).map_err(|source| WavError::File {
+            path: dest.into(),
+            action: "rename into",
+            source,
+        })?;
+        wav::sync_parent_dir(dest)?;
+        return Ok(Resealed { frames, spec, record, stopped_by: None, kept_damaged: None, was_complete: true });
     }
     let rec = reader.recover();
     let spec = rec
@@ -390,7 +469,7 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
         let kek = sealing.keys.active_kek().map_err(|e| seal_err(dest, e))?;
         let mut w =
             SealWriter::create(out, &params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(&tmp, e))?;
-        reader.write_body_prefix(data, &mut SealSink(&mut w)).map_err(|e| seal_err(partial, e))?;
+        reader.write_body_prefix(&rec, data, &mut SealSink(&mut w)).map_err(|e| seal_err(partial, e))?;
         let head = wav::build_header(&spec, data, data > wav::DEFAULT_RF64_THRESHOLD);
         let signer = sealing.keys.signing().map_err(|e| seal_err(dest, e))?;
         let (out, record) =
@@ -406,9 +485,24 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
             return Err(e);
         }
     };
-    fs::remove_file(partial).map_err(|source| WavError::File { path: partial.into(), action: "remove", source })?;
+    // Bytes that did not authenticate (not merely a tail cut short) are kept for an expert,
+    // never deleted.
+    let kept_damaged = if rec.damaged {
+        let mut kept = partial.as_os_str().to_os_string();
+        kept.push(".damaged");
+        let kept = PathBuf::from(kept);
+        fs::rename(partial, &kept).map_err(|source| WavError::File {
+            path: kept.clone(),
+            action: "rename to",
+            source,
+        })?;
+        Some(kept)
+    } else {
+        fs::remove_file(partial).map_err(|source| WavError::File { path: partial.into(), action: "remove", source })?;
+        None
+    };
     wav::sync_parent_dir(dest)?;
-    Ok(Resealed { frames: data / align, spec, record, stopped_by: rec.stopped_by })
+    Ok(Resealed { frames: data / align, spec, record, stopped_by: rec.stopped_by, kept_damaged, was_complete: false })
 }
 
 #[cfg(test)]
@@ -469,6 +563,79 @@ mod tests {
         };
         assert_eq!((h.sample_rate, h.channels), (8000, 1));
         assert_eq!(samples, vec![7i16; 1024]);
+    }
+
+    fn partial_with(dir: &Path, s: &Arc<Sealing>, samples: usize) -> PathBuf {
+        let partial = dir.join(format!("{RID}.wav.cvs.partial"));
+        let mut w = SealedWavWriter::create(
+            &partial,
+            WavSpec { sample_rate: 8000, channels: 1 },
+            s,
+            RID,
+            clear_index(RID, "t"),
+        )
+        .unwrap();
+        w.write_samples(&vec![7i16; samples]).unwrap();
+        std::mem::forget(w);
+        partial
+    }
+
+    /// A chunk that does not authenticate, with intact chunks after it: the prefix is recovered
+    /// and the file is kept (as `.damaged`), never deleted.
+    #[test]
+    fn a_damaged_unfinished_file_is_kept_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let partial = partial_with(dir.path(), &s, 2600); // five whole 1 KiB chunks
+        let mut bytes = fs::read(&partial).unwrap();
+        let header = usize::from(u16::from_be_bytes([bytes[10], bytes[11]]));
+        let chunk2 = header + 80 + 24 + 2 * (1024 + 24);
+        bytes[chunk2 + 100] ^= 0xff;
+        fs::write(&partial, &bytes).unwrap();
+        let dest = dir.path().join(format!("{RID}.wav.cvs"));
+        let r = reseal_unfinished(&partial, &dest, &s).unwrap();
+        assert_eq!(r.frames, 1024, "chunks 0 and 1");
+        let kept = r.kept_damaged.expect("kept");
+        assert_eq!(fs::read(&kept).unwrap(), bytes, "the damaged file is kept as it was");
+        assert!(r.stopped_by.unwrap().contains("chunk 2"));
+    }
+
+    /// Finalised and signed, but killed before the rename: recovery renames it, whole.
+    #[test]
+    fn a_finalised_partial_is_renamed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let partial = dir.path().join(format!("{RID}.wav.cvs.partial"));
+        let mut w = SealedWavWriter::create(
+            &partial,
+            WavSpec { sample_rate: 8000, channels: 1 },
+            &s,
+            RID,
+            clear_index(RID, "t"),
+        )
+        .unwrap();
+        w.write_samples(&[5i16; 1700]).unwrap();
+        w.finalize(1700).unwrap();
+        let before = fs::read(&partial).unwrap();
+        let dest = dir.path().join(format!("{RID}.wav.cvs"));
+        let r = reseal_unfinished(&partial, &dest, &s).unwrap();
+        assert!(r.was_complete && r.frames == 1700, "{r:?}");
+        assert_eq!(fs::read(&dest).unwrap(), before, "not rewritten");
+        // And a crash after a re-seal's rename but before the partial's removal: finished.
+        let partial = partial_with(dir.path(), &s, 2600);
+        let dest2 = dir.path().join(format!("{RID}.wav.cvs"));
+        fs::remove_file(&dest2).unwrap();
+        let copy = dir.path().join("copy");
+        fs::copy(&partial, &copy).unwrap();
+        reseal_unfinished(&partial, &dest2, &s).unwrap();
+        fs::rename(&copy, &partial).unwrap();
+        let r = reseal_unfinished(&partial, &dest2, &s).unwrap();
+        assert!(r.was_complete && !partial.exists(), "{r:?}");
+        // A partial whose header names another recording is not touched.
+        let other = dir.path().join("01M8YXH0ZYKXEV8NV6Y8M3A526.wav.cvs.partial");
+        fs::write(&other, fs::read(&dest2).unwrap()).unwrap();
+        assert!(reseal_unfinished(&other, &dir.path().join("x.wav.cvs"), &s).is_err());
+        assert!(other.exists());
     }
 
     #[test]

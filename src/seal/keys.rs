@@ -291,6 +291,8 @@ impl std::fmt::Display for KeySource {
 /// Every key a process can use.
 #[derive(Debug, Default)]
 pub struct Keyring {
+    /// Where the keys were loaded from (for messages).
+    origin: Option<PathBuf>,
     keks: Vec<Kek>,
     active: Option<String>,
     signing: Option<SigningKey>,
@@ -302,13 +304,17 @@ impl Keyring {
     pub fn from_keys(keks: Vec<Kek>, signing: Option<SigningKey>) -> Keyring {
         let active = keks.first().map(|k| k.id.clone());
         let trusted = signing.iter().map(SigningKey::public_key).collect();
-        Keyring { keks, active, signing, trusted }
+        Keyring { origin: None, keks, active, signing, trusted }
     }
 
     /// Loads KEKs and signing keys from a source; `signing_file` overrides where the signing key
     /// comes from. A missing signing key is not an error here (readers need none).
     pub fn load(source: &KeySource, signing_file: Option<&Path>) -> Result<Keyring, SealError> {
-        let mut ring = Keyring::default();
+        let origin = match source {
+            KeySource::File(p) => p.clone(),
+            KeySource::Dir(d) | KeySource::Credentials(d) => d.clone(),
+        };
+        let mut ring = Keyring { origin: Some(origin), ..Keyring::default() };
         match source {
             KeySource::File(p) => {
                 let k = load_kek(p)?;
@@ -408,11 +414,7 @@ impl Keyring {
     /// The KEK new files are sealed with.
     pub fn active_kek(&self) -> Result<&Kek, SealError> {
         let id = self.active.as_deref().ok_or_else(|| SealError::NoActiveKek {
-            dir: self
-                .keks
-                .first()
-                .map(|k| k.source.parent().unwrap_or(Path::new(".")).to_path_buf())
-                .unwrap_or_default(),
+            dir: self.origin(),
             reason: if self.keks.is_empty() {
                 "no KEK at all: create one with `callvault key generate`".into()
             } else {
@@ -421,12 +423,14 @@ impl Keyring {
             },
         })?;
         self.kek(id).map_err(|_| SealError::NoActiveKek {
-            dir: self
-                .keks
-                .first()
-                .map(|k| k.source.parent().unwrap_or(Path::new(".")).to_path_buf())
-                .unwrap_or_default(),
+            dir: self.origin(),
             reason: format!("`active` names '{id}', which no key file holds"),
+        })
+    }
+
+    fn origin(&self) -> PathBuf {
+        self.origin.clone().unwrap_or_else(|| {
+            self.keks.first().map(|k| k.source.parent().unwrap_or(Path::new(".")).to_path_buf()).unwrap_or_default()
         })
     }
 

@@ -78,6 +78,8 @@ pub enum SealError {
     NoActiveKek { dir: PathBuf, reason: String },
     #[error("no signing key: {0}")]
     NoSigningKey(String),
+    #[error("the file is intact but not under its own name: {0} (files swapped or renamed)")]
+    NameMismatch(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the writer failed earlier and cannot continue")]
@@ -109,6 +111,7 @@ impl SealError {
             SealError::KeyFile { .. } => "key_file",
             SealError::NoActiveKek { .. } => "no_active_kek",
             SealError::NoSigningKey(_) => "no_signing_key",
+            SealError::NameMismatch(_) => "name_mismatch",
             SealError::Invalid(_) => "invalid",
             SealError::WriterFailed => "writer_failed",
         }

@@ -23,6 +23,8 @@ enum Geometry {
         final_head_at: u64,
         record: Box<SealRecord>,
     },
+    /// A seal record's magic at the end, but the record does not parse: the body's end is known.
+    SealDamaged { final_head_at: u64, error: String },
     /// No seal record at the end: a crash, or the end was cut off.
     Unfinished,
 }
@@ -66,6 +68,11 @@ pub struct Recovery {
     pub body_complete: bool,
     /// Why recovery stopped where it did, if not at a complete body.
     pub stopped_by: Option<String>,
+    /// Bytes that do not authenticate follow the prefix (not just the tail a crash cut short):
+    /// whoever recovers must keep the file, not replace it.
+    pub damaged: bool,
+    /// Length of the record holding the last chunk, when found.
+    last_record_len: Option<u64>,
 }
 
 fn read_exact_at<R: Read + Seek>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), SealError> {
@@ -128,8 +135,11 @@ impl<R: Read + Seek> SealedReader<R> {
             let mut tail = [0u8; SEAL_RECORD_LEN];
             read_exact_at(r, file_len - SEAL_RECORD_LEN as u64, &mut tail)?;
             if SealRecord::present(&tail) {
-                let record = SealRecord::decode(&tail)?;
                 let final_head_at = file_len - SEAL_RECORD_LEN as u64 - h.head_record_len();
+                let record = match SealRecord::decode(&tail) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Geometry::SealDamaged { final_head_at, error: e.to_string() }),
+                };
                 let region = final_head_at - body_start;
                 let (full, rem) = (region / rec, region % rec);
                 if rem < CHUNK_OVERHEAD as u64 {
@@ -160,7 +170,7 @@ impl<R: Read + Seek> SealedReader<R> {
     pub fn seal_record(&self) -> Option<&SealRecord> {
         match &self.geometry {
             Geometry::Finalised { record, .. } => Some(record),
-            Geometry::Unfinished => None,
+            Geometry::SealDamaged { .. } | Geometry::Unfinished => None,
         }
     }
 
@@ -211,6 +221,7 @@ impl<R: Read + Seek> SealedReader<R> {
             Geometry::Finalised { chunks, last_plain, final_head_at, record } => {
                 Ok((*chunks, *last_plain, *final_head_at, (**record).clone()))
             }
+            Geometry::SealDamaged { error, .. } => Err(SealError::SealRecordDamaged(error.clone())),
             Geometry::Unfinished => {
                 let r = self.recover();
                 Err(SealError::NotFinalised {
@@ -387,9 +398,20 @@ impl<R: Read + Seek> SealedReader<R> {
             body_len: 0,
             body_complete: false,
             stopped_by: None,
+            damaged: false,
+            last_record_len: None,
+        };
+        let seal_at = match &self.geometry {
+            Geometry::Finalised { final_head_at, .. } | Geometry::SealDamaged { final_head_at, .. } => {
+                Some(*final_head_at)
+            }
+            Geometry::Unfinished => None,
         };
         if self.header.head_len > 0 {
-            let final_head = if self.is_finalised() { self.final_head().ok() } else { None };
+            let final_head = match seal_at {
+                Some(at) => self.open_at(at, self.header.head_record_len(), FINAL_HEAD_INDEX, NonceKind::Head, 0).ok(),
+                None => None,
+            };
             match final_head {
                 Some(h) => {
                     out.head = Some(h);
@@ -399,6 +421,7 @@ impl<R: Read + Seek> SealedReader<R> {
                     Ok(h) => out.head = Some(h),
                     Err(e) => {
                         out.stopped_by = Some(e.to_string());
+                        out.damaged = self.file_len > self.body_start();
                         return out;
                     }
                 },
@@ -406,11 +429,7 @@ impl<R: Read + Seek> SealedReader<R> {
         }
         let rec_len = self.header.chunk_record_len();
         let start = self.body_start();
-        // Candidate records: whole ones, then whatever is left (a short last chunk).
-        let limit = match &self.geometry {
-            Geometry::Finalised { final_head_at, .. } => *final_head_at,
-            Geometry::Unfinished => self.file_len,
-        };
+        let limit = seal_at.unwrap_or(self.file_len);
         let mut i = 0u64;
         loop {
             let at = start + i * rec_len;
@@ -418,17 +437,14 @@ impl<R: Read + Seek> SealedReader<R> {
                 out.stopped_by.get_or_insert_with(|| "the body ends without its last-chunk mark".into());
                 break;
             }
+            let index = i as u32;
             let len = rec_len.min(limit - at);
-            if len < CHUNK_OVERHEAD as u64 {
-                out.stopped_by = Some(format!("{len} stray bytes after chunk {i}"));
-                break;
-            }
             let mut rec = vec![0u8; len as usize];
             if let Err(e) = read_exact_at(&mut self.r, at, &mut rec) {
                 out.stopped_by = Some(e.to_string());
+                out.damaged = true;
                 break;
             }
-            let index = i as u32;
             if len == rec_len
                 && let Some(r) = self.key.open_record(&mut rec.clone(), index, NonceKind::Body)
             {
@@ -437,51 +453,85 @@ impl<R: Read + Seek> SealedReader<R> {
                 i += 1;
                 continue;
             }
-            if let Some(r) = self.key.open_record(&mut rec.clone(), index, NonceKind::LastBody) {
+            // The last chunk is short, and may be followed by the final head and (part of) the
+            // seal record, or by bytes appended later: try the lengths that layout allows.
+            if let Some((r, n)) = self.find_last_chunk(at, index, limit) {
                 out.chunks += 1;
-                out.body_len += (r.end - r.start) as u64;
+                out.body_len += r;
                 out.body_complete = true;
+                out.last_record_len = Some(n);
                 out.stopped_by = None;
                 break;
             }
-            out.stopped_by = Some(if len < rec_len {
-                format!("chunk {i} is cut short ({len} of {rec_len} bytes)")
+            if at + len == limit && len < rec_len && seal_at.is_none() {
+                // The tail a crash cut short: nothing after it.
+                out.stopped_by = Some(format!("chunk {i} is cut short ({len} of {rec_len} bytes)"));
             } else {
-                self.diagnose(&rec, index, i, at).to_string()
-            });
+                out.stopped_by = Some(if len < CHUNK_OVERHEAD as u64 {
+                    format!("{len} stray bytes after chunk {i}")
+                } else {
+                    self.diagnose(&rec, index, i, at).to_string()
+                });
+                out.damaged = true;
+            }
             break;
         }
         out
     }
 
-    /// Writes the first `len` body bytes of the authenticated prefix (see [`Self::recover`]).
-    pub fn write_body_prefix(&mut self, len: u64, out: &mut dyn Write) -> Result<(), SealError> {
+    /// The last chunk at `at`: its plaintext length and record length, if some length the layout
+    /// allows authenticates.
+    fn find_last_chunk(&mut self, at: u64, index: u32, limit: u64) -> Option<(u64, u64)> {
+        let rec_len = self.header.chunk_record_len();
+        let avail = self.file_len.saturating_sub(at);
+        let mut bytes =
+            vec![0u8; avail.min(rec_len + self.header.head_record_len() + 2 * SEAL_RECORD_LEN as u64) as usize];
+        read_exact_at(&mut self.r, at, &mut bytes).ok()?;
+        let mut candidates = vec![limit - at];
+        let head = self.header.head_record_len();
+        for k in 0..=SEAL_RECORD_LEN as u64 {
+            candidates.push((limit - at).saturating_sub(head + k));
+        }
+        for m in bytes.windows(8).enumerate().filter(|(_, w)| *w == super::format::SEAL_MAGIC).map(|(m, _)| m as u64) {
+            candidates.push(m.saturating_sub(head));
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for n in candidates.into_iter().rev() {
+            if n < CHUNK_OVERHEAD as u64 || n > rec_len || n as usize > bytes.len() {
+                continue;
+            }
+            let mut rec = bytes[..n as usize].to_vec();
+            if let Some(r) = self.key.open_record(&mut rec, index, NonceKind::LastBody) {
+                return Some(((r.end - r.start) as u64, n));
+            }
+        }
+        None
+    }
+
+    /// Writes the first `len` body bytes of the authenticated prefix that [`Self::recover`] found.
+    pub fn write_body_prefix(&mut self, rec: &Recovery, len: u64, out: &mut dyn Write) -> Result<(), SealError> {
         let rec_len = self.header.chunk_record_len();
         let mut written = 0u64;
         let mut i = 0u64;
-        while written < len {
+        while written < len && i < rec.chunks {
             let at = self.body_start() + i * rec_len;
-            let avail = self.file_len.saturating_sub(at).min(rec_len);
-            let mut rec = vec![0u8; avail as usize];
-            read_exact_at(&mut self.r, at, &mut rec)?;
+            let last = rec.body_complete && i + 1 == rec.chunks;
+            let n = if last { rec.last_record_len.unwrap_or(rec_len) } else { rec_len };
+            let mut buf = vec![0u8; n as usize];
+            read_exact_at(&mut self.r, at, &mut buf)?;
+            let kind = if last { NonceKind::LastBody } else { NonceKind::Body };
             let range = self
                 .key
-                .open_record(&mut rec, i as u32, NonceKind::Body)
-                .or_else(|| {
-                    let mut again = vec![0u8; avail as usize];
-                    read_exact_at(&mut self.r, at, &mut again).ok()?;
-                    let r = self.key.open_record(&mut again, i as u32, NonceKind::LastBody)?;
-                    rec = again;
-                    Some(r)
-                })
+                .open_record(&mut buf, i as u32, kind)
                 .ok_or(SealError::ChunkAltered { index: i, offset: at })?;
-            let n = ((range.end - range.start) as u64).min(len - written);
-            out.write_all(&rec[range.start..range.start + n as usize]).map_err(|e| SealError::Io {
+            let take = ((range.end - range.start) as u64).min(len - written);
+            out.write_all(&buf[range.start..range.start + take as usize]).map_err(|e| SealError::Io {
                 action: "write",
                 path: Default::default(),
                 source: e,
             })?;
-            written += n;
+            written += take;
             i += 1;
         }
         Ok(())

@@ -23,6 +23,17 @@ pub fn resolve(cfg: &Config, credentials: Option<&Path>, create: bool) -> Result
     let mut warnings = Vec::new();
     match &source {
         KeySource::Dir(d) if *d == default_dir && create => {
+            if !dir_has_keks(d)
+                && let Some(sealed) = first_sealed_file(&cfg.spool_dir())
+            {
+                return Err(SealError::Invalid(format!(
+                    "no KEK in {} (nor configured), but the spool holds sealed recordings ({}): their keys are \
+                     missing. Restore the key directory from its backup, or configure where the keys are \
+                     ([keys] in docs/keys.md). New keys are not generated, as they could not open these",
+                    d.display(),
+                    sealed.display()
+                )));
+            }
             let created = keys::init_dir(d)?;
             if let Some(id) = &created.kek_id {
                 warnings.push(format!(
@@ -62,9 +73,9 @@ pub fn resolve(cfg: &Config, credentials: Option<&Path>, create: bool) -> Result
     for p in &cfg.keys.trusted_public_keys {
         ring.trust(keys::PublicKey::load(p)?);
     }
-    if ring.signing().is_err() && matches!(source, KeySource::Credentials(_)) && !create {
-        // Readers need no signing key; serve (create) falls through and says what is missing.
-    } else if ring.signing().is_err() {
+    // Only writers (serve, import --encrypt) look for a signing key beside a KEK file or
+    // credentials: readers trust no key from a directory they were not pointed at.
+    if ring.signing().is_err() && create && !matches!(source, KeySource::Dir(_)) {
         // A KEK file or credentials without a signing key: the data directory keeps one.
         let fallback = default_dir.join("signing.key");
         if !fallback.exists() && create {
@@ -94,4 +105,11 @@ fn dir_has_keks(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.filter_map(Result::ok).any(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".kek")))
     })
+}
+
+/// A sealed file in the spool, if any.
+fn first_sealed_file(spool: &Path) -> Option<std::path::PathBuf> {
+    let mut names: Vec<_> = std::fs::read_dir(spool).ok()?.filter_map(Result::ok).map(|e| e.path()).collect();
+    names.sort();
+    names.into_iter().find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".cvs")))
 }

@@ -265,7 +265,7 @@ fn an_unfinished_file_recovers_every_whole_chunk() {
     assert_eq!((rec.chunks, rec.body_len, rec.body_complete), (2, 2048, false));
     assert_eq!(rec.head.as_deref(), Some(&b"PROVHEAD"[..]));
     let mut out = Vec::new();
-    r.write_body_prefix(rec.body_len, &mut out).unwrap();
+    r.write_body_prefix(&rec, rec.body_len, &mut out).unwrap();
     assert_eq!(out, &b[..2048]);
     // Half a chunk more on disk changes nothing.
     let more = [&bytes[..], &[0u8; 500][..]].concat();
@@ -286,4 +286,35 @@ fn metadata_without_a_head_round_trips() {
     let (sealed, _) = w.finish(&[], 0, f.ring.signing().unwrap(), 5).unwrap();
     assert!(!sealed.windows(8).any(|w| w == b"49151123"), "no plaintext in the sealed bytes");
     assert_eq!(verify(&f, &sealed).unwrap(), text);
+}
+
+/// A finalised file whose end was damaged (seal record altered, cut by a byte, bytes appended)
+/// still gives up its whole body to recovery.
+#[test]
+fn recovery_finds_the_whole_body_despite_a_damaged_end() {
+    let f = fixture();
+    let b = body(2500, 6);
+    let sealed = seal(&f, &b, 100);
+    let seal_at = sealed.len() - format::SEAL_RECORD_LEN;
+    let mut reserved = sealed.clone();
+    reserved[seal_at + 13] = 1;
+    let mut signature = sealed.clone();
+    signature[seal_at + 200] ^= 1;
+    let appended = [&sealed[..], b"garbage"].concat();
+    for (what, bytes) in [
+        ("reserved byte", reserved),
+        ("signature", signature),
+        ("one byte cut", sealed[..sealed.len() - 1].to_vec()),
+        ("seal record cut", sealed[..seal_at + 10].to_vec()),
+        ("bytes appended", appended),
+    ] {
+        let mut r = open(&f, &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(r.verify(f.ring.trusted(), None).is_err(), "{what}");
+        let rec = r.recover();
+        assert!(rec.body_complete, "{what}: {rec:?}");
+        assert_eq!(rec.body_len, 2500, "{what}");
+        let mut out = Vec::new();
+        r.write_body_prefix(&rec, rec.body_len, &mut out).unwrap();
+        assert_eq!(out, b, "{what}");
+    }
 }
