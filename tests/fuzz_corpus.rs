@@ -72,3 +72,30 @@ fn capture_corpus() {
 fn sip_parse_corpus() {
     mutations(&corpus("sip_parse"), 2000).iter().for_each(|d| fuzz_targets::sip_parse(d));
 }
+
+#[test]
+fn sealed_file_corpus() {
+    let mut seeds = corpus("sealed_file");
+    seeds.push(fuzz_targets::sealed_file_seed(true));
+    seeds.push(fuzz_targets::sealed_file_seed(false));
+    mutations(&seeds, 300).iter().for_each(|d| fuzz_targets::sealed_file(d));
+}
+
+/// The committed seeds are still valid sealed files under the target's fixed keys (a format
+/// change must regenerate them: `cargo test --test fuzz_corpus -- --ignored`).
+#[test]
+fn sealed_file_seeds_open() {
+    let keys = fuzz_targets::sealed_file_keys();
+    for seed in corpus("sealed_file") {
+        callvault::seal::SealedReader::open(std::io::Cursor::new(seed), &keys).expect("a seed opens");
+    }
+}
+
+#[test]
+#[ignore = "writes the sealed_file seed corpus"]
+fn write_sealed_file_seeds() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sealed_file");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("finalised"), fuzz_targets::sealed_file_seed(true)).unwrap();
+    std::fs::write(dir.join("unfinished"), fuzz_targets::sealed_file_seed(false)).unwrap();
+}
