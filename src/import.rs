@@ -695,6 +695,7 @@ fn open_call(
         let final_path = out_dir.join(format!("{name}.{ext}"));
         let partial = out_dir.join(format!("{name}.{ext}.partial"));
         let spec = WavSpec { sample_rate: rate, channels };
+        let output = (opts.layout == Layout::Separate).then_some(output);
         let index = || sealed::audio_index(&id, &started_at, output);
         let w = AudioFile::create(&partial, spec, opts.sealing.as_ref(), &id, index)?;
         writers.push((partial, final_path, w));

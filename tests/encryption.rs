@@ -516,6 +516,21 @@ fn verify_and_decrypt_name_each_kind_of_damage() {
     let o = callvault(&["verify", "--json", "--key-dir", k, renamed.to_str().unwrap()]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["error_kind"], "name_mismatch", "{v}");
+    let out = dir.path().join("renamed.wav");
+    let o = callvault(&["decrypt", "--key-dir", k, renamed.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not under its own name") && !out.exists());
+    let public = files_in(&keys).into_iter().find(|p| p.extension().is_some_and(|e| e == "pub")).unwrap();
+    let o = callvault(&[
+        "verify",
+        "--signature-only",
+        "--json",
+        "--public-key",
+        public.to_str().unwrap(),
+        renamed.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["error_kind"], "name_mismatch", "auditors see it too: {v}");
     // Given --public-key, only those keys are trusted: not the key directory's own.
     let stranger = dir.path().join("stranger");
     assert_eq!(callvault(&["key", "generate", "--dir", stranger.to_str().unwrap()]).status.code(), Some(0));

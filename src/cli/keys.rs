@@ -406,6 +406,19 @@ fn open(path: &Path, ring: &Keyring) -> Result<SealedReader<File>, SealError> {
     SealedReader::open(f, ring)
 }
 
+/// The clear header of a sealed file (no key needed), for the name check.
+fn header_of(path: &Path) -> Option<callvault::seal::Header> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let mut first = [0u8; 12];
+    f.read_exact(&mut first).ok()?;
+    let len = callvault::seal::Header::peek_len(&first).ok()?;
+    let mut bytes = vec![0u8; len];
+    bytes[..12].copy_from_slice(&first);
+    f.read_exact(&mut bytes[12..]).ok()?;
+    callvault::seal::Header::decode(&bytes).ok().map(|(h, _)| h)
+}
+
 fn is_key_problem(e: &SealError) -> bool {
     matches!(
         e,
@@ -446,6 +459,10 @@ pub fn verify_cmd(args: VerifyArgs) -> ExitCode {
             File::open(path)
                 .map_err(|e| SealError::io("open", path, e))
                 .and_then(|f| callvault::seal::reader::verify_signature_only(f, &trusted))
+                .and_then(|rec| match header_of(path).and_then(|h| sealed::name_mismatch(path, &h)) {
+                    Some(why) => Err(SealError::NameMismatch(why)),
+                    None => Ok(rec),
+                })
                 .map(|rec| {
                     let id = trusted.iter().find(|t| t.key == rec.signer).map(|t| t.id.clone());
                     json!({"sealed_sha256": hex(&rec.sealed_sha256), "body_sha256": hex(&rec.body_sha256),
@@ -537,6 +554,9 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("{}: {e}", args.file.display()), if is_key_problem(&e) { EXIT_KEYS } else { 1 }),
     };
+    if let Some(why) = sealed::name_mismatch(&args.file, reader.header()) {
+        return fail(format!("{}: {}", args.file.display(), SealError::NameMismatch(why)), 1);
+    }
     // Verified completely first: unauthenticated plaintext is never written.
     let verdict = reader.verify(&trusted, None);
     // A fresh temporary name, created exclusively (never through a symlink or over a file that is

@@ -222,7 +222,7 @@ impl LiveCall {
         let path = self.spool.join(name);
         let partial = partial_path(&path);
         let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
-        let output = if self.session.layout() == Layout::Separate { index } else { 0 };
+        let output = (self.session.layout() == Layout::Separate).then_some(index);
         let index = || sealed::audio_index(&self.recording_id, &rfc3339(self.started_at), output);
         let writer = AudioFile::create(&partial, spec, self.sealing.as_ref(), &self.recording_id, index).inspect_err(|e| {
             // Created but its header could not be written (disk full): a 0-byte file that is
@@ -561,7 +561,15 @@ pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value>
         remove_if_present(tmp);
         changed = true;
     }
-    let sealed_partials: Vec<&PathBuf> = names.iter().filter(|p| ends(p, ".wav.cvs.partial")).collect();
+    // Unfinished files, and damaged ones whose recovery a crash interrupted (no re-sealed file yet).
+    let sealed_partials: Vec<&PathBuf> = names
+        .iter()
+        .filter(|p| {
+            ends(p, ".wav.cvs.partial")
+                || (ends(p, ".wav.cvs.partial.damaged")
+                    && !PathBuf::from(p.to_string_lossy().trim_end_matches(".partial.damaged")).exists())
+        })
+        .collect();
     match sealing {
         Some(s) => {
             for partial in sealed_partials {
@@ -724,7 +732,7 @@ fn recover_partial(partial: &Path) -> Option<Value> {
 /// [`sealed::reseal_unfinished`]); its sealed sidecar is updated like a plain one.
 fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Value> {
     let name = partial.file_name()?.to_str()?;
-    let dest = partial.with_file_name(name.strip_suffix(".partial")?);
+    let dest = partial.with_file_name(name.strip_suffix(".partial.damaged").or(name.strip_suffix(".partial"))?);
     // `<rid>.wav.cvs` or `<rid>-<n>-<label>.wav.cvs`.
     let rid = name.get(..26).filter(|r| ulid::Ulid::from_string(r).is_ok())?.to_string();
     let separate = name.as_bytes().get(26) == Some(&b'-');
@@ -777,18 +785,7 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
             }
             summary["sample_rate"] = json!(r.spec.sample_rate);
             summary["channels"] = json!(r.spec.channels);
-            let ms = r.frames * 1000 / u64::from(r.spec.sample_rate.max(1));
-            // Separate layout: the recording lasts as long as its longest leg file.
-            let earlier = if summary["recovered_files"].as_array().is_some_and(|f| !f.is_empty()) {
-                summary["duration_ms"].as_u64().unwrap_or(0)
-            } else {
-                0
-            };
-            summary["duration_ms"] = json!(ms.max(earlier));
             if let Some(kept) = &r.kept_damaged {
-                let mut d = summary["damaged_files"].as_array().cloned().unwrap_or_default();
-                d.push(json!({"file": kept.display().to_string(), "recovery_stopped_by": r.stopped_by}));
-                summary["damaged_files"] = json!(d);
                 crate::log::error(&format!(
                     "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
                     partial.display(),
@@ -796,18 +793,7 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
                     kept.display()
                 ));
             }
-            let file = fs::canonicalize(&dest).unwrap_or(dest.clone()).display().to_string();
-            let mut files = summary["recovered_files"].as_array().cloned().unwrap_or_default();
-            files.push(json!(file));
-            summary["recovered_files"] = json!(files);
-            if summary["layout"] != "separate" {
-                summary["file"] = json!(file);
-            }
-            let mut seal = sealed::seal_summary(&r.record, sealing.keys.active_kek().map_or("", |k| k.id.as_str()));
-            seal["file"] = json!(file);
-            let mut seals = summary["seals"].as_array().cloned().unwrap_or_default();
-            seals.push(seal);
-            summary["seals"] = json!(seals);
+            describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
             save(&summary);
             crate::log::warn(&format!(
                 "recovered sealed {} ({} frames, {}) left unfinished by {}{}",
@@ -825,6 +811,79 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
         }
     }
     Some(summary)
+}
+
+/// Fills a recovered recording's summary from its finished sealed files in the spool: every
+/// `<rid>[-n].wav.cvs` that verifies goes into `recovered_files` and `seals` (and `file`, and each
+/// separate leg's `file`), `duration_ms` is the longest; files that do not verify and files kept
+/// as `.damaged` are named in `damaged_files` (and logged), and with no good file at all the
+/// recording is failed (`error`). An open pause ends where the recording does.
+fn describe_finished(spool: &Path, rid: &str, sealing: &Arc<Sealing>, summary: &mut Value) {
+    let mut names: Vec<String> = fs::read_dir(spool)
+        .map(|e| e.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    let mine = |n: &String| n.starts_with(rid) && matches!(n.as_bytes().get(26), Some(b'.' | b'-'));
+    let (mut files, mut seals, mut damaged, mut duration) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+    let kek_id = sealing.keys.active_kek().map_or(String::new(), |k| k.id.clone());
+    for n in names.iter().filter(|n| mine(n)) {
+        let p = spool.join(n);
+        let abs = fs::canonicalize(&p).unwrap_or(p.clone()).display().to_string();
+        if n.ends_with(".damaged") {
+            damaged.push(json!({"file": abs, "why": "bytes after the recovered prefix do not authenticate"}));
+            continue;
+        }
+        if !n.ends_with(".wav.cvs") {
+            continue;
+        }
+        let checked = fs::File::open(&p).map_err(|e| e.to_string()).and_then(|f| {
+            let mut r = crate::seal::SealedReader::open(f, &sealing.keys).map_err(|e| e.to_string())?;
+            let v = r.verify(sealing.keys.trusted(), None).map_err(|e| e.to_string())?;
+            let head = r.final_head().map_err(|e| e.to_string())?;
+            Ok((v, sealed::spec_of(&head)))
+        });
+        match checked {
+            Ok((v, spec)) => {
+                if let Some(spec) = spec {
+                    let frames = v.record.plaintext_len.saturating_sub(wav::HEADER_LEN) / u64::from(spec.block_align());
+                    duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
+                }
+                let mut seal = sealed::seal_summary(&v.record, &kek_id);
+                seal["file"] = json!(abs);
+                seals.push(seal);
+                // `<rid>-<n>.wav.cvs`: leg n's file.
+                if let Some(leg) = n.get(27..).and_then(|r| r.split('.').next()).and_then(|x| x.parse::<usize>().ok())
+                    && let Some(l) = summary["legs"].get_mut(leg)
+                {
+                    l["file"] = json!(abs);
+                }
+                files.push(json!(abs));
+            }
+            Err(e) => {
+                crate::log::error(&format!("recovery: {} does not verify: {e}; kept", p.display()));
+                damaged.push(json!({"file": abs, "why": e}));
+            }
+        }
+    }
+    summary["duration_ms"] = json!(duration);
+    if summary["layout"] != "separate" {
+        summary["file"] = files.first().cloned().unwrap_or(Value::Null);
+    }
+    if files.is_empty() {
+        summary["error"] = json!("no audio file of the recording verifies after the crash; see damaged_files");
+    }
+    summary["recovered_files"] = json!(files);
+    summary["seals"] = json!(seals);
+    if damaged.is_empty() {
+        summary.as_object_mut().map(|o| o.remove("damaged_files"));
+    } else {
+        summary["damaged_files"] = json!(damaged);
+    }
+    if let Some(pauses) = summary["pauses"].as_array_mut() {
+        for p in pauses.iter_mut().filter(|p| p["end_ms"].is_null()) {
+            p["end_ms"] = json!(duration);
+        }
+    }
 }
 
 /// Sealed sidecars still saying `recording` or `paused` after recovery: with no audio file at
@@ -864,28 +923,10 @@ fn reconcile_sealed_sidecars(spool: &Path, sealing: &Arc<Sealing>, reported: &[V
         if audio.iter().any(|f| f.ends_with(".partial")) {
             continue; // kept unrecovered, already reported
         }
-        let mut duration = 0;
-        let mut done = Vec::new();
-        for f in &audio {
-            let p = spool.join(f);
-            let Ok(file) = fs::File::open(&p) else { continue };
-            let Ok(mut r) = crate::seal::SealedReader::open(file, &sealing.keys) else { continue };
-            let (Ok(ver), Ok(head)) = (r.verify(sealing.keys.trusted(), None), r.final_head()) else { continue };
-            if let Some(spec) = sealed::spec_of(&head) {
-                let data = ver.record.plaintext_len.saturating_sub(wav::HEADER_LEN);
-                let frames = data / (2 * u64::from(spec.channels));
-                duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
-            }
-            done.push(json!(fs::canonicalize(&p).unwrap_or(p).display().to_string()));
-        }
         v["state"] = json!("finished");
         v["end_reason"] = json!("crash_recovered");
         v["recovered"] = json!(true);
-        v["duration_ms"] = json!(duration);
-        if v["layout"] != "separate" {
-            v["file"] = done.first().cloned().unwrap_or(Value::Null);
-        }
-        v["recovered_files"] = json!(done);
+        describe_finished(spool, rid, sealing, &mut v);
         if let Err(e) = write_sealed_sidecar(&path, &v, sealing) {
             crate::log::warn(&format!("recovery: cannot update {}: {e}", path.display()));
         }

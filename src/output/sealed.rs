@@ -42,10 +42,15 @@ pub fn clear_index(recording_id: &str, started_at: &str) -> String {
     serde_json::json!({"recording_id": recording_id, "started_at": started_at}).to_string()
 }
 
-/// The clear index of one audio file of a recording: which output it is (0 unless the layout
-/// is separate, where it is the leg's index), so that files swapped between legs are caught.
-pub fn audio_index(recording_id: &str, started_at: &str, output: usize) -> String {
-    serde_json::json!({"recording_id": recording_id, "started_at": started_at, "output": output}).to_string()
+/// The clear index of one audio file of a recording: which output it is (`None` unless the
+/// layout is separate, where it is the leg's index), so that files swapped between legs, or a
+/// leg's file passed off as the whole recording, are caught.
+pub fn audio_index(recording_id: &str, started_at: &str, output: Option<usize>) -> String {
+    let mut v = serde_json::json!({"recording_id": recording_id, "started_at": started_at});
+    if let Some(n) = output {
+        v["output"] = serde_json::json!(n);
+    }
+    v.to_string()
 }
 
 /// Whether a sealed file sits under a name that is not its own: the recording id a name starts
@@ -58,16 +63,24 @@ pub fn name_mismatch(path: &Path, header: &crate::seal::Header) -> Option<String
         return Some(format!("it is recording {} but named {named}", header.recording_id));
     }
     let rest = &name[26..];
+    let named_meta = rest.ends_with(&format!(".{META_EXT}"));
+    let named_audio = rest.contains(".wav.cvs");
+    match header.content {
+        Content::Audio if named_meta => return Some("it holds audio but is named as metadata".into()),
+        Content::Metadata if named_audio => return Some("it holds metadata but is named as audio".into()),
+        _ => {}
+    }
     let index: Value = serde_json::from_str(&header.index).unwrap_or(Value::Null);
     let output = index["output"].as_u64();
     let named_output =
         rest.strip_prefix('-').and_then(|r| r.split(['-', '.']).next()).and_then(|n| n.parse::<u64>().ok());
     match (named_output, output) {
-        (Some(n), Some(o)) if n != o => {
-            Some(format!("it is output {o} (leg {o}) of its recording but named as output {n}"))
+        (Some(n), Some(o)) if n != o => Some(format!("it is leg {o}'s file of its recording but named as leg {n}'s")),
+        (None, Some(o)) if header.content == Content::Audio => {
+            Some(format!("it is leg {o}'s file of its recording but named as the recording's only file"))
         }
-        (None, Some(o)) if o != 0 && header.content == Content::Audio => {
-            Some(format!("it is output {o} of its recording but named as the recording's only file"))
+        (Some(n), None) if header.content == Content::Audio => {
+            Some(format!("it is its recording's only file but named as leg {n}'s"))
         }
         _ => None,
     }
@@ -404,8 +417,11 @@ fn complete_wav(path: &Path, sealing: &Sealing, rid: ulid::Ulid) -> Option<(u64,
 /// flag; then `partial` is removed. Nothing is appended to the crashed file: a chunk it was
 /// writing when the process died may have used the very nonce a new last chunk would need.
 pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) -> Result<Resealed, WavError> {
-    let file = File::open(partial).map_err(|source| WavError::File { path: partial.into(), action: "open", source })?;
-    let mut reader = SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(partial, e))?;
+    let open = |p: &Path| -> Result<SealedReader<File>, WavError> {
+        let file = File::open(p).map_err(|source| WavError::File { path: p.into(), action: "open", source })?;
+        SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(p, e))
+    };
+    let mut reader = open(partial)?;
     if reader.header().container != Container::Wav {
         return Err(seal_err(partial, SealError::Invalid("not a sealed WAV recording".into())));
     }
@@ -418,20 +434,39 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
             SealError::Invalid(format!("its header says recording {rid}, its name another: not touching it")),
         ));
     }
+    // Already kept as damaged by an earlier recovery: read from, never removed.
+    let input_is_damaged = partial.to_string_lossy().ends_with(".damaged");
+    let keep_damaged = |from: &Path| -> Result<PathBuf, WavError> {
+        let mut kept = from.as_os_str().to_os_string();
+        kept.push(".damaged");
+        let kept = PathBuf::from(kept);
+        fs::rename(from, &kept).map_err(|source| WavError::File { path: kept.clone(), action: "rename to", source })?;
+        wav::sync_parent_dir(&kept)?;
+        Ok(kept)
+    };
     if dest.exists() {
-        // A crash during an earlier recovery, after the re-sealed file was in place: finish it.
+        // A crash during an earlier recovery, after the re-sealed file was in place: finish it,
+        // keeping the unfinished file if it holds bytes that do not authenticate.
         if let Some((frames, spec, record)) = complete_wav(dest, sealing, rid) {
-            fs::remove_file(partial).map_err(|source| WavError::File {
-                path: partial.into(),
-                action: "remove",
-                source,
-            })?;
+            let rec = reader.recover();
+            let kept_damaged = if input_is_damaged {
+                Some(partial.to_path_buf())
+            } else if rec.damaged {
+                Some(keep_damaged(partial)?)
+            } else {
+                fs::remove_file(partial).map_err(|source| WavError::File {
+                    path: partial.into(),
+                    action: "remove",
+                    source,
+                })?;
+                None
+            };
             wav::sync_parent_dir(dest)?;
-            return Ok(Resealed { frames, spec, record, stopped_by: None, kept_damaged: None, was_complete: true });
+            return Ok(Resealed { frames, spec, record, stopped_by: rec.stopped_by, kept_damaged, was_complete: true });
         }
         return Err(WavError::WouldReplace { path: dest.to_path_buf() });
     }
-    if let Some((frames, spec, record)) = complete_wav(partial, sealing, rid) {
+    if !input_is_damaged && let Some((frames, spec, record)) = complete_wav(partial, sealing, rid) {
         // Finalised and signed, but the crash came before its rename: it only needs the name.
         fs::hard_link(partial, dest).and_then(|()| fs::remove_file(partial)).map_err(|source| WavError::File {
             path: dest.into(),
@@ -441,7 +476,18 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
         wav::sync_parent_dir(dest)?;
         return Ok(Resealed { frames, spec, record, stopped_by: None, kept_damaged: None, was_complete: true });
     }
-    let rec = reader.recover();
+    let mut rec = reader.recover();
+    // Damaged: the file is put aside under its `.damaged` name *before* anything else, so that
+    // a crash from here on finds it there (and recovers from it again), never deletes it.
+    let mut kept_damaged = input_is_damaged.then(|| partial.to_path_buf());
+    if rec.damaged && !input_is_damaged {
+        drop(reader);
+        let kept = keep_damaged(partial)?;
+        reader = open(&kept)?;
+        rec = reader.recover();
+        kept_damaged = Some(kept);
+    }
+    let source_path = kept_damaged.clone().unwrap_or_else(|| partial.to_path_buf());
     let spec = rec
         .head
         .as_deref()
@@ -485,22 +531,15 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
             return Err(e);
         }
     };
-    // Bytes that did not authenticate (not merely a tail cut short) are kept for an expert,
-    // never deleted.
-    let kept_damaged = if rec.damaged {
-        let mut kept = partial.as_os_str().to_os_string();
-        kept.push(".damaged");
-        let kept = PathBuf::from(kept);
-        fs::rename(partial, &kept).map_err(|source| WavError::File {
-            path: kept.clone(),
-            action: "rename to",
+    // Bytes that did not authenticate (not merely a tail cut short) stay, under `.damaged`, for
+    // an expert; a file that only ended early is replaced by its re-sealed prefix.
+    if kept_damaged.is_none() {
+        fs::remove_file(&source_path).map_err(|source| WavError::File {
+            path: source_path.clone(),
+            action: "remove",
             source,
         })?;
-        Some(kept)
-    } else {
-        fs::remove_file(partial).map_err(|source| WavError::File { path: partial.into(), action: "remove", source })?;
-        None
-    };
+    }
     wav::sync_parent_dir(dest)?;
     Ok(Resealed { frames: data / align, spec, record, stopped_by: rec.stopped_by, kept_damaged, was_complete: false })
 }
@@ -598,6 +637,18 @@ mod tests {
         let kept = r.kept_damaged.expect("kept");
         assert_eq!(fs::read(&kept).unwrap(), bytes, "the damaged file is kept as it was");
         assert!(r.stopped_by.unwrap().contains("chunk 2"));
+        // A crash after the re-sealed file's rename but before the damaged one was put aside:
+        // the next recovery keeps it too, rather than taking the recovery as complete.
+        fs::rename(&kept, &partial).unwrap();
+        let r = reseal_unfinished(&partial, &dest, &s).unwrap();
+        assert_eq!(r.kept_damaged.as_deref(), Some(kept.as_path()));
+        assert_eq!(fs::read(&kept).unwrap(), bytes);
+        // A crash after it was put aside but before the re-sealed file existed: recovered from
+        // the `.damaged` file, which stays.
+        fs::remove_file(&dest).unwrap();
+        let r = reseal_unfinished(&kept, &dest, &s).unwrap();
+        assert_eq!((r.frames, r.kept_damaged.as_deref()), (1024, Some(kept.as_path())));
+        assert!(dest.exists() && kept.exists());
     }
 
     /// Finalised and signed, but killed before the rename: recovery renames it, whole.

@@ -487,11 +487,10 @@ impl<R: Read + Seek> SealedReader<R> {
         let mut bytes =
             vec![0u8; avail.min(rec_len + self.header.head_record_len() + 2 * SEAL_RECORD_LEN as u64) as usize];
         read_exact_at(&mut self.r, at, &mut bytes).ok()?;
-        let mut candidates = vec![limit - at];
+        // After the last chunk: the final head and the seal record, either possibly cut anywhere.
         let head = self.header.head_record_len();
-        for k in 0..=SEAL_RECORD_LEN as u64 {
-            candidates.push((limit - at).saturating_sub(head + k));
-        }
+        let mut candidates: Vec<u64> =
+            (0..=head + SEAL_RECORD_LEN as u64).map(|j| (limit - at).saturating_sub(j)).collect();
         for m in bytes.windows(8).enumerate().filter(|(_, w)| *w == super::format::SEAL_MAGIC).map(|(m, _)| m as u64) {
             candidates.push(m.saturating_sub(head));
         }

@@ -306,6 +306,7 @@ fn recovery_finds_the_whole_body_despite_a_damaged_end() {
         ("signature", signature),
         ("one byte cut", sealed[..sealed.len() - 1].to_vec()),
         ("seal record cut", sealed[..seal_at + 10].to_vec()),
+        ("final head cut", sealed[..seal_at - 30].to_vec()),
         ("bytes appended", appended),
     ] {
         let mut r = open(&f, &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
