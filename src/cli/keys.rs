@@ -588,8 +588,12 @@ pub fn decrypt_cmd(args: DecryptArgs) -> ExitCode {
         },
         Err(e) if args.recover && !is_key_problem(&e) => match sealed::write_recovered(&mut reader, &mut sink) {
             Ok(r) => {
+                let why = match &e {
+                    SealError::NotFinalised { .. } => "not finalised (a crash, or the end was cut off)".to_string(),
+                    other => other.to_string(),
+                };
                 eprintln!(
-                    "warning: {}: {e}; wrote the authenticated prefix: {} bytes{}{}",
+                    "warning: {}: {why}; wrote the authenticated prefix: {} bytes{}{}",
                     args.file.display(),
                     r.bytes,
                     if r.frames > 0 { format!(" ({} frames)", r.frames) } else { String::new() },
