@@ -165,6 +165,21 @@ pub struct Facts {
     pub disk: Option<Result<DiskSpace, String>>,
     /// Memory page size (udp_mem is in pages).
     pub page_size: u64,
+    /// Where the keys of encryption at rest are.
+    pub keys: Option<KeysFact>,
+}
+
+/// What `callvault doctor` found of the keys (never the keys themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysFact {
+    /// `[recording] encryption = "off"`.
+    Off,
+    /// None yet: `serve` generates them on first start, in this directory.
+    NotYet(PathBuf),
+    /// Keys that load, from `source`; `beside_recordings` when the KEK sits in the data directory.
+    Loaded { source: String, active: String, beside_recordings: bool },
+    /// Keys that do not load, and why.
+    Broken(String),
 }
 
 /// Reads one sysctl under `proc_root` (`/proc` on a live system): `net.core.rmem_max` is
@@ -209,6 +224,7 @@ impl Facts {
         self.own_nofile = own_nofile();
         self.clock = Some(clock_state());
         self.disk = Some(disk_space(&cfg.data_dir));
+        self.keys = Some(keys_fact(cfg));
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page > 0 {
@@ -452,6 +468,7 @@ pub fn check(cfg: &Config, config: Option<&Path>, facts: &Facts) -> Report {
     check_nofile(&mut b, cfg, facts);
     check_clock(&mut b, facts);
     check_disk(&mut b, cfg, facts);
+    check_keys(&mut b, facts);
     counters(&mut b, facts);
     let warnings = b.findings.iter().filter(|f| f.status == Status::Warn).count();
     Report { config: config.map(|p| p.display().to_string()), ok: warnings == 0, warnings, findings: b.findings }
@@ -740,6 +757,81 @@ fn check_disk(b: &mut Builder, cfg: &Config, facts: &Facts) {
     }
 }
 
+/// Finds the keys as `serve` would, creating nothing.
+pub fn keys_fact(cfg: &Config) -> KeysFact {
+    use crate::seal::KeySource;
+    if !cfg.encrypted() {
+        return KeysFact::Off;
+    }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let source = cfg.key_source(credentials.as_deref());
+    if let KeySource::Dir(d) = &source
+        && *d == cfg.default_key_dir()
+        && !d.exists()
+    {
+        return KeysFact::NotYet(d.clone());
+    }
+    match crate::seal::setup::resolve(cfg, credentials.as_deref(), false) {
+        Ok(r) => match (r.keys.active_kek(), r.keys.signing()) {
+            (Ok(k), Ok(_)) => {
+                let data = std::fs::canonicalize(&cfg.data_dir).unwrap_or(cfg.data_dir.clone());
+                let kek_file = std::fs::canonicalize(&k.source).unwrap_or(k.source.clone());
+                KeysFact::Loaded {
+                    source: r.source.to_string(),
+                    active: k.id.clone(),
+                    beside_recordings: kek_file.starts_with(&data),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => KeysFact::Broken(e.to_string()),
+        },
+        Err(e) => KeysFact::Broken(e.to_string()),
+    }
+}
+
+fn check_keys(b: &mut Builder, facts: &Facts) {
+    let setting = "keys of encryption at rest ([keys], [recording] encryption)";
+    let recommended = "sealed, with the KEK in systemd credentials and backed up apart from the recordings";
+    match &facts.keys {
+        Some(KeysFact::Off) => b.push(
+            "keys",
+            Status::Warn,
+            setting,
+            "encryption = \"off\"",
+            recommended,
+            "recordings and their metadata (caller numbers, ACD metadata) reach the disk in the clear",
+        ),
+        Some(KeysFact::NotYet(d)) => b.push(
+            "keys",
+            Status::Info,
+            setting,
+            format!("none yet: serve generates a KEK and a signing key in {} on first start", d.display()),
+            recommended,
+            "then back the KEK up and move it to credentials (docs/keys.md): losing it loses its recordings",
+        ),
+        Some(KeysFact::Loaded { source, active, beside_recordings: true }) => b.push(
+            "keys",
+            Status::Warn,
+            setting,
+            format!("active KEK '{active}' from the {source}, inside the data directory"),
+            recommended,
+            "a KEK beside the recordings it protects goes wherever a copy of the disk goes; back it up and \
+             move it to systemd credentials (docs/keys.md)",
+        ),
+        Some(KeysFact::Loaded { source, active, beside_recordings: false }) => b.push(
+            "keys",
+            Status::Ok,
+            setting,
+            format!("active KEK '{active}' from the {source}"),
+            recommended,
+            "keep old KEKs for as long as what they sealed is retained",
+        ),
+        Some(KeysFact::Broken(e)) => {
+            b.push("keys", Status::Warn, setting, format!("unusable: {e}"), recommended, "serve would refuse to start")
+        }
+        None => b.push("keys", Status::Unknown, setting, "not probed", recommended, "checked with the live probes"),
+    }
+}
+
 fn counters(b: &mut Builder, facts: &Facts) {
     if let Some(n) = facts.softnet_dropped {
         b.push(
@@ -790,7 +882,8 @@ net.core.rmem_max against [rtp] receive_buffer_bytes, net.core.netdev_max_backlo
 the RTP port range against ip_local_reserved_ports and ip_local_port_range,
 kernel.io_uring_disabled (and whether io_uring can be set up at all), the RLIMIT_NOFILE hard limit
 against max_calls x 5 + 256 (the running daemon's, when one holds the data directory), clock
-synchronisation, and free space where recordings go. Each finding names the setting, its current
+synchronisation, free space where recordings go, and the keys of encryption at rest (off, not
+generated yet, unusable, or kept beside the recordings). Each finding names the setting, its current
 value, the recommended value and why. Nothing is changed.
 
 Exit codes: 0 nothing off; 1 something off (a warning); 2 usage error or unusable config.";

@@ -65,6 +65,11 @@ fn facts(p: &FakeProc, cfg: &Config) -> Facts {
     f.own_nofile = Some(FileLimit { soft: Some(65536), hard: Some(65536), whose: "this process".into() });
     f.clock = Some(ClockState { synchronised: Some(true), source: "test".into() });
     f.disk = Some(Ok(DiskSpace { path: PathBuf::from("/data"), available: 2 << 40, total: 4 << 40 }));
+    f.keys = Some(doctor::KeysFact::Loaded {
+        source: "systemd credentials in /run/credentials/callvault.service".into(),
+        active: "kek-1".into(),
+        beside_recordings: false,
+    });
     f
 }
 
@@ -92,7 +97,9 @@ fn a_tuned_machine_has_nothing_off() {
     assert_eq!(r.warnings, 0, "{}", doctor::human(&r));
     assert!(r.ok);
     assert_eq!(r.exit_code(), 0);
-    for check in ["rmem_max", "netdev_max_backlog", "udp_mem", "rtp_ports", "io_uring", "nofile", "clock", "disk"] {
+    for check in
+        ["rmem_max", "netdev_max_backlog", "udp_mem", "rtp_ports", "io_uring", "nofile", "clock", "disk", "keys"]
+    {
         assert_eq!(status(&r, check), Status::Ok, "{check}: {}", doctor::human(&r));
     }
     assert_eq!(status(&r, "backlog_drops"), Status::Info);
@@ -377,4 +384,45 @@ fn a_data_dir_that_is_a_file_is_off() {
     let disk = v["findings"].as_array().unwrap().iter().find(|f| f["check"] == "disk").unwrap().clone();
     assert_eq!(disk["status"], "warn", "{disk}");
     assert!(disk["current"].as_str().unwrap().contains("is not a directory"), "{disk}");
+}
+
+/// The keys, as `serve` would find them: off, not generated yet, beside the recordings, or
+/// unusable (a key file others can read) are each said; nothing is created.
+#[test]
+fn the_keys_are_checked_without_creating_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = config(&format!("data_dir = \"{}\"\n", data.display()));
+    assert_eq!(doctor::keys_fact(&cfg), doctor::KeysFact::NotYet(data.join("keys")));
+    assert!(!data.exists(), "doctor created nothing");
+    let off = config(&format!("data_dir = \"{}\"\n[recording]\nencryption = \"off\"\n", data.display()));
+    assert_eq!(doctor::keys_fact(&off), doctor::KeysFact::Off);
+    callvault::seal::keys::init_dir(&data.join("keys")).unwrap();
+    assert!(matches!(doctor::keys_fact(&cfg), doctor::KeysFact::Loaded { beside_recordings: true, .. }));
+    let elsewhere = dir.path().join("etc-keys");
+    callvault::seal::keys::init_dir(&elsewhere).unwrap();
+    let apart = config(&format!("data_dir = \"{}\"\n[keys]\ndir = \"{}\"\n", data.display(), elsewhere.display()));
+    assert!(matches!(doctor::keys_fact(&apart), doctor::KeysFact::Loaded { beside_recordings: false, .. }));
+    use std::os::unix::fs::PermissionsExt;
+    let kek = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "kek"))
+        .unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broken = doctor::keys_fact(&apart);
+    assert!(matches!(&broken, doctor::KeysFact::Broken(e) if e.contains("0644")), "{broken:?}");
+    // How each comes out in the report.
+    let p = FakeProc::tuned();
+    for (fact, want) in [
+        (doctor::KeysFact::Off, Status::Warn),
+        (doctor::KeysFact::NotYet(data.join("keys")), Status::Info),
+        (doctor::KeysFact::Loaded { source: "s".into(), active: "k".into(), beside_recordings: true }, Status::Warn),
+        (broken, Status::Warn),
+    ] {
+        let mut f = facts(&p, &cfg);
+        f.keys = Some(fact.clone());
+        let r = doctor::check(&cfg, None, &f);
+        assert_eq!(status(&r, "keys"), want, "{fact:?}: {}", doctor::human(&r));
+    }
 }
