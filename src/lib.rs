@@ -7,6 +7,7 @@
 //! - [`replay`]: the `callvault replay` job: a capture's RTP streams sent to live addresses.
 
 pub mod capture;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -30,6 +30,8 @@ macro_rules! out {
     }};
 }
 
+#[path = "cli/catalog.rs"]
+mod catalog;
 #[path = "cli/keys.rs"]
 mod keys;
 #[path = "cli/live.rs"]
@@ -76,6 +78,9 @@ enum Command {
     /// Write a sealed recording's plaintext (a WAV for sox) after verifying it.
     #[command(after_help = keys::DECRYPT_EXAMPLES)]
     Decrypt(keys::DecryptArgs),
+    /// Search the recording catalog, or rebuild it from the spool.
+    #[command(after_help = catalog::CATALOG_EXAMPLES)]
+    Catalog(catalog::CatalogArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -233,6 +238,7 @@ fn main() -> ExitCode {
         Command::Key(args) => keys::key_cmd(args),
         Command::Verify(args) => keys::verify_cmd(args),
         Command::Decrypt(args) => keys::decrypt_cmd(args),
+        Command::Catalog(args) => catalog::catalog_cmd(args),
     }
 }
 

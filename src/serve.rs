@@ -74,6 +74,9 @@ pub enum ServeError {
     /// The keys for encryption at rest.
     #[error("encryption at rest: {0} (or set [recording] encryption = \"off\" to record in the clear)")]
     Keys(#[from] crate::seal::SealError),
+    /// The recording catalog.
+    #[error("{0}; move the file aside and start again to rebuild it from the spool")]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// The engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -150,6 +153,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         )
     };
     let control = Control::new(cfg.clone(), engine);
+    control.set_catalog(open_catalog(&cfg, &spool, sealing.as_deref())?);
     // Reported as events, so an ACD that subscribes with `since` learns of them. Recovery only
     // returns summaries that name their recording; one that does not is never published.
     for summary in recovered {
@@ -229,6 +233,29 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let _ = join_timeout(dispatcher, Duration::from_secs(10));
     crate::log::info("stopped");
     Ok(())
+}
+
+/// Opens the catalog (`<data_dir>/catalog.sqlite`) and its writer thread. A catalog created now
+/// is first filled from the sidecars already in the spool, so an upgrade or a deleted catalog
+/// needs no manual rebuild.
+fn open_catalog(
+    cfg: &Config,
+    spool: &Path,
+    sealing: Option<&crate::output::sealed::Sealing>,
+) -> Result<crate::catalog::Writer, ServeError> {
+    let path = crate::catalog::path_in(&cfg.data_dir);
+    let fresh = !path.exists();
+    let mut catalog = crate::catalog::Catalog::open(&path)?;
+    if fresh {
+        let (n, skipped) = crate::catalog::rebuild(&mut catalog, spool, sealing.map(|s| &s.keys), &mut |_, _| {})?;
+        if n > 0 || !skipped.is_empty() {
+            crate::log::info(&format!("catalog {}: created from the spool, {n} recording(s) indexed", path.display()));
+        }
+        for s in skipped {
+            crate::log::warn(&format!("catalog: not indexed: {s}"));
+        }
+    }
+    crate::catalog::Writer::spawn(catalog).map_err(ServeError::Signals)
 }
 
 /// The keys recordings are sealed with, or `None` with `encryption = "off"` (said at every

@@ -118,6 +118,8 @@ pub struct Control {
     recovered: std::sync::atomic::AtomicU64,
     /// Control requests answered, by command and result (`ok` or the error code).
     requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// Where finished recordings are indexed (`None`: no catalog, as in unit tests).
+    catalog: Mutex<Option<crate::catalog::Writer>>,
 }
 
 impl Control {
@@ -137,7 +139,20 @@ impl Control {
             failed: Default::default(),
             recovered: Default::default(),
             requests: Mutex::new(std::collections::BTreeMap::new()),
+            catalog: Mutex::new(None),
         })
+    }
+
+    /// Indexes every recording that ends (finished, failed or recovered) from now on.
+    pub fn set_catalog(&self, writer: crate::catalog::Writer) {
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    }
+
+    fn find(&self, query: &Value) -> Result<Value, CallError> {
+        let q = crate::catalog::Query::from_json(query).map_err(|e| CallError::new("bad_request", e.to_string()))?;
+        crate::catalog::search(&crate::catalog::path_in(&self.cfg.data_dir), &q)
+            .map(|p| p.to_json())
+            .map_err(|e| CallError::new("catalog_failed", e.to_string()))
     }
 
     /// The engine.
@@ -248,6 +263,7 @@ impl Control {
                 Ok(json!({"draining": true, "calls_active": self.active_calls()}))
             }
             Command::Health => Ok(self.health()),
+            Command::Find { query } => self.find(&query),
             Command::Subscribe { since } => self.subscribe(since, conn),
         }
     }
@@ -589,6 +605,11 @@ impl Control {
     pub fn publish(&self, event: Event) {
         if event.event == "recording_recovered" {
             self.recovered.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(event.event, "recording_finished" | "recording_failed" | "recording_recovered")
+            && let Some(w) = self.catalog.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            w.record(&event.body);
         }
         if matches!(event.event, "recording_finished" | "recording_failed") {
             self.forget(&event.call_id, Some(&event.recording_id));

@@ -79,6 +79,8 @@ pub enum Command {
     Health,
     /// Receive events on this connection (`since`: replay events after this sequence number).
     Subscribe { since: Option<u64> },
+    /// Search the catalog (the request's filters, see `catalog::Query::from_json`).
+    Find { query: Value },
 }
 
 impl Command {
@@ -98,6 +100,7 @@ impl Command {
             Command::Drain => "drain",
             Command::Health => "health",
             Command::Subscribe { .. } => "subscribe",
+            Command::Find { .. } => "find",
         }
     }
 }
@@ -117,6 +120,7 @@ pub const COMMANDS: &[&str] = &[
     "drain",
     "health",
     "subscribe",
+    "find",
 ];
 
 fn bad(message: impl Into<String>) -> CallError {
@@ -203,6 +207,7 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
         "stats" => Command::Stats,
         "drain" => Command::Drain,
         "health" => Command::Health,
+        "find" => Command::Find { query: Value::Object(obj.clone()) },
         "subscribe" => Command::Subscribe {
             since: match obj.get("since") {
                 None | Some(Value::Null) => None,

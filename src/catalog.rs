@@ -1,0 +1,497 @@
+//! The recording catalog: a SQLite database (WAL) in the data directory, filled as recordings
+//! finish, searched by call id, agent, queue, numbers, direction, time range and free metadata
+//! keys. One writer thread owns the writing connection; searches open their own read-only
+//! connections (WAL lets them read while it writes).
+//!
+//! The catalog holds personal data in the clear (caller numbers, agent names, the ACD's
+//! metadata): the file is created 0600 in the data directory, and `docs/catalog.md` says how to
+//! protect it. It can always be rebuilt from the recordings' sealed metadata
+//! (`callvault catalog rebuild`), so it is an index, never the only copy of anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde_json::{Value, json};
+
+/// Schema version written in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Why the catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {}: {source}", path.display())]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("catalog {}: schema version {found} is newer than this callvault's ({SCHEMA_VERSION}); upgrade callvault or `callvault catalog rebuild` into a new file", path.display())]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("catalog {}: cannot set its mode to 0600: {source}", path.display())]
+    Mode { path: PathBuf, source: std::io::Error },
+    #[error("invalid search: {0}")]
+    Query(String),
+}
+
+/// The catalog's file in a data directory.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("catalog.sqlite")
+}
+
+fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
+    move |source| CatalogError::Sqlite { path: path.to_path_buf(), source }
+}
+
+/// The writing side.
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if need be, mode 0600) the catalog for writing.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let existed = path.exists();
+        let conn = Connection::open(path).map_err(sql(path))?;
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| CatalogError::Mode { path: path.to_path_buf(), source })?;
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql(path))?;
+        if version > SCHEMA_VERSION {
+            return Err(CatalogError::NewerSchema { path: path.to_path_buf(), found: version });
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS recordings (
+                recording_id TEXT PRIMARY KEY,
+                call_id TEXT,
+                started_at TEXT NOT NULL,
+                duration_ms INTEGER,
+                state TEXT,
+                end_reason TEXT,
+                agent TEXT,
+                queue TEXT,
+                caller TEXT,
+                called TEXT,
+                direction TEXT,
+                encrypted INTEGER,
+                summary TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS recordings_time ON recordings (started_at, recording_id);
+            CREATE INDEX IF NOT EXISTS recordings_call ON recordings (call_id);
+            CREATE INDEX IF NOT EXISTS recordings_agent ON recordings (agent, started_at);
+            CREATE INDEX IF NOT EXISTS recordings_queue ON recordings (queue, started_at);
+            CREATE INDEX IF NOT EXISTS recordings_caller ON recordings (caller);
+            CREATE INDEX IF NOT EXISTS recordings_called ON recordings (called);
+            CREATE TABLE IF NOT EXISTS metadata (
+                recording_id TEXT NOT NULL REFERENCES recordings (recording_id) ON DELETE CASCADE,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                PRIMARY KEY (recording_id, key)
+            );
+            CREATE INDEX IF NOT EXISTS metadata_kv ON metadata (key, value);
+            PRAGMA user_version = 1;",
+        )
+        .map_err(sql(path))?;
+        Ok(Catalog { conn, path: path.to_path_buf() })
+    }
+
+    /// Adds or replaces a recording from its summary (the sidecar's content). A summary without
+    /// a recording id or start time is refused.
+    pub fn upsert(&mut self, summary: &Value) -> Result<(), CatalogError> {
+        let rid = summary["recording_id"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CatalogError::Query("summary without recording_id".into()))?;
+        let started = summary["started_at"].as_str().unwrap_or_default();
+        let meta = summary["metadata"].as_object().cloned().unwrap_or_default();
+        let text = |v: Option<&Value>| v.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        let well_known = |keys: &[&str]| keys.iter().find_map(|k| text(meta.get(*k)));
+        let tx = self.conn.transaction().map_err(sql(&self.path))?;
+        tx.execute(
+            "INSERT INTO recordings (recording_id, call_id, started_at, duration_ms, state, end_reason, agent, queue,
+                caller, called, direction, encrypted, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (recording_id) DO UPDATE SET call_id = excluded.call_id, started_at = excluded.started_at,
+                duration_ms = excluded.duration_ms, state = excluded.state, end_reason = excluded.end_reason,
+                agent = excluded.agent, queue = excluded.queue, caller = excluded.caller, called = excluded.called,
+                direction = excluded.direction, encrypted = excluded.encrypted, summary = excluded.summary",
+            params![
+                rid,
+                summary["call_id"].as_str(),
+                started,
+                summary["duration_ms"].as_u64().map(|d| d as i64),
+                summary["state"].as_str(),
+                summary["end_reason"].as_str(),
+                well_known(&["agent", "agent_id"]),
+                well_known(&["queue"]),
+                well_known(&["caller", "caller_number", "from"]),
+                well_known(&["called", "called_number", "to"]),
+                well_known(&["direction"]),
+                summary["encrypted"].as_bool().map(i64::from),
+                summary.to_string(),
+            ],
+        )
+        .map_err(sql(&self.path))?;
+        tx.execute("DELETE FROM metadata WHERE recording_id = ?1", params![rid]).map_err(sql(&self.path))?;
+        for (k, v) in &meta {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            tx.execute("INSERT INTO metadata (recording_id, key, value) VALUES (?1, ?2, ?3)", params![rid, k, v])
+                .map_err(sql(&self.path))?;
+        }
+        tx.commit().map_err(sql(&self.path))
+    }
+
+    /// Recordings in the catalog.
+    pub fn count(&self) -> Result<u64, CatalogError> {
+        self.conn
+            .query_row("SELECT count(*) FROM recordings", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sql(&self.path))
+    }
+}
+
+/// A search. Every filter given must match; text filters are exact.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pub call_id: Option<String>,
+    pub agent: Option<String>,
+    pub queue: Option<String>,
+    pub caller: Option<String>,
+    pub called: Option<String>,
+    pub direction: Option<String>,
+    /// `started_at >= from` (RFC 3339 UTC, as the summaries write it; a date alone is its midnight).
+    pub from: Option<String>,
+    /// `started_at < to`.
+    pub to: Option<String>,
+    /// Free metadata keys: `key = value`.
+    pub meta: Vec<(String, String)>,
+    /// Page size (1-1000; default 50).
+    pub limit: Option<u32>,
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+impl Query {
+    /// Reads a query from the control protocol's JSON (`find`).
+    pub fn from_json(v: &Value) -> Result<Query, CatalogError> {
+        let s = |k: &str| -> Result<Option<String>, CatalogError> {
+            match &v[k] {
+                Value::Null => Ok(None),
+                Value::String(x) => Ok(Some(x.clone())),
+                other => Err(CatalogError::Query(format!("{k} must be a string, not {other}"))),
+            }
+        };
+        let mut meta = Vec::new();
+        match &v["metadata"] {
+            Value::Null => {}
+            Value::Object(m) => {
+                for (k, val) in m {
+                    let val = val.as_str().map_or_else(|| val.to_string(), str::to_string);
+                    meta.push((k.clone(), val));
+                }
+            }
+            other => return Err(CatalogError::Query(format!("metadata must be an object, not {other}"))),
+        }
+        let limit = match &v["limit"] {
+            Value::Null => None,
+            Value::Number(n) => Some(
+                n.as_u64()
+                    .filter(|&n| (1..=1000).contains(&n))
+                    .ok_or_else(|| CatalogError::Query(format!("limit must be 1 to 1000, not {n}")))?
+                    as u32,
+            ),
+            other => return Err(CatalogError::Query(format!("limit must be a number, not {other}"))),
+        };
+        let q = Query {
+            call_id: s("call_id")?,
+            agent: s("agent")?,
+            queue: s("queue")?,
+            caller: s("caller")?,
+            called: s("called")?,
+            direction: s("direction")?,
+            from: s("from")?,
+            to: s("to")?,
+            meta,
+            limit,
+            cursor: s("cursor")?,
+        };
+        q.check()?;
+        Ok(q)
+    }
+
+    fn check(&self) -> Result<(), CatalogError> {
+        for (name, t) in [("from", &self.from), ("to", &self.to)] {
+            if let Some(t) = t {
+                let ok = t.len() >= 10
+                    && t.as_bytes()[4] == b'-'
+                    && t.as_bytes()[7] == b'-'
+                    && t[..4].bytes().all(|b| b.is_ascii_digit());
+                if !ok {
+                    return Err(CatalogError::Query(format!(
+                        "{name} {t:?} is not a UTC time like 2026-12-04 or 2026-12-04T10:00:00Z"
+                    )));
+                }
+            }
+        }
+        if let Some(c) = &self.cursor
+            && decode_cursor(c).is_none()
+        {
+            return Err(CatalogError::Query(format!("cursor {c:?} is not one a search returned")));
+        }
+        if self.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+            return Err(CatalogError::Query("limit must be 1 to 1000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One page of results, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The recordings' summaries.
+    pub recordings: Vec<Value>,
+    /// Pass as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+impl Page {
+    pub fn to_json(&self) -> Value {
+        json!({"recordings": self.recordings, "next_cursor": self.next_cursor})
+    }
+}
+
+fn encode_cursor(started: &str, rid: &str) -> String {
+    format!("{started}~{rid}")
+}
+
+fn decode_cursor(c: &str) -> Option<(String, String)> {
+    let (t, r) = c.split_once('~')?;
+    (r.len() == 26 && ulid::Ulid::from_string(r).is_ok()).then(|| (t.to_string(), r.to_string()))
+}
+
+/// Normalises a bound: `2026-12-04` is that day's midnight; `…Z` times compare as text.
+fn bound(t: &str) -> String {
+    if t.len() == 10 {
+        return format!("{t}T00:00:00.000Z");
+    }
+    // Stored times always have milliseconds: give the bound them too, so text order is time order.
+    let t = t.trim_end_matches('Z');
+    if t.contains('.') { format!("{t}Z") } else { format!("{t}.000Z") }
+}
+
+/// Searches the catalog at `path` (read-only).
+pub fn search(path: &Path, q: &Query) -> Result<Page, CatalogError> {
+    q.check()?;
+    if !path.exists() {
+        return Ok(Page { recordings: Vec::new(), next_cursor: None });
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
+    let mut clauses = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    for (col, v) in [
+        ("call_id", &q.call_id),
+        ("agent", &q.agent),
+        ("queue", &q.queue),
+        ("caller", &q.caller),
+        ("called", &q.called),
+        ("direction", &q.direction),
+    ] {
+        if let Some(v) = v {
+            args.push(v.clone());
+            clauses.push(format!("{col} = ?{}", args.len()));
+        }
+    }
+    if let Some(f) = &q.from {
+        args.push(bound(f));
+        clauses.push(format!("started_at >= ?{}", args.len()));
+    }
+    if let Some(t) = &q.to {
+        args.push(bound(t));
+        clauses.push(format!("started_at < ?{}", args.len()));
+    }
+    for (k, v) in &q.meta {
+        args.push(k.clone());
+        args.push(v.clone());
+        clauses.push(format!(
+            "recording_id IN (SELECT recording_id FROM metadata WHERE key = ?{} AND value = ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    if let Some((t, r)) = q.cursor.as_deref().and_then(decode_cursor) {
+        args.push(t);
+        args.push(r);
+        clauses.push(format!("(started_at, recording_id) < (?{}, ?{})", args.len() - 1, args.len()));
+    }
+    let limit = q.limit.unwrap_or(50);
+    let sql_text = format!(
+        "SELECT started_at, recording_id, summary FROM recordings {} ORDER BY started_at DESC, recording_id DESC LIMIT {}",
+        if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) },
+        limit + 1
+    );
+    let mut stmt = conn.prepare(&sql_text).map_err(sql(path))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })
+        .map_err(sql(path))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(sql(path))?);
+    }
+    let more = out.len() > limit as usize;
+    out.truncate(limit as usize);
+    let next_cursor = if more { out.last().map(|(t, r, _)| encode_cursor(t, r)) } else { None };
+    let recordings = out.into_iter().map(|(_, _, s)| serde_json::from_str(&s).unwrap_or(Value::Null)).collect();
+    Ok(Page { recordings, next_cursor })
+}
+
+/// Feeds the catalog from a thread of its own: the control plane hands it summaries and never
+/// waits for the database.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Value>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an opened catalog.
+    pub fn spawn(mut catalog: Catalog) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Value>();
+        std::thread::Builder::new().name("catalog".into()).spawn(move || {
+            for summary in rx {
+                if let Err(e) = catalog.upsert(&summary) {
+                    crate::log::warn(&format!(
+                        "catalog: recording {} not indexed: {e} (`callvault catalog rebuild` restores it)",
+                        summary["recording_id"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+        })?;
+        Ok(Writer { tx })
+    }
+
+    /// Queues a finished (or failed, or recovered) recording's summary.
+    pub fn record(&self, summary: &Value) {
+        let _ = self.tx.send(summary.clone());
+    }
+}
+
+/// Rebuilds the catalog from the sidecars in a spool: sealed (`*.meta.cvs`, opened with `keys`)
+/// and plain (`*.json`). Calls `progress(done, total)` as it goes. Returns (indexed, skipped
+/// with why).
+pub fn rebuild(
+    catalog: &mut Catalog,
+    spool: &Path,
+    keys: Option<&crate::seal::Keyring>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, Vec<String>), CatalogError> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(spool) {
+        Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => return Err(CatalogError::Query(format!("cannot read {}: {e}", spool.display()))),
+    };
+    names.retain(|p| {
+        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        n.ends_with(".meta.cvs") || (n.ends_with(".json") && !n.ends_with(".summary.json"))
+    });
+    names.sort();
+    let total = names.len() as u64;
+    let (mut indexed, mut skipped) = (0u64, Vec::new());
+    for (i, p) in names.iter().enumerate() {
+        let v = if p.to_string_lossy().ends_with(".meta.cvs") {
+            match keys {
+                Some(k) => crate::output::sealed::read_sealed_json(p, k).map_err(|e| e.to_string()),
+                None => Err("sealed, and no keys given".to_string()),
+            }
+        } else {
+            std::fs::read(p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        };
+        match v {
+            Ok(v) if v["recording_id"].as_str().is_some_and(|r| !r.is_empty()) => {
+                catalog.upsert(&v)?;
+                indexed += 1;
+            }
+            Ok(_) => skipped.push(format!("{}: no recording_id", p.display())),
+            Err(e) => skipped.push(format!("{}: {e}", p.display())),
+        }
+        progress(i as u64 + 1, total);
+    }
+    Ok((indexed, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(rid: &str, started: &str, meta: Value) -> Value {
+        json!({"recording_id": rid, "call_id": format!("c-{}", &rid[20..]), "started_at": started, "state": "finished",
+            "duration_ms": 1000, "metadata": meta, "encrypted": true})
+    }
+
+    fn rid(n: u32) -> String {
+        ulid::Ulid(0x0196_0000_0000_0000_0000_0000_0000_0000 + u128::from(n)).to_string()
+    }
+
+    #[test]
+    fn search_filters_and_pages_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let mut c = Catalog::open(&path).unwrap();
+        for n in 0..25u32 {
+            let agent = if n % 2 == 0 { "alice" } else { "bob" };
+            let started = format!("2026-12-{:02}T10:00:{:02}.000Z", 1 + n / 10, n % 60);
+            c.upsert(&summary(
+                &rid(n),
+                &started,
+                json!({"agent": agent, "queue": "sales", "caller_number": format!("+49{n}"), "ticket": n.to_string()}),
+            ))
+            .unwrap();
+        }
+        // Upserting again replaces, never duplicates.
+        c.upsert(&summary(&rid(0), "2026-12-01T10:00:00.000Z", json!({"agent": "alice", "queue": "support"}))).unwrap();
+        assert_eq!(c.count().unwrap(), 25);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let all = |q: Query| {
+            let mut out = Vec::new();
+            let mut q = q;
+            loop {
+                let p = search(&path, &q).unwrap();
+                out.extend(p.recordings.iter().map(|r| r["recording_id"].as_str().unwrap().to_string()));
+                match p.next_cursor {
+                    Some(c) => q.cursor = Some(c),
+                    None => return out,
+                }
+            }
+        };
+        let alice = all(Query { agent: Some("alice".into()), limit: Some(4), ..Query::default() });
+        assert_eq!(alice.len(), 13, "{alice:?}");
+        assert_eq!(alice[0], rid(24), "newest first");
+        assert!(alice.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(all(Query { queue: Some("support".into()), ..Query::default() }), vec![rid(0)]);
+        assert_eq!(all(Query { caller: Some("+497".into()), ..Query::default() }), vec![rid(7)]);
+        assert_eq!(all(Query { meta: vec![("ticket".into(), "12".into())], ..Query::default() }), vec![rid(12)]);
+        let day2 = all(Query { from: Some("2026-12-02".into()), to: Some("2026-12-03".into()), ..Query::default() });
+        assert_eq!(day2.len(), 10);
+        assert!(search(&path, &Query { from: Some("yesterday".into()), ..Query::default() }).is_err());
+        assert!(search(&path, &Query { cursor: Some("garbage".into()), ..Query::default() }).is_err());
+        let q = Query::from_json(&json!({"agent": "bob", "metadata": {"queue": "sales"}, "limit": 2})).unwrap();
+        assert_eq!(search(&path, &q).unwrap().recordings.len(), 2);
+        assert!(Query::from_json(&json!({"limit": 0})).is_err());
+        assert!(Query::from_json(&json!({"agent": 5})).is_err());
+    }
+
+    #[test]
+    fn a_missing_catalog_is_an_empty_one_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        assert!(search(&path, &Query::default()).unwrap().recordings.is_empty());
+        Catalog::open(&path).unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 9).unwrap();
+        assert!(matches!(Catalog::open(&path), Err(CatalogError::NewerSchema { found: 9, .. })));
+    }
+}
