@@ -35,6 +35,7 @@ pub enum CatalogCmd {
         /// The configuration serve runs with (for data_dir); embedded defaults without it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The ACD's call id.
         #[arg(long = "call-id")]
         call_id: Option<String>,
         /// Metadata key `agent` (or `agent_id`).
