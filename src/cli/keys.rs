@@ -408,15 +408,8 @@ fn open(path: &Path, ring: &Keyring) -> Result<SealedReader<File>, SealError> {
 
 /// The clear header of a sealed file (no key needed), for the name check.
 fn header_of(path: &Path) -> Option<callvault::seal::Header> {
-    use std::io::Read;
     let mut f = File::open(path).ok()?;
-    let mut first = [0u8; 12];
-    f.read_exact(&mut first).ok()?;
-    let len = callvault::seal::Header::peek_len(&first).ok()?;
-    let mut bytes = vec![0u8; len];
-    bytes[..12].copy_from_slice(&first);
-    f.read_exact(&mut bytes[12..]).ok()?;
-    callvault::seal::Header::decode(&bytes).ok().map(|(h, _)| h)
+    callvault::seal::reader::read_header(&mut f).ok().map(|(h, _, _)| h)
 }
 
 fn is_key_problem(e: &SealError) -> bool {

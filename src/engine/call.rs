@@ -465,9 +465,7 @@ impl LiveCall {
 
 /// `X.partial` for a final path `X`.
 pub fn partial_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".partial");
-    PathBuf::from(s)
+    crate::output::with_suffix(path, ".partial")
 }
 
 /// Writes a sealed sidecar: its clear index has the ids and times only.
@@ -825,7 +823,6 @@ fn describe_finished(spool: &Path, rid: &str, sealing: &Arc<Sealing>, summary: &
     names.sort();
     let mine = |n: &String| n.starts_with(rid) && matches!(n.as_bytes().get(26), Some(b'.' | b'-'));
     let (mut files, mut seals, mut damaged, mut duration) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
-    let kek_id = sealing.keys.active_kek().map_or(String::new(), |k| k.id.clone());
     for n in names.iter().filter(|n| mine(n)) {
         let p = spool.join(n);
         let abs = fs::canonicalize(&p).unwrap_or(p.clone()).display().to_string();
@@ -836,19 +833,11 @@ fn describe_finished(spool: &Path, rid: &str, sealing: &Arc<Sealing>, summary: &
         if !n.ends_with(".wav.cvs") {
             continue;
         }
-        let checked = fs::File::open(&p).map_err(|e| e.to_string()).and_then(|f| {
-            let mut r = crate::seal::SealedReader::open(f, &sealing.keys).map_err(|e| e.to_string())?;
-            let v = r.verify(sealing.keys.trusted(), None).map_err(|e| e.to_string())?;
-            let head = r.final_head().map_err(|e| e.to_string())?;
-            Ok((v, sealed::spec_of(&head)))
-        });
-        match checked {
-            Ok((v, spec)) => {
-                if let Some(spec) = spec {
-                    let frames = v.record.plaintext_len.saturating_sub(wav::HEADER_LEN) / u64::from(spec.block_align());
-                    duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
-                }
-                let mut seal = sealed::seal_summary(&v.record, &kek_id);
+        match sealed::verified_wav(&p, &sealing.keys) {
+            Ok((header, frames, spec, record)) => {
+                duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
+                // The KEK that sealed this file, which after a rotation need not be the active one.
+                let mut seal = sealed::seal_summary(&record, &header.key_id);
                 seal["file"] = json!(abs);
                 seals.push(seal);
                 // `<rid>-<n>.wav.cvs`: leg n's file.
@@ -861,7 +850,7 @@ fn describe_finished(spool: &Path, rid: &str, sealing: &Arc<Sealing>, summary: &
             }
             Err(e) => {
                 crate::log::error(&format!("recovery: {} does not verify: {e}; kept", p.display()));
-                damaged.push(json!({"file": abs, "why": e}));
+                damaged.push(json!({"file": abs, "why": e.to_string()}));
             }
         }
     }

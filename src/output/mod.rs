@@ -8,6 +8,13 @@ pub mod wav;
 
 pub use wav::{RepairReport, WavError, WavInfo, WavSpec, WavStatus, WavWriter, create_file, inspect, repair};
 
+/// `path` with `suffix` appended to its file name (`a.wav.cvs` + `.partial`).
+pub fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    s.into()
+}
+
 /// Creates `path` and its parents as needed. A file in the way is said as such ("exists and is
 /// not a directory"), where the OS would only say "File exists".
 pub fn ensure_dir(path: &std::path::Path) -> std::io::Result<()> {

@@ -107,7 +107,8 @@ fn parse_ulid(path: &Path, id: &str) -> Result<ulid::Ulid, WavError> {
 pub struct SealedWavWriter {
     w: SealWriter<File>,
     spec: WavSpec,
-    frames: u64,
+    /// PCM bytes written (whole frames once a write completes).
+    data_bytes: u64,
     buf: Vec<u8>,
     path: PathBuf,
     sealing: Arc<Sealing>,
@@ -116,7 +117,7 @@ pub struct SealedWavWriter {
 
 impl std::fmt::Debug for SealedWavWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedWavWriter").field("path", &self.path).field("frames", &self.frames).finish()
+        f.debug_struct("SealedWavWriter").field("path", &self.path).field("data_bytes", &self.data_bytes).finish()
     }
 }
 
@@ -129,32 +130,42 @@ impl SealedWavWriter {
         recording_id: &str,
         index: String,
     ) -> Result<Self, WavError> {
+        let params = SealParams {
+            content: Content::Audio,
+            container: Container::Wav,
+            chunk_size: sealing.chunk_size,
+            recording_id: parse_ulid(path, recording_id)?,
+            created_ms: crate::seal::now_ms(),
+            index,
+        };
+        Self::create_with(path, spec, sealing, &params, 0)
+    }
+
+    /// [`SealedWavWriter::create`] with the sealing parameters given, and seal-record `flags`.
+    fn create_with(
+        path: &Path,
+        spec: WavSpec,
+        sealing: &Arc<Sealing>,
+        params: &SealParams,
+        flags: u16,
+    ) -> Result<Self, WavError> {
         spec.validate()?;
-        let rid = parse_ulid(path, recording_id)?;
         let file = File::options().write(true).create_new(true).open(path).map_err(|source| WavError::File {
             path: path.to_path_buf(),
             action: "create",
             source,
         })?;
-        let params = SealParams {
-            content: Content::Audio,
-            container: Container::Wav,
-            chunk_size: sealing.chunk_size,
-            recording_id: rid,
-            created_ms: crate::seal::now_ms(),
-            index,
-        };
         let kek = sealing.keys.active_kek().map_err(|e| seal_err(path, e))?;
         let w =
-            SealWriter::create(file, &params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(path, e))?;
+            SealWriter::create(file, params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(path, e))?;
         Ok(SealedWavWriter {
             w,
             spec,
-            frames: 0,
+            data_bytes: 0,
             buf: Vec::new(),
             path: path.to_path_buf(),
             sealing: sealing.clone(),
-            flags: 0,
+            flags,
         })
     }
 
@@ -169,7 +180,14 @@ impl SealedWavWriter {
             self.buf.extend_from_slice(&s.to_le_bytes());
         }
         self.w.write(&self.buf).map_err(|e| named(&self.path, e))?;
-        self.frames += (interleaved.len() / channels) as u64;
+        self.data_bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Appends little-endian PCM bytes as they are (re-sealing a recovered prefix).
+    fn write_pcm(&mut self, bytes: &[u8]) -> Result<(), SealError> {
+        self.w.write(bytes)?;
+        self.data_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -179,28 +197,24 @@ impl SealedWavWriter {
     }
 
     pub fn frames_written(&self) -> u64 {
-        self.frames
+        self.data_bytes / u64::from(self.spec.block_align())
     }
 
     /// Seals the rest and the final WAV header, signs, fsyncs. A frame count other than
     /// `expected_frames` is reported after the file is complete, as with plain WAV.
     pub fn finalize(self, expected_frames: u64) -> Result<(WavInfo, SealRecord), WavError> {
-        let data_bytes = self.frames * u64::from(self.spec.block_align());
+        let frames = self.frames_written();
+        let data_bytes = frames * u64::from(self.spec.block_align());
         let rf64 = data_bytes > wav::DEFAULT_RF64_THRESHOLD;
         let head = wav::build_header(&self.spec, data_bytes, rf64);
         let signer = self.sealing.keys.signing().map_err(|e| seal_err(&self.path, e))?;
         let (file, record) =
             self.w.finish(&head, self.flags, signer, crate::seal::now_ms()).map_err(|e| named(&self.path, e))?;
         file.sync_all().map_err(|source| WavError::File { path: self.path.clone(), action: "fsync", source })?;
-        let info = WavInfo {
-            frames: self.frames,
-            data_bytes,
-            rf64,
-            sample_rate: self.spec.sample_rate,
-            channels: self.spec.channels,
-        };
-        if self.frames != expected_frames {
-            return Err(WavError::LengthMismatch { expected_frames, written_frames: self.frames });
+        let info =
+            WavInfo { frames, data_bytes, rf64, sample_rate: self.spec.sample_rate, channels: self.spec.channels };
+        if frames != expected_frames {
+            return Err(WavError::LengthMismatch { expected_frames, written_frames: frames });
         }
         Ok((info, record))
     }
@@ -300,9 +314,7 @@ pub fn write_sealed_json(
 
 /// The temporary name [`write_sealed_json`] writes first.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".tmp");
-    PathBuf::from(s)
+    super::with_suffix(path, ".tmp")
 }
 
 /// Reads and fully verifies a sealed JSON document.
@@ -371,12 +383,12 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
     }
 }
 
-/// Adapts a [`SealWriter`] to `io::Write`, for streaming a recovered prefix into a new file.
-struct SealSink<'a>(&'a mut SealWriter<File>);
+/// Streams a recovered prefix into a [`SealedWavWriter`].
+struct PcmSink<'a>(&'a mut SealedWavWriter);
 
-impl Write for SealSink<'_> {
+impl Write for PcmSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf).map_err(|e| io::Error::other(e.to_string()))?;
+        self.0.write_pcm(buf).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -398,18 +410,23 @@ pub struct Resealed {
     pub was_complete: bool,
 }
 
-/// A finished sealed WAV that verifies, with the frames its final header says; `None` if it
-/// does not verify.
-fn complete_wav(path: &Path, sealing: &Sealing, rid: ulid::Ulid) -> Option<(u64, WavSpec, SealRecord)> {
-    let mut r = SealedReader::open(File::open(path).ok()?, &sealing.keys).ok()?;
-    if r.header().recording_id != rid || r.header().container != Container::Wav {
-        return None;
+/// A finished sealed WAV, verified in full: its header, frames, format and seal record.
+pub fn verified_wav(path: &Path, keys: &Keyring) -> Result<(crate::seal::Header, u64, WavSpec, SealRecord), SealError> {
+    let mut r = SealedReader::open(File::open(path).map_err(|e| SealError::io("open", path, e))?, keys)?;
+    if r.header().container != Container::Wav {
+        return Err(SealError::Invalid(format!("{}: not a sealed WAV recording", path.display())));
     }
-    let v = r.verify(sealing.keys.trusted(), None).ok()?;
-    let head = r.final_head().ok()?;
-    let spec = spec_of(&head)?;
+    let v = r.verify(keys.trusted(), None)?;
+    let spec = spec_of(&r.final_head()?)
+        .ok_or_else(|| SealError::Invalid(format!("{}: its WAV header is not callvault's", path.display())))?;
     let data = v.record.plaintext_len.saturating_sub(HEADER_LEN);
-    Some((data / u64::from(spec.block_align()), spec, v.record))
+    Ok((r.header().clone(), data / u64::from(spec.block_align()), spec, v.record))
+}
+
+/// [`verified_wav`] of recording `rid`, or `None`.
+fn complete_wav(path: &Path, sealing: &Sealing, rid: ulid::Ulid) -> Option<(u64, WavSpec, SealRecord)> {
+    let (header, frames, spec, record) = verified_wav(path, &sealing.keys).ok()?;
+    (header.recording_id == rid).then_some((frames, spec, record))
 }
 
 /// Recovers a sealed WAV left unfinished by a crash: its authenticated prefix is re-sealed under
@@ -437,9 +454,7 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
     // Already kept as damaged by an earlier recovery: read from, never removed.
     let input_is_damaged = partial.to_string_lossy().ends_with(".damaged");
     let keep_damaged = |from: &Path| -> Result<PathBuf, WavError> {
-        let mut kept = from.as_os_str().to_os_string();
-        kept.push(".damaged");
-        let kept = PathBuf::from(kept);
+        let kept = super::with_suffix(from, ".damaged");
         fs::rename(from, &kept).map_err(|source| WavError::File { path: kept.clone(), action: "rename to", source })?;
         wav::sync_parent_dir(&kept)?;
         Ok(kept)
@@ -499,11 +514,6 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
     let tmp = tmp_path(dest);
     let _ = fs::remove_file(&tmp);
     let done = (|| {
-        let out = File::options().write(true).create_new(true).open(&tmp).map_err(|source| WavError::File {
-            path: tmp.clone(),
-            action: "create",
-            source,
-        })?;
         let params = SealParams {
             content: Content::Audio,
             container: Container::Wav,
@@ -512,15 +522,10 @@ pub fn reseal_unfinished(partial: &Path, dest: &Path, sealing: &Arc<Sealing>) ->
             created_ms: crate::seal::now_ms(),
             index: header.index.clone(),
         };
-        let kek = sealing.keys.active_kek().map_err(|e| seal_err(dest, e))?;
-        let mut w =
-            SealWriter::create(out, &params, kek, &wav::build_header(&spec, 0, false)).map_err(|e| named(&tmp, e))?;
-        reader.write_body_prefix(&rec, data, &mut SealSink(&mut w)).map_err(|e| seal_err(partial, e))?;
-        let head = wav::build_header(&spec, data, data > wav::DEFAULT_RF64_THRESHOLD);
-        let signer = sealing.keys.signing().map_err(|e| seal_err(dest, e))?;
-        let (out, record) =
-            w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| named(&tmp, e))?;
-        out.sync_all().map_err(|source| WavError::File { path: tmp.clone(), action: "fsync", source })?;
+        let mut w = SealedWavWriter::create_with(&tmp, spec, sealing, &params, FLAG_RECOVERED)?;
+        reader.write_body_prefix(&rec, data, &mut PcmSink(&mut w)).map_err(|e| seal_err(&source_path, e))?;
+        let frames = data / align;
+        let (_, record) = w.finalize(frames)?;
         fs::rename(&tmp, dest).map_err(|source| WavError::File { path: dest.into(), action: "rename into", source })?;
         Ok(record)
     })();

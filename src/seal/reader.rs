@@ -59,7 +59,6 @@ pub struct Recovery {
     /// The container head that authenticates (final if the file was finalised, else the
     /// provisional one written at creation).
     pub head: Option<Vec<u8>>,
-    pub head_is_final: bool,
     /// Body chunks that authenticate, in order from the first.
     pub chunks: u64,
     /// Their plaintext bytes.
@@ -83,33 +82,58 @@ fn read_exact_at<R: Read + Seek>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(
     })
 }
 
+fn file_len<R: Seek>(r: &mut R) -> Result<u64, SealError> {
+    r.seek(SeekFrom::End(0)).map_err(|e| SealError::Io {
+        action: "seek in sealed file",
+        path: Default::default(),
+        source: e,
+    })
+}
+
+/// Reads and parses a sealed file's clear header (no key needed): the header, its bytes (tag
+/// included) and the file's length.
+pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<(Header, Vec<u8>, u64), SealError> {
+    let file_len = file_len(r)?;
+    if file_len < 12 {
+        let mut some = vec![0u8; file_len as usize];
+        read_exact_at(r, 0, &mut some)?;
+        return Err(if !some.is_empty() && super::format::MAGIC.starts_with(&some[..some.len().min(8)]) {
+            SealError::Truncated(format!("{file_len} bytes: not even a header"))
+        } else {
+            SealError::NotSealed
+        });
+    }
+    let mut first = [0u8; 12];
+    read_exact_at(r, 0, &mut first)?;
+    let header_len = Header::peek_len(&first)?;
+    if header_len as u64 > file_len {
+        return Err(SealError::Truncated(format!("{file_len} bytes, shorter than its {header_len}-byte header")));
+    }
+    let mut hbytes = vec![0u8; header_len];
+    read_exact_at(r, 0, &mut hbytes)?;
+    let (header, _) = Header::decode(&hbytes)?;
+    Ok((header, hbytes, file_len))
+}
+
+/// Checks a seal record's signature and that its signer is trusted; the trusted key on success.
+/// Checked before the digests, so a record re-signed by another key is named as such.
+fn check_signature(record: &SealRecord, trusted: &[PublicKey]) -> Result<PublicKey, SealError> {
+    let signer = PublicKey { id: String::new(), key: record.signer, source: Default::default() };
+    if !signer.verify(&record.signed_message(), &record.signature) {
+        return Err(SealError::SignatureInvalid);
+    }
+    trusted.iter().find(|t| t.key == record.signer).cloned().ok_or_else(|| SealError::SignatureUntrusted {
+        signer: format!("public key {}", hex(&record.signer)),
+        trusted: trusted.iter().map(|t| format!("{} ({})", t.id, &hex(&t.key)[..16])).collect(),
+    })
+}
+
 impl<R: Read + Seek> SealedReader<R> {
     /// Reads the header, unwraps the data key and checks the header's tag. A wrong key, an
     /// unknown key and a damaged header are told apart.
     pub fn open(mut r: R, keys: &Keyring) -> Result<Self, SealError> {
-        let file_len = r.seek(SeekFrom::End(0)).map_err(|e| SealError::Io {
-            action: "seek in sealed file",
-            path: Default::default(),
-            source: e,
-        })?;
-        let mut first = [0u8; 12];
-        if file_len < 12 {
-            let mut some = vec![0u8; file_len as usize];
-            read_exact_at(&mut r, 0, &mut some)?;
-            return Err(if some.starts_with(&super::format::MAGIC[..some.len().min(8)]) && !some.is_empty() {
-                SealError::Truncated(format!("{file_len} bytes: not even a header"))
-            } else {
-                SealError::NotSealed
-            });
-        }
-        read_exact_at(&mut r, 0, &mut first)?;
-        let header_len = Header::peek_len(&first)?;
-        if header_len as u64 > file_len {
-            return Err(SealError::Truncated(format!("{file_len} bytes, shorter than its {header_len}-byte header")));
-        }
-        let mut hbytes = vec![0u8; header_len];
-        read_exact_at(&mut r, 0, &mut hbytes)?;
-        let (header, _) = Header::decode(&hbytes)?;
+        let (header, hbytes, file_len) = read_header(&mut r)?;
+        let header_len = hbytes.len();
         let kek = keys.kek(&header.key_id)?;
         let Some(data_key) = kek.unwrap(&header.wrapped_key) else {
             return Err(if kek.fingerprint != header.kek_fingerprint {
@@ -358,18 +382,7 @@ impl<R: Read + Seek> SealedReader<R> {
         let mut tail = vec![0u8; self.header.head_record_len() as usize];
         read_exact_at(&mut self.r, final_head_at, &mut tail)?;
         sealed.update(&tail);
-        // The signature first: a record re-signed by another key is named as such, not as a
-        // digest mismatch.
-        let signer = PublicKey { id: String::new(), key: record.signer, source: Default::default() };
-        if !signer.verify(&record.signed_message(), &record.signature) {
-            return Err(SealError::SignatureInvalid);
-        }
-        let Some(signer) = trusted.iter().find(|t| t.key == record.signer).cloned() else {
-            return Err(SealError::SignatureUntrusted {
-                signer: format!("public key {}", hex(&record.signer)),
-                trusted: trusted.iter().map(|t| format!("{} ({})", t.id, &hex(&t.key)[..16])).collect(),
-            });
-        };
+        let signer = check_signature(&record, trusted)?;
         let digest = |c: Context| -> [u8; 32] { c.finish().as_ref().try_into().unwrap() };
         let head_digest = if head.is_empty() { [0; 32] } else { sha256(&[&head]) };
         if digest(sealed) != record.sealed_sha256 {
@@ -393,7 +406,6 @@ impl<R: Read + Seek> SealedReader<R> {
     pub fn recover(&mut self) -> Recovery {
         let mut out = Recovery {
             head: None,
-            head_is_final: false,
             chunks: 0,
             body_len: 0,
             body_complete: false,
@@ -413,10 +425,7 @@ impl<R: Read + Seek> SealedReader<R> {
                 None => None,
             };
             match final_head {
-                Some(h) => {
-                    out.head = Some(h);
-                    out.head_is_final = true;
-                }
+                Some(h) => out.head = Some(h),
                 None => match self.provisional_head() {
                     Ok(h) => out.head = Some(h),
                     Err(e) => {
@@ -535,28 +544,13 @@ impl<R: Read + Seek> SealedReader<R> {
         }
         Ok(())
     }
-
-    /// Bytes of the whole sealed file.
-    pub fn sealed_len(&self) -> u64 {
-        self.file_len
-    }
 }
 
 /// Checks a finalised file's seal record without any KEK: the SHA-256 of the sealed bytes and
 /// the signature by a trusted key. For auditors who hold public keys only; it says nothing of
 /// the plaintext beyond "these are the bytes that were signed".
 pub fn verify_signature_only<R: Read + Seek>(mut r: R, trusted: &[PublicKey]) -> Result<SealRecord, SealError> {
-    let len = r.seek(SeekFrom::End(0)).map_err(|e| SealError::Io {
-        action: "seek in sealed file",
-        path: Default::default(),
-        source: e,
-    })?;
-    let mut first = [0u8; 12];
-    if len < 12 {
-        return Err(SealError::NotSealed);
-    }
-    read_exact_at(&mut r, 0, &mut first)?;
-    Header::peek_len(&first)?;
+    let (_, _, len) = read_header(&mut r)?;
     if len < SEAL_RECORD_LEN as u64 + 12 {
         return Err(SealError::NotFinalised { recovered_bytes: 0, chunks: 0 });
     }
@@ -584,16 +578,7 @@ pub fn verify_signature_only<R: Read + Seek>(mut r: R, trusted: &[PublicKey]) ->
         c.update(&buf[..n]);
         left -= n as u64;
     }
-    let signer = PublicKey { id: String::new(), key: record.signer, source: Default::default() };
-    if !signer.verify(&record.signed_message(), &record.signature) {
-        return Err(SealError::SignatureInvalid);
-    }
-    if !trusted.iter().any(|t| t.key == record.signer) {
-        return Err(SealError::SignatureUntrusted {
-            signer: format!("public key {}", hex(&record.signer)),
-            trusted: trusted.iter().map(|t| format!("{} ({})", t.id, &hex(&t.key)[..16])).collect(),
-        });
-    }
+    check_signature(&record, trusted)?;
     let digest: [u8; 32] = c.finish().as_ref().try_into().unwrap();
     if digest != record.sealed_sha256 {
         return Err(SealError::DigestMismatch { which: "sealed-file" });
