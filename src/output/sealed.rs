@@ -345,8 +345,6 @@ pub struct Recovered {
     /// Audio frames (WAV), 0 for other containers.
     pub frames: u64,
     pub spec: Option<WavSpec>,
-    /// The file had been finalised and only damage stopped the read.
-    pub was_finalised: bool,
     /// Why the rest is missing.
     pub stopped_by: Option<String>,
 }
@@ -355,7 +353,6 @@ pub struct Recovered {
 /// samples that authenticate (whole frames) under a header that says so.
 pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> Result<Recovered, SealError> {
     let rec = reader.recover();
-    let was_finalised = reader.is_finalised();
     match reader.header().container {
         Container::Wav => {
             let Some(spec) = rec.head.as_deref().and_then(spec_of) else {
@@ -372,13 +369,12 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
                 bytes: HEADER_LEN + data,
                 frames: data / align,
                 spec: Some(spec),
-                was_finalised,
                 stopped_by: rec.stopped_by,
             })
         }
         Container::Json => {
             reader.write_body_prefix(&rec, rec.body_len, out)?;
-            Ok(Recovered { bytes: rec.body_len, frames: 0, spec: None, was_finalised, stopped_by: rec.stopped_by })
+            Ok(Recovered { bytes: rec.body_len, frames: 0, spec: None, stopped_by: rec.stopped_by })
         }
     }
 }
