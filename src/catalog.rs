@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde_json::{Value, json};
 
 /// Schema version written in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the catalog cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +90,53 @@ impl Catalog {
                 value TEXT NOT NULL,
                 PRIMARY KEY (recording_id, key)
             );
-            CREATE INDEX IF NOT EXISTS metadata_kv ON metadata (key, value);
-            PRAGMA user_version = 1;",
+            CREATE INDEX IF NOT EXISTS metadata_kv ON metadata (key, value);",
         )
         .map_err(sql(path))?;
+        if version < 2 {
+            // Version 2: where each recording landed (`stored`, JSON per target) and its
+            // metadata object's key, which the store's poller looks up.
+            let cols: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info('recordings')")
+                .and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect())
+                .map_err(sql(path))?;
+            for (col, ty) in [("stored", "TEXT"), ("meta_key", "TEXT")] {
+                if !cols.iter().any(|c| c == col) {
+                    conn.execute_batch(&format!("ALTER TABLE recordings ADD COLUMN {col} {ty}")).map_err(sql(path))?;
+                }
+            }
+            conn.execute_batch(
+                "CREATE INDEX IF NOT EXISTS recordings_meta_key ON recordings (meta_key);
+                 PRAGMA user_version = 2;",
+            )
+            .map_err(sql(path))?;
+        }
         Ok(Catalog { conn, path: path.to_path_buf() })
+    }
+
+    /// Records where a recording landed (`stored`: per target, its objects; the primary's
+    /// last object is the metadata object). `false` when the catalog does not have it yet.
+    pub fn set_stored(&mut self, recording_id: &str, stored: &Value) -> Result<bool, CatalogError> {
+        let meta_key = stored["primary"]["objects"].as_array().and_then(|o| o.last()).and_then(|o| o["key"].as_str());
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recordings SET stored = ?2, meta_key = ?3 WHERE recording_id = ?1",
+                params![recording_id, stored.to_string(), meta_key],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(n > 0)
+    }
+
+    /// Removes a recording (deleted by retention or erasure).
+    pub fn remove(&mut self, recording_id: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM metadata WHERE recording_id = ?1", params![recording_id])
+            .map_err(sql(&self.path))?;
+        self.conn
+            .execute("DELETE FROM recordings WHERE recording_id = ?1", params![recording_id])
+            .map_err(sql(&self.path))?;
+        Ok(())
     }
 
     /// Adds or replaces a recording from its summary (the sidecar's content). A summary without
@@ -328,14 +370,14 @@ pub fn search(path: &Path, q: &Query) -> Result<Page, CatalogError> {
     }
     let limit = q.limit.unwrap_or(50);
     let sql_text = format!(
-        "SELECT started_at, recording_id, summary FROM recordings {} ORDER BY started_at DESC, recording_id DESC LIMIT {}",
+        "SELECT started_at, recording_id, summary, stored FROM recordings {} ORDER BY started_at DESC, recording_id DESC LIMIT {}",
         if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) },
         limit + 1
     );
     let mut stmt = conn.prepare(&sql_text).map_err(sql(path))?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, with_stored(r.get(2)?, r.get(3)?)))
         })
         .map_err(sql(path))?;
     let mut out = Vec::new();
@@ -345,27 +387,99 @@ pub fn search(path: &Path, q: &Query) -> Result<Page, CatalogError> {
     let more = out.len() > limit as usize;
     out.truncate(limit as usize);
     let next_cursor = if more { out.last().map(|(t, r, _)| encode_cursor(t, r)) } else { None };
-    let recordings = out.into_iter().map(|(_, _, s)| serde_json::from_str(&s).unwrap_or(Value::Null)).collect();
+    let recordings = out.into_iter().map(|(_, _, s)| s).collect();
     Ok(Page { recordings, next_cursor })
+}
+
+/// A row's summary with `stored` (where it landed) set, or `null` while it is in the spool.
+fn with_stored(summary: String, stored: Option<String>) -> Value {
+    let mut v: Value = serde_json::from_str(&summary).unwrap_or(Value::Null);
+    if v.is_object() {
+        v["stored"] = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    }
+    v
+}
+
+/// The recording ids of `ids` the catalog at `path` knows (read-only).
+pub fn known_meta_keys(path: &Path, keys: &[String]) -> Result<std::collections::HashSet<String>, CatalogError> {
+    let mut out = std::collections::HashSet::new();
+    if !path.exists() || keys.is_empty() {
+        return Ok(out);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
+    let mut st = conn.prepare("SELECT 1 FROM recordings WHERE meta_key = ?1").map_err(sql(path))?;
+    for k in keys {
+        if st.exists(params![k]).map_err(sql(path))? {
+            out.insert(k.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Every recording in the catalog at `path` (read-only), oldest first: (summary with stored).
+pub fn all(path: &Path) -> Result<Vec<Value>, CatalogError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
+    let mut st =
+        conn.prepare("SELECT summary, stored FROM recordings ORDER BY started_at, recording_id").map_err(sql(path))?;
+    let rows = st.query_map([], |r| Ok(with_stored(r.get(0)?, r.get(1)?))).map_err(sql(path))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql(path))
 }
 
 /// Feeds the catalog from a thread of its own: the control plane hands it summaries and never
 /// waits for the database.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Value>,
+    tx: mpsc::Sender<Op>,
+}
+
+enum Op {
+    Upsert(Value),
+    Stored(String, Value),
+    Remove(String),
 }
 
 impl Writer {
     /// Starts the writer thread on an opened catalog.
     pub fn spawn(mut catalog: Catalog) -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::channel::<Value>();
+        let (tx, rx) = mpsc::channel::<Op>();
         std::thread::Builder::new().name("catalog".into()).spawn(move || {
-            for summary in rx {
-                if let Err(e) = catalog.upsert(&summary) {
+            // Where a recording landed can be told before its summary arrives (the shipper
+            // may be quicker than the event): kept until then.
+            let mut early: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+            for op in rx {
+                let (rid, done) = match op {
+                    Op::Upsert(summary) => {
+                        let rid = summary["recording_id"].as_str().unwrap_or("?").to_string();
+                        let mut done = catalog.upsert(&summary);
+                        if done.is_ok()
+                            && let Some(stored) = early.remove(&rid)
+                        {
+                            done = catalog.set_stored(&rid, &stored).map(drop);
+                        }
+                        (rid, done)
+                    }
+                    Op::Stored(rid, stored) => {
+                        let done = catalog.set_stored(&rid, &stored).map(|found| {
+                            if !found && early.len() < 100_000 {
+                                early.insert(rid.clone(), stored);
+                            }
+                        });
+                        (rid, done)
+                    }
+                    Op::Remove(rid) => {
+                        early.remove(&rid);
+                        let done = catalog.remove(&rid);
+                        (rid, done)
+                    }
+                };
+                if let Err(e) = done {
                     crate::log::warn(&format!(
-                        "catalog: recording {} not indexed: {e} (`callvault catalog rebuild` restores it)",
-                        summary["recording_id"].as_str().unwrap_or("?")
+                        "catalog: recording {rid} not updated: {e} (`callvault catalog rebuild` restores it)"
                     ));
                 }
             }
@@ -375,7 +489,17 @@ impl Writer {
 
     /// Queues a finished (or failed, or recovered) recording's summary.
     pub fn record(&self, summary: &Value) {
-        let _ = self.tx.send(summary.clone());
+        let _ = self.tx.send(Op::Upsert(summary.clone()));
+    }
+
+    /// Queues where a recording landed.
+    pub fn stored(&self, recording_id: &str, stored: Value) {
+        let _ = self.tx.send(Op::Stored(recording_id.to_string(), stored));
+    }
+
+    /// Queues a recording's removal (deleted from storage).
+    pub fn remove(&self, recording_id: &str) {
+        let _ = self.tx.send(Op::Remove(recording_id.to_string()));
     }
 }
 

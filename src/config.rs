@@ -75,6 +75,129 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where the keys for encryption at rest come from.
     pub keys: KeysConfig,
+    /// Where finished recordings are shipped: the local archive or S3-compatible storage.
+    pub storage: StorageConfig,
+    /// How long recordings are kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[storage]`: see `docs/storage.md`. With nothing set, finished recordings move to the local
+/// archive `<data_dir>/archive` in the same layout an object store gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Ship finished recordings at all (false: they stay in the spool).
+    pub ship: bool,
+    /// Recordings shipped at once.
+    pub concurrency: usize,
+    /// Multipart part size for S3 (5-512 MiB); files larger than one part go multipart.
+    pub part_size_mib: u64,
+    /// How an upload is verified before the spool's copy is released: "read-back" (the object is
+    /// read back and its SHA-256 compared) or "checksum" (the store checks the
+    /// x-amz-checksum-sha256 sent with every part; only for stores that do).
+    pub verify: String,
+    /// Longest wait between retries of a failing upload.
+    pub retry_max_s: u64,
+    /// How often new metadata objects (other recorders' too) are looked for, to keep the
+    /// catalog current (0: never).
+    pub catalog_poll_s: u64,
+    /// The target every recording goes to.
+    pub primary: TargetConfig,
+    /// An optional second target, written independently.
+    pub backup: Option<TargetConfig>,
+}
+
+/// One storage target: `kind = "local"` (a directory) or `kind = "s3"`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// "local" or "s3".
+    pub kind: String,
+    /// local: the archive directory (empty: `<data_dir>/archive`).
+    pub path: PathBuf,
+    /// s3: the endpoint URL, e.g. http://127.0.0.1:3900 (empty: AWS).
+    pub endpoint: String,
+    /// s3: the bucket.
+    pub bucket: String,
+    /// s3: the region ("garage" for Garage).
+    pub region: String,
+    /// Key prefix (no leading or trailing slash): objects are `PREFIX/YYYY/MM/DD/<recording id>.<ext>`.
+    pub prefix: String,
+    /// s3: the access key id (empty: $AWS_ACCESS_KEY_ID).
+    pub access_key_id: String,
+    /// s3: the secret key (prefer `secret_access_key_file`; empty: $AWS_SECRET_ACCESS_KEY).
+    pub secret_access_key: String,
+    /// s3: a file holding the secret key (mode 0600), e.g. a systemd credential.
+    pub secret_access_key_file: PathBuf,
+    /// s3: virtual-hosted-style requests (bucket.endpoint); false: path-style.
+    pub virtual_hosted: bool,
+}
+
+/// `[retention]`: see `docs/storage.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Delete expired recordings from this recorder (in a fleet sharing one store, one node is
+    /// enough).
+    pub enforce: bool,
+    /// Days a recording no policy matches is kept (0: forever).
+    pub default_days: u64,
+    /// How often expired recordings are looked for.
+    pub interval_s: u64,
+    /// Policies, first match wins.
+    pub policy: Vec<RetentionPolicy>,
+}
+
+/// `[[retention.policy]]`: recordings whose metadata has every `match` key with its value are
+/// kept `days` days from their start.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// A name for the deletion log.
+    pub name: String,
+    /// Metadata keys and values, all of which must match.
+    #[serde(rename = "match")]
+    pub matches: std::collections::BTreeMap<String, String>,
+    /// Days from the recording's start (at least 1).
+    pub days: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            ship: true,
+            concurrency: 4,
+            part_size_mib: 8,
+            verify: "read-back".into(),
+            retry_max_s: 300,
+            catalog_poll_s: 30,
+            primary: TargetConfig::default(),
+            backup: None,
+        }
+    }
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            kind: "local".into(),
+            path: PathBuf::new(),
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: String::new(),
+            prefix: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            secret_access_key_file: PathBuf::new(),
+            virtual_hosted: false,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { enforce: true, default_days: 0, interval_s: 3600, policy: Vec::new() }
+    }
 }
 
 /// `[keys]`: see `docs/keys.md`. With nothing set, systemd credentials are used when
@@ -199,6 +322,8 @@ impl Default for Config {
             recording: RecordingDefaults::default(),
             metrics: MetricsConfig::default(),
             keys: KeysConfig::default(),
+            storage: StorageConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -269,6 +394,43 @@ impl Default for RecordingDefaults {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+impl TargetConfig {
+    fn validate(&self, key: &'static str) -> Result<(), ConfigError> {
+        let invalid = |value: String, reason: &str| ConfigError::Invalid { key, value, reason: reason.into() };
+        if self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//") {
+            return Err(invalid(self.prefix.clone(), "prefix must not start or end with '/' nor contain '//'"));
+        }
+        match self.kind.as_str() {
+            "local" => {
+                if !self.bucket.is_empty() || !self.endpoint.is_empty() {
+                    return Err(invalid(
+                        self.kind.clone(),
+                        "a local target takes path, not endpoint or bucket (set kind = \"s3\")",
+                    ));
+                }
+            }
+            "s3" => {
+                if self.bucket.is_empty() {
+                    return Err(invalid("bucket = \"\"".into(), "an s3 target needs a bucket"));
+                }
+                if !self.endpoint.is_empty()
+                    && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
+                {
+                    return Err(invalid(self.endpoint.clone(), "endpoint must be an http:// or https:// URL"));
+                }
+                if !self.secret_access_key.is_empty() && !self.secret_access_key_file.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "secret_access_key".into(),
+                        "set secret_access_key or secret_access_key_file, not both",
+                    ));
+                }
+            }
+            other => return Err(invalid(other.to_string(), "kind must be \"local\" or \"s3\"")),
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +547,54 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("metrics.listen", &self.metrics.listen, "must be IP:PORT (or empty to turn it off)"));
         }
+        let st = &self.storage;
+        if !(1..=64).contains(&st.concurrency) {
+            return Err(invalid("storage.concurrency", st.concurrency, "must be 1 to 64"));
+        }
+        if !(5..=512).contains(&st.part_size_mib) {
+            return Err(invalid(
+                "storage.part_size_mib",
+                st.part_size_mib,
+                "must be 5 to 512 (S3's smallest part is 5 MiB)",
+            ));
+        }
+        if !matches!(st.verify.as_str(), "read-back" | "checksum") {
+            return Err(invalid("storage.verify", &st.verify, "must be \"read-back\" or \"checksum\""));
+        }
+        if st.retry_max_s == 0 {
+            return Err(invalid("storage.retry_max_s", 0, "must be at least 1"));
+        }
+        st.primary.validate("storage.primary")?;
+        if let Some(b) = &st.backup {
+            b.validate("storage.backup")?;
+            if *b == st.primary || (b.kind == "local" && st.primary.kind == "local") {
+                return Err(invalid(
+                    "storage.backup",
+                    &b.kind,
+                    "must be another target than storage.primary (another bucket, cluster or directory)",
+                ));
+            }
+        }
+        let r = &self.retention;
+        if r.interval_s == 0 {
+            return Err(invalid("retention.interval_s", 0, "must be at least 1"));
+        }
+        for p in &r.policy {
+            if p.days == 0 {
+                return Err(invalid(
+                    "retention.policy.days",
+                    0,
+                    format!("policy {:?}: must be at least 1 (omit the policy to keep forever)", p.name),
+                ));
+            }
+            if p.matches.is_empty() {
+                return Err(invalid(
+                    "retention.policy.match",
+                    "{}",
+                    format!("policy {:?}: needs at least one key (use retention.default_days for all)", p.name),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -427,6 +637,11 @@ impl Config {
     /// The configured signing key file, if any.
     pub fn signing_key_file(&self) -> Option<&Path> {
         (!self.keys.signing_key_file.as_os_str().is_empty()).then_some(self.keys.signing_key_file.as_path())
+    }
+
+    /// The local archive directory of a `kind = "local"` target.
+    pub fn archive_dir(&self, target: &TargetConfig) -> PathBuf {
+        if target.path.as_os_str().is_empty() { self.data_dir.join("archive") } else { target.path.clone() }
     }
 
     /// The spool directory (recordings in progress and finished).

@@ -23,3 +23,4 @@ pub mod output;
 pub mod replay;
 pub mod seal;
 pub mod serve;
+pub mod storage;

@@ -36,12 +36,14 @@ mod catalog;
 mod keys;
 #[path = "cli/live.rs"]
 mod live;
+#[path = "cli/storage.rs"]
+mod storage;
 
 #[derive(Parser)]
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
 #[command(
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay),\n\
-4 control socket unreachable (ctl).\n\
+4 control socket unreachable (ctl), or some recordings kept by a hold or still in the spool (erase).\n\
 Run `callvault help <command>` for each command's options and examples."
 )]
 struct Cli {
@@ -78,9 +80,18 @@ enum Command {
     /// Write a sealed recording's plaintext (a WAV for sox) after verifying it.
     #[command(after_help = keys::DECRYPT_EXAMPLES)]
     Decrypt(keys::DecryptArgs),
-    /// Search the recording catalog, or rebuild it from the spool.
+    /// Search the recording catalog, or rebuild it from storage and the spool.
     #[command(after_help = catalog::CATALOG_EXAMPLES)]
     Catalog(catalog::CatalogArgs),
+    /// Place, release and list legal holds (they override every retention policy and erasure).
+    #[command(after_help = storage::HOLD_EXAMPLES)]
+    Hold(storage::HoldArgs),
+    /// Erase recordings on request (e.g. every recording of one caller), unless on hold.
+    #[command(after_help = storage::ERASE_EXAMPLES)]
+    Erase(storage::EraseArgs),
+    /// Apply the retention policies now (serve does it every [retention] interval_s).
+    #[command(after_help = storage::RETENTION_EXAMPLES)]
+    Retention(storage::RetentionArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -239,6 +250,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => keys::verify_cmd(args),
         Command::Decrypt(args) => keys::decrypt_cmd(args),
         Command::Catalog(args) => catalog::catalog_cmd(args),
+        Command::Hold(args) => storage::hold_cmd(args),
+        Command::Erase(args) => storage::erase_cmd(args),
+        Command::Retention(args) => storage::retention_cmd(args),
     }
 }
 

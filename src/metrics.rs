@@ -509,6 +509,84 @@ impl Collector for Scrape {
             )?;
         }
 
+        if let Some(st) = control.ship_stats() {
+            let roles = |f: &dyn Fn(usize) -> u64| -> Vec<(Labels, u64)> {
+                ["primary", "backup"].iter().enumerate().map(|(i, r)| (vec![("target", r.to_string())], f(i))).collect()
+            };
+            gauge(
+                &mut e,
+                "callvault_ship_backlog_recordings",
+                "Finished recordings in the spool not yet in every storage target.",
+                None,
+                &[(none.clone(), load(&st.backlog_recordings) as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "callvault_ship_backlog",
+                "Bytes of the finished recordings in the spool not yet in every storage target.",
+                Some(Unit::Bytes),
+                &[(none.clone(), load(&st.backlog_bytes) as i64)],
+            )?;
+            let oldest = st.oldest_finished_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let age = if oldest > 0 { (crate::seal::now_ms() - oldest).max(0) / 1000 } else { 0 };
+            gauge(
+                &mut e,
+                "callvault_ship_backlog_age",
+                "Seconds since the oldest recording of the backlog finished (0: no backlog).",
+                Some(Unit::Seconds),
+                &[(none.clone(), age)],
+            )?;
+            counter(
+                &mut e,
+                "callvault_shipped_files",
+                "Files uploaded and verified, per target.",
+                None,
+                &roles(&|i| load(&st.uploads[i])),
+            )?;
+            counter(
+                &mut e,
+                "callvault_shipped",
+                "Bytes uploaded and verified, per target.",
+                Some(Unit::Bytes),
+                &roles(&|i| load(&st.bytes[i])),
+            )?;
+            counter(
+                &mut e,
+                "callvault_ship_failures",
+                "Failed shipping attempts (store unreachable or refusing, local read errors, mismatches), per target.",
+                None,
+                &roles(&|i| load(&st.failures[i])),
+            )?;
+            counter(
+                &mut e,
+                "callvault_ship_verify_failures",
+                "Uploads whose read-back or size did not match the spool's copy, per target.",
+                None,
+                &roles(&|i| load(&st.verify_failures[i])),
+            )?;
+            gauge(
+                &mut e,
+                "callvault_ship_target_down",
+                "1 while a storage target is in backoff after a failure.",
+                None,
+                &roles(&|i| load(&st.target_down[i])).into_iter().map(|(l, v)| (l, v as i64)).collect::<Vec<_>>(),
+            )?;
+            counter(
+                &mut e,
+                "callvault_recordings_released",
+                "Recordings in every storage target and removed from the spool.",
+                None,
+                &[(none.clone(), load(&st.released))],
+            )?;
+            counter(
+                &mut e,
+                "callvault_retention_deleted",
+                "Recordings deleted by retention policies (not erasure requests).",
+                None,
+                &[(none.clone(), load(&st.retention_deleted))],
+            )?;
+        }
+
         // One observation per leg, at the end of its call.
         let mut m = e.encode_descriptor(
             "callvault_leg_jitter",

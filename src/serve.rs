@@ -77,6 +77,9 @@ pub enum ServeError {
     /// The recording catalog.
     #[error("{0}; move the file aside and start again to rebuild it from the spool")]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// A storage target.
+    #[error("{0}; check [storage] (docs/storage.md)")]
+    Storage(#[from] crate::storage::StorageError),
     /// The engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -153,7 +156,10 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         )
     };
     let control = Control::new(cfg.clone(), engine);
-    control.set_catalog(open_catalog(&cfg, &spool, sealing.as_deref())?);
+    let catalog = open_catalog(&cfg, &spool, sealing.as_deref())?;
+    control.set_catalog(catalog.clone());
+    // Set up now (refused like any other configuration error), used from its own thread.
+    let storage = if cfg.storage.ship { Some(crate::storage::Storage::open(&cfg)?) } else { None };
     // Reported as events, so an ACD that subscribes with `since` learns of them. Recovery only
     // returns summaries that name their recording; one that does not is never published.
     for summary in recovered {
@@ -187,6 +193,17 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             .spawn(move || control::server::serve(listener, c))
             .map_err(ServeError::Signals)?;
     }
+    let shipper = match storage {
+        Some(storage) => {
+            let targets: Vec<String> = storage.targets().map(|t| format!("{} {}", t.role.name(), t.describe)).collect();
+            crate::log::info(&format!("shipping finished recordings to {}", targets.join(", ")));
+            Some(start_shipper(&cfg, spool.clone(), storage, sealing.clone(), catalog, control.clone())?)
+        }
+        None => {
+            crate::log::warn("[storage] ship = false: finished recordings stay in the spool");
+            None
+        }
+    };
     if let Some(listener) = metrics {
         let c = control.clone();
         std::thread::Builder::new()
@@ -231,8 +248,104 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     // sender is gone, so wait (bounded) for it to have published them.
     drop(control);
     let _ = join_timeout(dispatcher, Duration::from_secs(10));
+    if let Some((stop, handle)) = shipper {
+        // It finishes the upload in hand (bounded); whatever is left ships at the next start.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = join_timeout(handle, Duration::from_secs(5));
+    }
     crate::log::info("stopped");
     Ok(())
+}
+
+type ShipperHandle = (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
+
+/// Starts the storage thread: it ships the spool's finished recordings, keeps the catalog
+/// current from the store and, with `[retention] enforce`, deletes what has expired.
+fn start_shipper(
+    cfg: &Config,
+    spool: PathBuf,
+    storage: crate::storage::Storage,
+    sealing: Option<std::sync::Arc<crate::output::sealed::Sealing>>,
+    catalog: crate::catalog::Writer,
+    control: std::sync::Arc<Control>,
+) -> Result<ShipperHandle, ServeError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut shipper = crate::storage::ship::Shipper::new(spool, storage, &cfg.storage, Some(catalog.clone()))
+        .with_keys(sealing.clone());
+    let (wake, woken) = mpsc::channel();
+    control.set_shipping(control::Shipping { stats: shipper.stats(), wake });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cfg = cfg.clone();
+    let stopping = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("storage".into())
+        .spawn(move || {
+            let catalog_path = crate::catalog::path_in(&cfg.data_dir);
+            let keys = sealing.as_ref().map(|s| &s.keys);
+            let poll_every = (cfg.storage.catalog_poll_s > 0).then(|| Duration::from_secs(cfg.storage.catalog_poll_s));
+            let sweep_every = cfg.retention.enforce.then(|| Duration::from_secs(cfg.retention.interval_s));
+            let (mut polled, mut swept) = (None::<std::time::Instant>, None::<std::time::Instant>);
+            while !stopping.load(Ordering::Relaxed) {
+                for (rid, stored) in shipper.run_once_reporting() {
+                    control.publish(crate::engine::Event {
+                        event: "recording_stored",
+                        call_id: stored["call_id"].as_str().unwrap_or_default().to_string(),
+                        recording_id: rid,
+                        body: stored,
+                    });
+                }
+                let due = |last: Option<std::time::Instant>, every: Duration| last.is_none_or(|t| t.elapsed() >= every);
+                if let Some(every) = poll_every
+                    && due(polled, every)
+                {
+                    polled = Some(std::time::Instant::now());
+                    match crate::storage::index::poll(shipper.storage(), &catalog_path, keys, &catalog, std::time::SystemTime::now()) {
+                        Ok(0) => {}
+                        Ok(n) => crate::log::info(&format!("catalog: {n} recording(s) from the store indexed")),
+                        Err(e) => crate::log::warn(&format!("catalog poll: {e}")),
+                    }
+                }
+                if let Some(every) = sweep_every
+                    && due(swept, every)
+                    && (!cfg.retention.policy.is_empty() || cfg.retention.default_days > 0)
+                {
+                    swept = Some(std::time::Instant::now());
+                    let mut removed = |rid: &str| catalog.remove(rid);
+                    match crate::storage::retention::sweep(
+                        &cfg.retention,
+                        shipper.storage(),
+                        &cfg.data_dir,
+                        &catalog_path,
+                        std::time::SystemTime::now(),
+                        false,
+                        &mut removed,
+                    ) {
+                        Ok(r) => {
+                            shipper.stats().retention_deleted.fetch_add(r.deleted.len() as u64, Ordering::Relaxed);
+                            if !r.deleted.is_empty() || !r.failed.is_empty() {
+                                crate::log::info(&format!(
+                                    "retention: {} recording(s) deleted, {} kept by a legal hold, {} failed (logged in {})",
+                                    r.deleted.len(),
+                                    r.held.len(),
+                                    r.failed.len(),
+                                    crate::storage::retention::deletion_log_path(&cfg.data_dir).display()
+                                ));
+                            }
+                            for (rid, e) in &r.failed {
+                                crate::log::warn(&format!("retention: recording {rid} not deleted: {e}"));
+                            }
+                        }
+                        Err(e) => crate::log::warn(&format!("retention: sweep skipped, nothing deleted: {e}")),
+                    }
+                }
+                // Woken by a recording's end, else a pass every second.
+                if woken.recv_timeout(Duration::from_secs(1)).is_ok() {
+                    while woken.try_recv().is_ok() {}
+                }
+            }
+        })
+        .map_err(ServeError::Signals)?;
+    Ok((stop, handle))
 }
 
 /// Opens the catalog (`<data_dir>/catalog.sqlite`) and its writer thread. A catalog created now

@@ -50,6 +50,16 @@ const FAMILIES: &[(&str, &str)] = &[
     ("callvault_encryption_enabled", "gauge"),
     ("callvault_leg_jitter_seconds", "histogram"),
     ("callvault_control_requests_total", "counter"),
+    ("callvault_ship_backlog_recordings", "gauge"),
+    ("callvault_ship_backlog_bytes", "gauge"),
+    ("callvault_ship_backlog_age_seconds", "gauge"),
+    ("callvault_shipped_files_total", "counter"),
+    ("callvault_shipped_bytes_total", "counter"),
+    ("callvault_ship_failures_total", "counter"),
+    ("callvault_ship_verify_failures_total", "counter"),
+    ("callvault_ship_target_down", "gauge"),
+    ("callvault_recordings_released_total", "counter"),
+    ("callvault_retention_deleted_total", "counter"),
 ];
 
 /// Families the exporter leaves out when it cannot read their source (`/proc/net/snmp`, statvfs
@@ -233,6 +243,8 @@ fn alert_rules_reference_only_known_metrics() {
         "CallvaultRecordingsFailing",
         "CallvaultRecordingsRecovered",
         "CallvaultEncryptionOff",
+        "CallvaultShippingBacklog",
+        "CallvaultStorageMismatch",
         "CallvaultDraining",
         "CallvaultControlErrors",
         "CallvaultWrongSource",
@@ -312,8 +324,10 @@ fn scrape(port: u16) -> String {
 #[test]
 fn known_metrics_are_what_the_exporter_exports() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let d =
-        Daemon::start(Options { extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), ..Options::default() });
+    let d = Daemon::start(Options {
+        extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nship = true\n"),
+        ..Options::default()
+    });
     let text = scrape(port);
     drop(d);
     let exported: BTreeSet<(String, String)> = text
@@ -510,6 +524,41 @@ tests:
             exp_annotations:
               summary: "callvault on cv1 writes recordings in the clear"
               description: "callvault on cv1 runs with [recording] encryption = \"off\": recordings and their metadata (caller numbers, ACD metadata) reach the disk unencrypted. Unless this is a deliberate test machine, set encryption = \"on\" (docs/keys.md) and restart."
+
+  - name: shipping backlog
+    interval: 1m
+    input_series:
+      - series: 'callvault_ship_backlog_age_seconds{job="callvault",instance="cv1"}'
+        values: '0 60 120 600 960 1020 1080 1140 1200 1260 1320 1380'
+      - series: 'callvault_ship_backlog_age_seconds{job="callvault",instance="cv2"}'
+        values: '0x12'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: CallvaultShippingBacklog
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: CallvaultShippingBacklog
+        exp_alerts:
+          - exp_labels: {severity: ticket, instance: cv1}
+            exp_annotations:
+              summary: "callvault on cv1 has recordings waiting for storage for over 15 minutes"
+              description: "The oldest finished recording on cv1 has waited 1260 s to reach storage. The spool keeps it, but the spool is one machine's disk: check callvault_ship_target_down and the log's shipper lines (store unreachable, credentials, bucket) before the spool fills and new calls are refused."
+
+  - name: storage mismatch
+    interval: 1m
+    input_series:
+      - series: 'callvault_ship_verify_failures_total{job="callvault",instance="cv1",target="backup"}'
+        values: '0 0 1 1'
+      - series: 'callvault_ship_verify_failures_total{job="callvault",instance="cv1",target="primary"}'
+        values: '0x3'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: CallvaultStorageMismatch
+        exp_alerts:
+          - exp_labels: {severity: page, instance: cv1, target: backup}
+            exp_annotations:
+              summary: "storage target backup of cv1 returned other bytes than were sent"
+              description: "An upload read back from the backup target did not match the spool's copy (size or SHA-256). The spool kept the recording and sends it again, but a store that corrupts data must be looked at now."
 
   - name: forgotten drain
     interval: 1m

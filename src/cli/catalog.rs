@@ -72,8 +72,9 @@ pub enum CatalogCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild the catalog from the recordings' sidecars in the spool (sealed ones opened with
-    /// the keys), replacing what it holds for each.
+    /// Rebuild the catalog from the metadata objects in storage (every recorder's that shares
+    /// it) and the sidecars still in the spool (sealed ones opened with the keys), replacing
+    /// what it holds for each.
     Rebuild {
         #[command(flatten)]
         keys: crate::keys::KeySel,
@@ -189,36 +190,80 @@ pub fn catalog_cmd(args: CatalogArgs) -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-                let bar = indicatif::ProgressBar::new(0);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template("indexing [{bar:40}] {pos}/{len} ({eta})")
+            let make_bar = |what: &str| {
+                (!quiet && std::io::stderr().is_terminal()).then(|| {
+                    let bar = indicatif::ProgressBar::new(0);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(&format!(
+                            "{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}})"
+                        ))
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                         .progress_chars("=> "),
-                );
-                bar
-            });
-            let result = catalog::rebuild(&mut c, &cfg.spool_dir(), ring.as_ref(), &mut |done, total| {
-                if let Some(b) = &bar {
-                    b.set_length(total);
-                    b.set_position(done);
+                    );
+                    bar
+                })
+            };
+            let tick = |bar: &Option<indicatif::ProgressBar>| {
+                let bar = bar.clone();
+                move |done: u64, total: u64| {
+                    if let Some(b) = &bar {
+                        b.set_length(total);
+                        b.set_position(done);
+                    }
                 }
-            });
+            };
+            // The store first (every recorder's stored recordings), then the spool (this
+            // recorder's, not yet shipped).
+            let mut from_store = None;
+            if cfg.storage.ship {
+                let storage = match callvault::storage::Storage::open(&cfg) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let bar = make_bar("from the store");
+                let r = callvault::storage::index::rebuild_from_store(&mut c, &storage, ring.as_ref(), &mut tick(&bar));
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                match r {
+                    Ok(r) => from_store = Some(r),
+                    Err(e) => {
+                        eprintln!("error: {e}; the catalog keeps what it had");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            let bar = make_bar("from the spool");
+            let result = catalog::rebuild(&mut c, &cfg.spool_dir(), ring.as_ref(), &mut tick(&bar));
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
+            let result = result.map(|(n, mut skipped)| {
+                let (sn, sskipped) = from_store.unwrap_or_default();
+                skipped.extend(sskipped);
+                (n, sn, skipped)
+            });
             match result {
-                Ok((n, skipped)) => {
+                Ok((n, sn, skipped)) => {
                     for s in &skipped {
                         eprintln!("warning: not indexed: {s}");
                     }
                     if json {
                         out!(
                             "{}",
-                            serde_json::json!({"catalog": path.display().to_string(), "indexed": n, "skipped": skipped})
+                            serde_json::json!({"catalog": path.display().to_string(), "indexed": n + sn,
+                                "from_store": sn, "from_spool": n, "skipped": skipped})
                         );
                     } else {
-                        out!("{}: {n} recording(s) indexed, {} skipped", path.display(), skipped.len());
+                        out!(
+                            "{}: {} recording(s) indexed ({sn} from the store, {n} from the spool), {} skipped",
+                            path.display(),
+                            n + sn,
+                            skipped.len()
+                        );
                     }
                     ExitCode::from(if skipped.is_empty() { 0 } else { 1 })
                 }

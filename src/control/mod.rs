@@ -120,6 +120,17 @@ pub struct Control {
     requests: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     /// Where finished recordings are indexed (`None`: no catalog, as in unit tests).
     catalog: Mutex<Option<crate::catalog::Writer>>,
+    /// The shipper's figures and its wake-up (`None`: recordings stay in the spool).
+    shipping: Mutex<Option<Shipping>>,
+}
+
+/// What the control plane knows of the shipper.
+#[derive(Clone)]
+pub struct Shipping {
+    /// Its figures, for `/metrics`.
+    pub stats: std::sync::Arc<crate::storage::ship::ShipStats>,
+    /// Told when a recording ends, so it ships without waiting for its next pass.
+    pub wake: std::sync::mpsc::Sender<()>,
 }
 
 impl Control {
@@ -140,7 +151,18 @@ impl Control {
             recovered: Default::default(),
             requests: Mutex::new(std::collections::BTreeMap::new()),
             catalog: Mutex::new(None),
+            shipping: Mutex::new(None),
         })
+    }
+
+    /// Wakes the shipper whenever a recording ends, and reports its figures in `/metrics`.
+    pub fn set_shipping(&self, shipping: Shipping) {
+        *self.shipping.lock().unwrap_or_else(|p| p.into_inner()) = Some(shipping);
+    }
+
+    /// The shipper's figures, when recordings are shipped.
+    pub fn ship_stats(&self) -> Option<std::sync::Arc<crate::storage::ship::ShipStats>> {
+        self.shipping.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.stats.clone())
     }
 
     /// Indexes every recording that ends (finished, failed or recovered) from now on.
@@ -610,6 +632,11 @@ impl Control {
             && let Some(w) = self.catalog.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
         {
             w.record(&event.body);
+        }
+        if matches!(event.event, "recording_finished" | "recording_recovered")
+            && let Some(s) = self.shipping.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            let _ = s.wake.send(());
         }
         if matches!(event.event, "recording_finished" | "recording_failed") {
             self.forget(&event.call_id, Some(&event.recording_id));

@@ -326,6 +326,14 @@ pub fn read_sealed_json(path: &Path, keys: &Keyring) -> Result<Value, SealError>
     serde_json::from_slice(&out).map_err(|e| SealError::Invalid(format!("{}: not JSON inside: {e}", path.display())))
 }
 
+/// Reads and fully verifies a sealed JSON document held in memory (a metadata object).
+pub fn read_sealed_json_bytes(bytes: Vec<u8>, keys: &Keyring) -> Result<Value, SealError> {
+    let mut r = SealedReader::open(std::io::Cursor::new(bytes), keys)?;
+    let mut out = Vec::new();
+    r.verify(keys.trusted(), Some(&mut out))?;
+    serde_json::from_slice(&out).map_err(|e| SealError::Invalid(format!("not JSON inside: {e}")))
+}
+
 /// The WAV spec of one of our WAV headers (provisional or final).
 pub fn spec_of(head: &[u8]) -> Option<WavSpec> {
     if head.len() != HEADER_LEN as usize || &head[8..12] != b"WAVE" {

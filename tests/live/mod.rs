@@ -58,6 +58,10 @@ impl Daemon {
             opts.backend,
             if opts.extra.contains("[metrics]") { "" } else { "[metrics]\nlisten = \"\"\n" },
         );
+        // Recordings stay in the spool, where most tests read them, unless a test configures
+        // [storage] (the storage tests do).
+        let config =
+            if opts.extra.contains("[storage") { config } else { format!("{config}[storage]\nship = false\n") };
         let config = merge(&config, &opts.extra);
         let cfg_path = dir.path().join("callvault.toml");
         std::fs::write(&cfg_path, config).unwrap();

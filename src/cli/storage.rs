@@ -1,0 +1,471 @@
+//! `callvault hold`, `callvault erase` and `callvault retention`: legal holds, erasure on
+//! request and retention sweeps, against the configured storage and catalog.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use callvault::catalog::{self, Catalog, Query};
+use callvault::config::Config;
+use callvault::storage::Storage;
+use callvault::storage::retention::{self, Hold, HoldKind, Reason, Report};
+
+pub const HOLD_EXAMPLES: &str = "\
+Examples:
+  callvault hold place --call-id c-20261204-0042 --reason \"case 2026-117, legal\"
+  callvault hold place --recording-id 01KBX6J2Y3Z4M5N6P7Q8R9S0T1 --reason \"complaint 88\"
+  callvault hold list --json | jq -r '.holds[].value'
+  callvault hold release --call-id c-20261204-0042
+
+A hold keeps its recordings from every deletion, retention and erasure alike, on every recorder
+sharing the store: holds are objects in the store (PREFIX/_holds/), in every target. A call-id
+hold covers every recording of the call, later ones too.
+
+Exit codes: 0 done; 1 failed (store unreachable); 2 usage error.";
+
+pub const ERASE_EXAMPLES: &str = "\
+Examples:
+  callvault erase --caller +4915112345678 --reason \"GDPR request 2026-0815\" --dry-run
+  callvault erase --caller +4915112345678 --reason \"GDPR request 2026-0815\"
+  callvault erase --call-id c-1 --reason \"recorded by mistake\" --json
+
+Every recording the filters match (all given must match, as in `catalog search`) is deleted
+from every storage target unless a legal hold covers it; each deletion is logged in
+<data_dir>/deletions.log and in the store (PREFIX/_deletions/). Recordings still in the spool
+are reported and left: run again once they are stored.
+
+Exit codes: 0 all erased; 4 some kept (a legal hold, or still in the spool: the JSON says which);
+1 failed (store unreachable: nothing is deleted when the holds cannot be read); 2 usage error.";
+
+pub const RETENTION_EXAMPLES: &str = "\
+Examples:
+  callvault retention run --dry-run --json | jq '.deleted | length'
+  callvault retention run --as-of 2027-03-01 --dry-run
+  callvault retention run
+
+Deletes every stored recording whose retention policy ([retention] in the config) has run out,
+unless held, as `serve` does every [retention] interval_s. --as-of shows what a later day would
+delete (only with --dry-run).
+
+Exit codes: 0 done; 1 failed; 2 usage error.";
+
+#[derive(clap::Args)]
+pub struct HoldArgs {
+    #[command(subcommand)]
+    pub cmd: HoldCmd,
+}
+
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct HoldTarget {
+    /// Hold one recording.
+    #[arg(long = "recording-id")]
+    recording_id: Option<String>,
+    /// Hold every recording of a call (later ones too).
+    #[arg(long = "call-id")]
+    call_id: Option<String>,
+}
+
+impl HoldTarget {
+    fn kind_value(&self) -> (HoldKind, String) {
+        match (&self.recording_id, &self.call_id) {
+            (Some(r), _) => (HoldKind::Recording, r.clone()),
+            (_, Some(c)) => (HoldKind::Call, c.clone()),
+            _ => unreachable!("clap requires one"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum HoldCmd {
+    /// Place a legal hold.
+    Place {
+        #[command(flatten)]
+        target: HoldTarget,
+        /// Why (a case or ticket reference): kept with the hold.
+        #[arg(long)]
+        reason: String,
+        /// The configuration serve runs with ([storage]); embedded defaults without it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Release a legal hold.
+    Release {
+        #[command(flatten)]
+        target: HoldTarget,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the legal holds.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EraseArgs {
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long = "call-id")]
+    call_id: Option<String>,
+    #[arg(long = "recording-id")]
+    recording_id: Option<String>,
+    /// Metadata key `caller` (or `caller_number`, `from`).
+    #[arg(long)]
+    caller: Option<String>,
+    /// Metadata key `called` (or `called_number`, `to`).
+    #[arg(long)]
+    called: Option<String>,
+    /// Any metadata key: KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    meta: Vec<(String, String)>,
+    /// The request's reference, kept in the deletion log.
+    #[arg(long)]
+    reason: String,
+    /// Say what would be erased; delete nothing.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
+    /// One JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RetentionArgs {
+    #[command(subcommand)]
+    pub cmd: RetentionCmd,
+}
+
+#[derive(Subcommand)]
+pub enum RetentionCmd {
+    /// Delete what the retention policies say has expired (unless held).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Say what would be deleted; delete nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Judge expiry as of this UTC time (2027-03-01 or 2027-03-01T00:00:00Z); needs --dry-run.
+        #[arg(long = "as-of", value_name = "TIME", requires = "dry_run")]
+        as_of: Option<String>,
+        /// One JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// Config and storage, or the exit code to leave with.
+fn open(config: &Option<PathBuf>) -> Result<(Config, Storage), ExitCode> {
+    let cfg = match config {
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })?,
+        None => Config::default(),
+    };
+    if !cfg.storage.ship {
+        eprintln!("error: [storage] ship = false: recordings are kept in the spool, not in storage");
+        return Err(ExitCode::from(2));
+    }
+    let storage = Storage::open(&cfg).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    Ok((cfg, storage))
+}
+
+pub fn hold_cmd(args: HoldArgs) -> ExitCode {
+    match args.cmd {
+        HoldCmd::Place { target, reason, config } => {
+            let (_, storage) = match open(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let (kind, value) = target.kind_value();
+            if reason.trim().is_empty() {
+                eprintln!("error: --reason must say why (a case or ticket reference)");
+                return ExitCode::from(2);
+            }
+            let hold = Hold {
+                kind,
+                value,
+                reason,
+                placed_at: callvault::engine::call::rfc3339(std::time::SystemTime::now()),
+                placed_by: retention::actor(),
+            };
+            match retention::place_hold(&storage, &hold) {
+                Ok(()) => {
+                    out!("{}", hold.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}; the hold is not placed");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        HoldCmd::Release { target, config } => {
+            let (_, storage) = match open(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let (kind, value) = target.kind_value();
+            match retention::release_hold(&storage, kind, &value) {
+                Ok(true) => {
+                    out!("{}", json!({"released": {"kind": kind.name(), "value": value}}));
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!("error: no hold on {} {value:?}", kind.name());
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        HoldCmd::List { config, json } => {
+            let (_, storage) = match open(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            match retention::list_holds(&storage) {
+                Ok(holds) => {
+                    if json {
+                        out!("{}", json!({"holds": holds.iter().map(Hold::to_json).collect::<Vec<_>>()}));
+                    } else if holds.is_empty() {
+                        out!("no legal holds");
+                    } else {
+                        for h in &holds {
+                            out!(
+                                "{} {}  placed {} by {}: {}",
+                                h.kind.name(),
+                                h.value,
+                                h.placed_at,
+                                h.placed_by,
+                                h.reason
+                            );
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Every recording the query matches, from every page.
+fn all_matches(path: &std::path::Path, mut q: Query) -> Result<Vec<Value>, catalog::CatalogError> {
+    let mut out = Vec::new();
+    q.limit = Some(1000);
+    loop {
+        let page = catalog::search(path, &q)?;
+        out.extend(page.recordings);
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn print_report(report: &Report, json: bool, dry_run: bool, what: &str) {
+    if json {
+        let mut v = report.to_json();
+        v["dry_run"] = json!(dry_run);
+        out!("{v}");
+        return;
+    }
+    let verb = if dry_run { "would be deleted" } else { "deleted" };
+    for d in &report.deleted {
+        out!(
+            "{} {verb} ({} {})",
+            d["recording_id"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or(what),
+            d["detail"].as_str().unwrap_or("")
+        );
+    }
+    for (rid, h) in &report.held {
+        out!("{rid} kept: legal hold on {} {} ({})", h.kind.name(), h.value, h.reason);
+    }
+    for rid in &report.pending {
+        out!("{rid} kept: still in the spool, not yet stored; run again once it is");
+    }
+    for (rid, e) in &report.failed {
+        out!("{rid} NOT deleted: {e}");
+    }
+    out!(
+        "{} recording(s) {verb}, {} held, {} pending, {} failed",
+        report.deleted.len(),
+        report.held.len(),
+        report.pending.len(),
+        report.failed.len()
+    );
+}
+
+pub fn erase_cmd(a: EraseArgs) -> ExitCode {
+    let (cfg, storage) = match open(&a.config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if a.reason.trim().is_empty() {
+        eprintln!("error: --reason must name the request (it is kept in the deletion log)");
+        return ExitCode::from(2);
+    }
+    let q = Query {
+        call_id: a.call_id.clone(),
+        caller: a.caller.clone(),
+        called: a.called.clone(),
+        meta: a.meta.clone(),
+        ..Query::default()
+    };
+    if q == Query::default() && a.recording_id.is_none() {
+        eprintln!("error: name what to erase: --caller, --called, --call-id, --recording-id or --meta");
+        return ExitCode::from(2);
+    }
+    let path = catalog::path_in(&cfg.data_dir);
+    let mut found = match all_matches(&path, q) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(r) = &a.recording_id {
+        found.retain(|s| s["recording_id"].as_str() == Some(r.as_str()));
+    }
+    let candidates: Vec<(Value, Reason)> =
+        found.into_iter().map(|s| (s, Reason { kind: "erasure", detail: a.reason.clone() })).collect();
+    let mut cat = match Catalog::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut removed = |rid: &str| {
+        if let Err(e) = cat.remove(rid) {
+            eprintln!("warning: {rid} deleted from storage but still in the catalog: {e}");
+        }
+    };
+    match retention::delete_unless_held(&storage, &cfg.data_dir, candidates, a.dry_run, &mut removed) {
+        Ok(report) => {
+            print_report(&report, a.json, a.dry_run, "erasure");
+            if !report.failed.is_empty() {
+                ExitCode::from(1)
+            } else if !report.held.is_empty() || !report.pending.is_empty() {
+                ExitCode::from(4)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing was deleted");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn retention_cmd(a: RetentionArgs) -> ExitCode {
+    let RetentionCmd::Run { config, dry_run, as_of, json } = a.cmd;
+    let (cfg, storage) = match open(&config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let now = match as_of.as_deref().map(parse_utc) {
+        None => std::time::SystemTime::now(),
+        Some(Some(t)) => t,
+        Some(None) => {
+            eprintln!(
+                "error: --as-of {:?} is not a UTC time like 2027-03-01 or 2027-03-01T00:00:00Z",
+                as_of.unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let path = catalog::path_in(&cfg.data_dir);
+    let mut cat = match Catalog::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut removed = |rid: &str| {
+        let _ = cat.remove(rid);
+    };
+    match retention::sweep(&cfg.retention, &storage, &cfg.data_dir, &path, now, dry_run, &mut removed) {
+        Ok(report) => {
+            print_report(&report, json, dry_run, "retention");
+            ExitCode::from(if report.failed.is_empty() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("error: {e}; nothing was deleted");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `2027-03-01` or `2027-03-01T10:00:00Z` as a time.
+fn parse_utc(s: &str) -> Option<std::time::SystemTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (mut hh, mut mm, mut ss) = (0, 0, 0);
+    if b.len() > 10 {
+        if b.len() < 19 || b[10] != b'T' || !s.ends_with('Z') {
+            return None;
+        }
+        (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    }
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (the inverse of the algorithm `rfc3339` uses).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).ok().map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_times_parse_both_ways() {
+        for t in ["2027-03-01T00:00:00.000Z", "2026-12-04T10:20:30.000Z", "2000-02-29T23:59:59.000Z"] {
+            let parsed = super::parse_utc(&t.replace(".000", "")).unwrap();
+            assert_eq!(callvault::engine::call::rfc3339(parsed), t);
+        }
+        assert_eq!(
+            callvault::engine::call::rfc3339(super::parse_utc("2027-03-01").unwrap()),
+            "2027-03-01T00:00:00.000Z"
+        );
+        assert!(super::parse_utc("yesterday").is_none());
+        assert!(super::parse_utc("2027-13-01").is_none());
+    }
+}
