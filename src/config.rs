@@ -416,8 +416,9 @@ impl TargetConfig {
                 if self.bucket.is_empty() {
                     return Err(invalid("bucket = \"\"".into(), "an s3 target needs a bucket"));
                 }
-                if !self.endpoint.is_empty()
-                    && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
+                if !(self.endpoint.is_empty()
+                    || self.endpoint.starts_with("http://")
+                    || self.endpoint.starts_with("https://"))
                 {
                     return Err(invalid(self.endpoint.clone(), "endpoint must be an http:// or https:// URL"));
                 }

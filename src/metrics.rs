@@ -510,8 +510,13 @@ impl Collector for Scrape {
         }
 
         if let Some(st) = control.ship_stats() {
+            let n = if st.has_backup.load(std::sync::atomic::Ordering::Relaxed) { 2 } else { 1 };
             let roles = |f: &dyn Fn(usize) -> u64| -> Vec<(Labels, u64)> {
-                ["primary", "backup"].iter().enumerate().map(|(i, r)| (vec![("target", r.to_string())], f(i))).collect()
+                ["primary", "backup"][..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (vec![("target", r.to_string())], f(i)))
+                    .collect()
             };
             gauge(
                 &mut e,

@@ -79,7 +79,7 @@ pub enum ServeError {
     Catalog(#[from] crate::catalog::CatalogError),
     /// A storage target.
     #[error("{0}; check [storage] (docs/storage.md)")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(Box<crate::storage::StorageError>),
     /// The engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -159,7 +159,11 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let catalog = open_catalog(&cfg, &spool, sealing.as_deref())?;
     control.set_catalog(catalog.clone());
     // Set up now (refused like any other configuration error), used from its own thread.
-    let storage = if cfg.storage.ship { Some(crate::storage::Storage::open(&cfg)?) } else { None };
+    let storage = if cfg.storage.ship {
+        Some(crate::storage::Storage::open(&cfg).map_err(|e| ServeError::Storage(Box::new(e)))?)
+    } else {
+        None
+    };
     // Reported as events, so an ACD that subscribes with `since` learns of them. Recovery only
     // returns summaries that name their recording; one that does not is never published.
     for summary in recovered {

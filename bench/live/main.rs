@@ -659,9 +659,11 @@ impl Daemon {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let socket = dir.join("control.sock");
         // The whole range up to 60998, so ports another program holds are skipped, not short.
+        // Shipping is off: the recordings are read back from the spool after the run, and the
+        // figures are those of the receive path (shipping runs on its own thread after a call).
         let port_max = 60998;
         let config = format!(
-            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n[recording]\nencryption = \"{encryption}\"\n",
+            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n[recording]\nencryption = \"{encryption}\"\n[storage]\nship = false\n",
             dir = dir.display(),
             sock = socket.display(),
             backend = backend.name(),

@@ -37,7 +37,7 @@ pub enum StorageError {
         action: &'static str,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A local file could not be read or synced.
     #[error("{action} {}: {source}", path.display())]
@@ -52,7 +52,7 @@ pub enum StorageError {
 impl StorageError {
     /// Whether the object is absent (as opposed to the store being unreachable).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageError::Store { source: object_store::Error::NotFound { .. }, .. })
+        matches!(self, StorageError::Store { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
     }
 }
 
@@ -235,7 +235,7 @@ impl Target {
 
     fn store_err(&self, action: &'static str, key: &ObjectPath) -> impl FnOnce(object_store::Error) -> StorageError {
         let (target, key) = (self.role.name().to_string(), key.to_string());
-        move |source| StorageError::Store { target, action, key, source }
+        move |source| StorageError::Store { target, action, key, source: Box::new(source) }
     }
 
     /// Uploads a local file under `key`: one PUT when it fits in a part, multipart otherwise
@@ -370,7 +370,7 @@ impl Target {
                         target: self.role.name().into(),
                         action: "listing",
                         key: shown,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }

@@ -135,7 +135,7 @@ pub fn policy_for(cfg: &RetentionConfig, summary: &Value) -> Option<(String, u64
     for p in &cfg.policy {
         let all = p.matches.iter().all(|(k, v)| {
             let got = &meta[k.as_str()];
-            got.as_str().map_or_else(|| !got.is_null() && got.to_string() == *v, |s| s == v)
+            got.as_str().map_or_else(|| !got.is_null() && *got.to_string() == **v, |s| s == v)
         });
         if all {
             return Some((p.name.clone(), p.days));

@@ -43,6 +43,8 @@ pub struct ShipStats {
     pub target_down: [AtomicU64; 2],
     /// Recordings deleted by retention.
     pub retention_deleted: AtomicU64,
+    /// Whether a backup target is configured (its series are shown only then).
+    pub has_backup: std::sync::atomic::AtomicBool,
 }
 
 fn slot(role: Role) -> usize {
@@ -66,15 +68,33 @@ pub struct Pending {
 /// What a recording's `.ship` file records: per target, the object names confirmed.
 type Confirmed = BTreeMap<String, BTreeMap<String, String>>;
 
+/// What a sidecar said, by name, with the size and mtime it had then: a pass reads again only
+/// the sidecars that changed (a busy spool holds one per active call).
+pub type SidecarCache = HashMap<String, (u64, std::time::SystemTime, Option<(String, String, String)>)>;
+
 /// Lists the finished recordings in a spool that are ready to ship. A recording with any
 /// `.partial` or temporary file is not (it is still being written, or waits for recovery).
-pub fn scan(spool: &Path) -> std::io::Result<Vec<Pending>> {
+pub fn scan(spool: &Path, cache: &mut SidecarCache) -> std::io::Result<Vec<Pending>> {
     let mut names: Vec<String> =
         std::fs::read_dir(spool)?.filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok())).collect();
     names.sort();
+    cache.retain(|k, _| names.binary_search(k).is_ok());
     let mut out = Vec::new();
     for sidecar in &names {
-        let Some((rid, state, started_at)) = sidecar_state(spool, sidecar) else { continue };
+        if !(sidecar.ends_with(".meta.cvs") || sidecar.ends_with(".json")) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(spool.join(sidecar)) else { continue };
+        let (len, mtime) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        let state = match cache.get(sidecar) {
+            Some((l, m, st)) if *l == len && *m == mtime => st.clone(),
+            _ => {
+                let st = sidecar_state(spool, sidecar);
+                cache.insert(sidecar.clone(), (len, mtime, st.clone()));
+                st
+            }
+        };
+        let Some((rid, state, started_at)) = state else { continue };
         if state != "finished" {
             continue;
         }
@@ -181,6 +201,7 @@ pub struct Shipper {
     failing: HashMap<String, (u32, Instant)>,
     /// Released in the current pass.
     released_now: Vec<(String, Value)>,
+    cache: SidecarCache,
     /// To read a sealed sidecar's call id for the `recording_stored` event.
     keys: Option<Arc<crate::output::sealed::Sealing>>,
 }
@@ -203,16 +224,19 @@ impl Shipper {
         cfg: &crate::config::StorageConfig,
         catalog: Option<crate::catalog::Writer>,
     ) -> Shipper {
+        let stats = ShipStats::default();
+        stats.has_backup.store(storage.backup.is_some(), Ordering::Relaxed);
         Shipper {
             spool,
             storage,
-            stats: Arc::new(ShipStats::default()),
+            stats: Arc::new(stats),
             catalog,
             concurrency: cfg.concurrency,
             retry_max: Duration::from_secs(cfg.retry_max_s),
             down: HashMap::new(),
             failing: HashMap::new(),
             released_now: Vec::new(),
+            cache: SidecarCache::new(),
             keys: None,
         }
     }
@@ -241,7 +265,7 @@ impl Shipper {
     /// (released, still waiting).
     pub fn run_once(&mut self) -> (usize, usize) {
         self.released_now.clear();
-        let pending = match scan(&self.spool) {
+        let pending = match scan(&self.spool, &mut self.cache) {
             Ok(p) => p,
             Err(e) => {
                 crate::log::warn(&format!("shipper: cannot read the spool {}: {e}", self.spool.display()));
@@ -321,15 +345,12 @@ impl Shipper {
                 self.stats.target_down[slot(role)].store(0, Ordering::Relaxed);
             }
         }
-        self.update_backlog();
-        (released, total - released)
-    }
-
-    fn update_backlog(&self) {
-        let left = scan(&self.spool).unwrap_or_default();
+        let done: std::collections::HashSet<&str> = self.released_now.iter().map(|(r, _)| r.as_str()).collect();
+        let left: Vec<&Pending> = pending.iter().filter(|p| !done.contains(p.recording_id.as_str())).collect();
         self.stats.backlog_recordings.store(left.len() as u64, Ordering::Relaxed);
         self.stats.backlog_bytes.store(left.iter().map(|p| p.bytes).sum(), Ordering::Relaxed);
         self.stats.oldest_finished_ms.store(left.iter().map(|p| p.finished_ms).min().unwrap_or(0), Ordering::Relaxed);
+        (released, total - released)
     }
 
     /// Ships one recording to every target in `up` that lacks it; releases it from the spool

@@ -197,7 +197,10 @@ impl Garage {
     /// A second bucket with the same key (for a backup target).
     pub fn create_bucket(&self, name: &str) {
         run(&self.nodes[0].config, &["bucket", "create", name]);
-        run(&self.nodes[0].config, &["bucket", "allow", "--read", "--write", "--owner", name, "--key", "callvault-test"]);
+        run(
+            &self.nodes[0].config,
+            &["bucket", "allow", "--read", "--write", "--owner", name, "--key", "callvault-test"],
+        );
     }
 }
 
