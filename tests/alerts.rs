@@ -542,7 +542,7 @@ tests:
           - exp_labels: {severity: ticket, instance: cv1}
             exp_annotations:
               summary: "callvault on cv1 has recordings waiting for storage for over 15 minutes"
-              description: "The oldest finished recording on cv1 has waited 1260 s to reach storage. The spool keeps it, but the spool is one machine's disk: check callvault_ship_target_down and the log's shipper lines (store unreachable, credentials, bucket) before the spool fills and new calls are refused."
+              description: "The oldest finished recording on cv1 has waited 1320 s to reach storage. The spool keeps it, but the spool is one machine's disk: check callvault_ship_target_down and the log's shipper lines (store unreachable, credentials, bucket) before the spool fills and new calls are refused."
 
   - name: storage mismatch
     interval: 1m

@@ -12,7 +12,7 @@ use callvault::config::Config;
 pub const CATALOG_EXAMPLES: &str = "\
 Examples:
   callvault catalog search --agent 1001 --from 2026-12-01 --to 2026-12-08
-  callvault catalog search --caller +4915112345678 --json | jq -r '.recordings[].file'
+  callvault catalog search --caller +4915112345678 --json | jq -r '.recordings[].stored.primary.objects[0].key'
   callvault catalog search --meta ticket=INC-4711 --limit 10 --cursor \"$NEXT\"
   callvault catalog rebuild --config /etc/callvault/callvault.toml
 

@@ -228,7 +228,12 @@ impl Target {
         }
     }
 
-    /// The key with the prefix taken off (for messages and the catalog).
+    /// For the local archive: the file an object is.
+    pub fn local_path(&self, key: &ObjectPath) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|r| r.join(key.as_ref()))
+    }
+
+    /// The target's key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -179,7 +179,12 @@ fn stored_json(storage: &Storage, p: &Pending, sums: &[(String, String, u64)]) -
         let objects: Vec<Value> = sums
             .iter()
             .map(|(name, sha, len)| {
-                json!({"key": t.recording_key(&p.started_at, name).to_string(), "sha256": sha, "bytes": len})
+                let key = t.recording_key(&p.started_at, name);
+                let mut o = json!({"key": key.to_string(), "sha256": sha, "bytes": len});
+                if let Some(path) = t.local_path(&key) {
+                    o["path"] = json!(path.display().to_string());
+                }
+                o
             })
             .collect();
         out.insert(t.role.name().into(), json!({"target": t.describe, "objects": objects}));
