@@ -125,9 +125,32 @@ impl Storage {
         std::iter::once(&self.primary).chain(self.backup.as_ref())
     }
 
+    /// Storage over targets made elsewhere (tests: a store that misbehaves).
+    #[cfg(test)]
+    pub(crate) fn from_targets(primary: Target, backup: Option<Target>) -> Storage {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        Storage { rt, primary, backup }
+    }
+
     /// Runs async storage work to completion on this storage's runtime.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+}
+
+#[cfg(test)]
+impl Target {
+    /// A target over any store, verified by read-back.
+    pub(crate) fn over(role: Role, store: Arc<dyn ObjectStore>, part_size: usize) -> Target {
+        Target {
+            role,
+            store,
+            prefix: String::new(),
+            local_root: None,
+            describe: "test".into(),
+            verify: Verify::ReadBack,
+            part_size,
+        }
     }
 }
 
@@ -453,6 +476,9 @@ pub fn file_sha256(path: &Path) -> Result<([u8; 32], u64), StorageError> {
     out.copy_from_slice(ctx.finish().as_ref());
     Ok((out, len))
 }
+
+#[cfg(test)]
+mod shipping_tests;
 
 #[cfg(test)]
 mod tests {
