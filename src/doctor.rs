@@ -167,6 +167,19 @@ pub struct Facts {
     pub page_size: u64,
     /// Where the keys of encryption at rest are.
     pub keys: Option<KeysFact>,
+    /// Where finished recordings go, and whether it answers.
+    pub storage: Option<StorageFact>,
+}
+
+/// What `callvault doctor` found of the storage targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageFact {
+    /// `[storage] ship = false`: recordings stay in the spool.
+    Off,
+    /// Per target: (role, where, listing result). `local` when the primary is the local archive.
+    Targets { local_primary: bool, targets: Vec<(String, String, Result<(), String>)> },
+    /// The local archive does not exist yet: serve creates it on first start.
+    NotYet(PathBuf),
 }
 
 /// What `callvault doctor` found of the keys (never the keys themselves).
@@ -225,6 +238,7 @@ impl Facts {
         self.clock = Some(clock_state());
         self.disk = Some(disk_space(&cfg.data_dir));
         self.keys = Some(keys_fact(cfg));
+        self.storage = Some(storage_fact(cfg));
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page > 0 {
@@ -469,6 +483,7 @@ pub fn check(cfg: &Config, config: Option<&Path>, facts: &Facts) -> Report {
     check_clock(&mut b, facts);
     check_disk(&mut b, cfg, facts);
     check_keys(&mut b, facts);
+    check_storage(&mut b, facts);
     counters(&mut b, facts);
     let warnings = b.findings.iter().filter(|f| f.status == Status::Warn).count();
     Report { config: config.map(|p| p.display().to_string()), ok: warnings == 0, warnings, findings: b.findings }
@@ -829,6 +844,73 @@ fn check_keys(b: &mut Builder, facts: &Facts) {
             b.push("keys", Status::Warn, setting, format!("unusable: {e}"), recommended, "serve would refuse to start")
         }
         None => b.push("keys", Status::Unknown, setting, "not probed", recommended, "checked with the live probes"),
+    }
+}
+
+/// Sets up the targets as `serve` would and lists each one's holds (a read: nothing is written).
+pub fn storage_fact(cfg: &Config) -> StorageFact {
+    if !cfg.storage.ship {
+        return StorageFact::Off;
+    }
+    let local_primary = cfg.storage.primary.kind == "local";
+    let archive = cfg.archive_dir(&cfg.storage.primary);
+    if local_primary && !archive.exists() && cfg.storage.backup.is_none() {
+        return StorageFact::NotYet(archive);
+    }
+    let storage = match crate::storage::Storage::open_existing(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            return StorageFact::Targets {
+                local_primary,
+                targets: vec![("primary".into(), String::new(), Err(e.to_string()))],
+            };
+        }
+    };
+    let targets = storage
+        .targets()
+        .map(|t| {
+            let r = storage.block_on(t.list("_holds")).map(drop).map_err(|e| e.to_string());
+            (t.role.name().to_string(), t.describe.clone(), r)
+        })
+        .collect();
+    StorageFact::Targets { local_primary, targets }
+}
+
+fn check_storage(b: &mut Builder, facts: &Facts) {
+    let setting = "storage targets ([storage], docs/storage.md)";
+    let recommended = "replicated object storage (e.g. a three-node Garage), reachable";
+    match &facts.storage {
+        Some(StorageFact::Off) => b.push(
+            "storage",
+            Status::Warn,
+            setting,
+            "ship = false",
+            recommended,
+            "finished recordings stay on this machine's spool: its disk is the only copy",
+        ),
+        Some(StorageFact::Targets { local_primary, targets }) => {
+            for (role, place, r) in targets {
+                let name = if role == "primary" { "storage_primary" } else { "storage_backup" };
+                match r {
+                    Err(e) => b.push(name, Status::Warn, setting, format!("{place} unusable: {e}"), recommended,
+                        "recordings wait in the spool until it answers; past the disk guard new calls are refused"),
+                    Ok(()) if *local_primary && role == "primary" => b.push(name, Status::Info, setting,
+                        format!("{place} (the embedded default)"), recommended,
+                        "one machine's disk: point [storage.primary] at object storage, or add a [storage.backup]"),
+                    Ok(()) => b.push(name, Status::Ok, setting, format!("{place} answers (listed; nothing written)"), recommended,
+                        "a store that lists may still refuse writes: a first recording's recording_stored event confirms"),
+                }
+            }
+        }
+        Some(StorageFact::NotYet(d)) => b.push(
+            "storage_primary",
+            Status::Info,
+            setting,
+            format!("the local archive {} (the embedded default), created on first start", d.display()),
+            recommended,
+            "one machine's disk: point [storage.primary] at object storage, or add a [storage.backup]",
+        ),
+        None => b.push("storage", Status::Unknown, setting, "not probed", recommended, "checked with the live probes"),
     }
 }
 

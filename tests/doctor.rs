@@ -426,3 +426,38 @@ fn the_keys_are_checked_without_creating_any() {
         assert_eq!(status(&r, "keys"), want, "{fact:?}: {}", doctor::human(&r));
     }
 }
+
+/// Storage: off, the local archive not created yet (and not created by doctor), the local
+/// archive in place, and an S3 target that does not answer are each said.
+#[test]
+fn the_storage_targets_are_checked_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = config(&format!("data_dir = \"{}\"\n", data.display()));
+    assert_eq!(doctor::storage_fact(&cfg), doctor::StorageFact::NotYet(data.join("archive")));
+    assert!(!data.exists(), "doctor created nothing");
+    let off = config(&format!("data_dir = \"{}\"\n[storage]\nship = false\n", data.display()));
+    assert_eq!(doctor::storage_fact(&off), doctor::StorageFact::Off);
+    std::fs::create_dir_all(data.join("archive")).unwrap();
+    assert!(
+        matches!(doctor::storage_fact(&cfg), doctor::StorageFact::Targets { local_primary: true, ref targets } if targets[0].2.is_ok())
+    );
+    // Nothing listens on port 9 of loopback.
+    let s3 = config(&format!(
+        "data_dir = \"{}\"\n[storage.primary]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\nregion = \"garage\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+        data.display()
+    ));
+    let down = doctor::storage_fact(&s3);
+    assert!(matches!(&down, doctor::StorageFact::Targets { targets, .. } if targets[0].2.is_err()), "{down:?}");
+    let p = FakeProc::tuned();
+    for (fact, check, want) in [
+        (doctor::StorageFact::Off, "storage", Status::Warn),
+        (doctor::StorageFact::NotYet(data.join("archive")), "storage_primary", Status::Info),
+        (down, "storage_primary", Status::Warn),
+    ] {
+        let mut f = facts(&p, &cfg);
+        f.storage = Some(fact.clone());
+        let r = doctor::check(&cfg, None, &f);
+        assert_eq!(status(&r, check), want, "{fact:?}: {}", doctor::human(&r));
+    }
+}

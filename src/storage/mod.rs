@@ -112,11 +112,21 @@ impl Storage {
     /// Sets up the configured targets (nothing is sent yet; the local archive's directory is
     /// created).
     pub fn open(cfg: &Config) -> Result<Storage, StorageError> {
+        Storage::open_with(cfg, true)
+    }
+
+    /// Like `open`, but a local archive that does not exist yet is an error, not created
+    /// (`callvault doctor` changes nothing).
+    pub fn open_existing(cfg: &Config) -> Result<Storage, StorageError> {
+        Storage::open_with(cfg, false)
+    }
+
+    fn open_with(cfg: &Config, create: bool) -> Result<Storage, StorageError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
             StorageError::Setup { target: "primary".into(), message: format!("cannot start the I/O runtime: {e}") }
         })?;
-        let primary = Target::open(cfg, &cfg.storage.primary, Role::Primary)?;
-        let backup = cfg.storage.backup.as_ref().map(|b| Target::open(cfg, b, Role::Backup)).transpose()?;
+        let primary = Target::open(cfg, &cfg.storage.primary, Role::Primary, create)?;
+        let backup = cfg.storage.backup.as_ref().map(|b| Target::open(cfg, b, Role::Backup, create)).transpose()?;
         Ok(Storage { rt, primary, backup })
     }
 
@@ -159,13 +169,20 @@ fn setup_err(role: Role, message: impl Into<String>) -> StorageError {
 }
 
 impl Target {
-    fn open(cfg: &Config, t: &TargetConfig, role: Role) -> Result<Target, StorageError> {
+    fn open(cfg: &Config, t: &TargetConfig, role: Role, create: bool) -> Result<Target, StorageError> {
         let verify = if cfg.storage.verify == "checksum" { Verify::Checksum } else { Verify::ReadBack };
         let part_size = (cfg.storage.part_size_mib * 1024 * 1024) as usize;
         if t.kind == "local" {
             let dir = cfg.archive_dir(t);
-            crate::output::ensure_dir(&dir)
-                .map_err(|e| setup_err(role, format!("cannot create the archive {}: {e}", dir.display())))?;
+            if create {
+                crate::output::ensure_dir(&dir)
+                    .map_err(|e| setup_err(role, format!("cannot create the archive {}: {e}", dir.display())))?;
+            } else if !dir.is_dir() {
+                return Err(setup_err(
+                    role,
+                    format!("the archive {} does not exist yet (serve creates it)", dir.display()),
+                ));
+            }
             let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
             let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| setup_err(role, format!("archive {}: {e}", dir.display())))?;
