@@ -289,6 +289,7 @@ fn start_shipper(
             let poll_every = (cfg.storage.catalog_poll_s > 0).then(|| Duration::from_secs(cfg.storage.catalog_poll_s));
             let sweep_every = cfg.retention.enforce.then(|| Duration::from_secs(cfg.retention.interval_s));
             let (mut polled, mut swept) = (None::<std::time::Instant>, None::<std::time::Instant>);
+            let mut unreadable = std::collections::HashSet::new();
             while !stopping.load(Ordering::Relaxed) {
                 for (rid, stored) in shipper.run_once_reporting() {
                     control.publish(crate::engine::Event {
@@ -303,7 +304,14 @@ fn start_shipper(
                     && due(polled, every)
                 {
                     polled = Some(std::time::Instant::now());
-                    match crate::storage::index::poll(shipper.storage(), &catalog_path, keys, &catalog, std::time::SystemTime::now()) {
+                    match crate::storage::index::poll(
+                        shipper.storage(),
+                        &catalog_path,
+                        keys,
+                        &catalog,
+                        std::time::SystemTime::now(),
+                        &mut unreadable,
+                    ) {
                         Ok(0) => {}
                         Ok(n) => crate::log::info(&format!("catalog: {n} recording(s) from the store indexed")),
                         Err(e) => crate::log::warn(&format!("catalog poll: {e}")),

@@ -121,13 +121,15 @@ pub enum RebuildError {
 
 /// Looks for metadata objects of the last two UTC days (today's and yesterday's date
 /// directories: a call that started before midnight lands under yesterday) that the catalog at
-/// `catalog` does not know, and hands them to `writer`. Returns how many were new.
+/// `catalog` does not know, and hands them to `writer`. Returns how many were new. Objects
+/// that cannot be read are warned of once and remembered in `unreadable`, not tried again.
 pub fn poll(
     storage: &Storage,
     catalog: &std::path::Path,
     keys: Option<&Keyring>,
     writer: &crate::catalog::Writer,
     now: SystemTime,
+    unreadable: &mut std::collections::HashSet<String>,
 ) -> Result<usize, String> {
     let t = &storage.primary;
     let days: Vec<String> = [Duration::ZERO, Duration::from_secs(86_400)]
@@ -143,7 +145,11 @@ pub fn poll(
             let keys_listed: Vec<String> = metas.iter().map(|m| m.location.to_string()).collect();
             let known = crate::catalog::known_meta_keys(catalog, &keys_listed).map_err(|e| e.to_string())?;
             let map = by_recording(t, &list);
-            for m in metas.into_iter().filter(|m| !known.contains(m.location.as_ref())) {
+            let fresh: Vec<&ObjectMeta> = metas
+                .into_iter()
+                .filter(|m| !known.contains(m.location.as_ref()) && !unreadable.contains(m.location.as_ref()))
+                .collect();
+            for m in fresh {
                 match read_metadata(t, m, keys).await {
                     Ok(v) => {
                         let rid = v["recording_id"].as_str().unwrap_or_default().to_string();
@@ -151,7 +157,13 @@ pub fn poll(
                         writer.stored(&rid, stored_from(&[(t, &map)], &rid));
                         new += 1;
                     }
-                    Err(e) => crate::log::warn(&format!("catalog poll: {} not indexed: {e}", m.location)),
+                    Err(e) => {
+                        crate::log::warn(&format!(
+                            "catalog poll: {} not indexed: {e} (not tried again until restart; `callvault catalog rebuild` retries)",
+                            m.location
+                        ));
+                        unreadable.insert(m.location.to_string());
+                    }
                 }
             }
         }
