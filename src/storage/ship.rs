@@ -99,7 +99,11 @@ pub fn scan(spool: &Path, cache: &mut SidecarCache) -> std::io::Result<Vec<Pendi
             continue;
         }
         let mine: Vec<&String> = names.iter().filter(|n| n.contains(&rid)).collect();
-        if mine.iter().any(|n| n.ends_with(".partial") || n.ends_with(".tmp") || n.contains(".partial.")) {
+        // Still being written, or waiting for the next start's recovery. A `.damaged` file
+        // (what recovery could not authenticate, kept as evidence) stays in the spool and does
+        // not hold up the recovered recording; an interrupted `.ship` write is only progress.
+        let busy = |n: &str| n.ends_with(".partial") || (n.ends_with(".tmp") && !n.ends_with(".ship.tmp"));
+        if mine.iter().any(|n| busy(n)) {
             continue;
         }
         let mut files = Vec::new();
@@ -478,7 +482,9 @@ impl Shipper {
         }
         sync()?;
         rm(&sidecar.0)?;
-        rm(&ship_file(&self.spool, &p.recording_id))?;
+        let ship = ship_file(&self.spool, &p.recording_id);
+        rm(&crate::output::with_suffix(&ship, ".tmp"))?;
+        rm(&ship)?;
         sync()
     }
 }

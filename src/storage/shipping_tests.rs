@@ -218,3 +218,23 @@ fn erasure_deletes_nothing_held_nothing_in_the_spool_and_nothing_when_holds_are_
     assert_eq!(log.lines().count(), 1);
     assert!(log.contains("\"recording_id\":\"A\"") && log.contains("request 1"));
 }
+
+#[test]
+fn a_damaged_leftover_or_an_interrupted_progress_write_does_not_hold_a_recording_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Flaky::default());
+    let mut s = shipper(dir.path(), store.clone(), None);
+    let rid = plant(dir.path(), "c-3");
+    // What recovery could not authenticate stays as evidence; a crash mid-`.ship` write.
+    let damaged = dir.path().join(format!("{rid}.wav.cvs.partial.damaged"));
+    std::fs::write(&damaged, b"x").unwrap();
+    std::fs::write(dir.path().join(format!("{rid}.ship.tmp")), b"{").unwrap();
+    // But a `.partial` means it is still being written.
+    let partial = dir.path().join(format!("c-3-{rid}-1-agent.wav.partial"));
+    std::fs::write(&partial, b"x").unwrap();
+    assert_eq!(s.run_once(), (0, 0));
+    std::fs::remove_file(&partial).unwrap();
+    assert_eq!(s.run_once(), (1, 0));
+    assert_eq!(in_spool(dir.path(), &rid), [format!("{rid}.wav.cvs.partial.damaged")]);
+    assert_eq!(store.puts.load(Ordering::SeqCst), 2);
+}
