@@ -43,7 +43,8 @@ mod storage;
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
 #[command(
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay),\n\
-4 control socket unreachable (ctl), or some recordings kept by a hold or still in the spool (erase).\n\
+4 control socket unreachable (ctl), or some recordings kept by a hold or still in the spool (erase),\n\
+5 keys unloadable (verify, decrypt, catalog rebuild).\n\
 Run `callvault help <command>` for each command's options and examples."
 )]
 struct Cli {
@@ -89,6 +90,9 @@ enum Command {
     /// Erase recordings on request (e.g. every recording of one caller), unless on hold.
     #[command(after_help = storage::ERASE_EXAMPLES)]
     Erase(storage::EraseArgs),
+    /// Download a stored recording's (sealed) files from storage.
+    #[command(after_help = storage::FETCH_EXAMPLES)]
+    Fetch(storage::FetchArgs),
     /// Apply the retention policies now (serve does it every [retention] interval_s).
     #[command(after_help = storage::RETENTION_EXAMPLES)]
     Retention(storage::RetentionArgs),
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
         Command::Hold(args) => storage::hold_cmd(args),
         Command::Erase(args) => storage::erase_cmd(args),
         Command::Retention(args) => storage::retention_cmd(args),
+        Command::Fetch(args) => storage::fetch_cmd(args),
     }
 }
 

@@ -156,7 +156,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         )
     };
     let control = Control::new(cfg.clone(), engine);
-    let catalog = open_catalog(&cfg, &spool, sealing.as_deref())?;
+    let (catalog, fresh_catalog) = open_catalog(&cfg, &spool, sealing.as_deref())?;
     control.set_catalog(catalog.clone());
     // Set up now (refused like any other configuration error), used from its own thread.
     let storage = if cfg.storage.ship {
@@ -196,6 +196,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             .name("control".into())
             .spawn(move || control::server::serve(listener, c))
             .map_err(ServeError::Signals)?;
+    }
+    if fresh_catalog && cfg.storage.ship {
+        rebuild_catalog_from_store(&cfg, sealing.clone());
     }
     let shipper = match storage {
         Some(storage) => {
@@ -360,14 +363,49 @@ fn start_shipper(
     Ok((stop, handle))
 }
 
-/// Opens the catalog (`<data_dir>/catalog.sqlite`) and its writer thread. A catalog created now
-/// is first filled from the sidecars already in the spool, so an upgrade or a deleted catalog
-/// needs no manual rebuild.
+/// A catalog created at this start learns what the store already holds (every recorder's
+/// recordings, every day), in a thread of its own so that start-up and shipping do not wait.
+fn rebuild_catalog_from_store(cfg: &Config, sealing: Option<std::sync::Arc<crate::output::sealed::Sealing>>) {
+    let cfg = cfg.clone();
+    let spawned = std::thread::Builder::new().name("catalog-rebuild".into()).spawn(move || {
+        let path = crate::catalog::path_in(&cfg.data_dir);
+        let result = crate::storage::Storage::open(&cfg).map_err(|e| e.to_string()).and_then(|storage| {
+            let mut catalog = crate::catalog::Catalog::open(&path).map_err(|e| e.to_string())?;
+            crate::storage::index::rebuild_from_store(
+                &mut catalog,
+                &storage,
+                sealing.as_ref().map(|s| &s.keys),
+                &mut |_, _| {},
+            )
+            .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok((0, skipped)) if skipped.is_empty() => {}
+            Ok((n, skipped)) => {
+                crate::log::info(&format!("catalog: {n} recording(s) indexed from the store"));
+                for s in skipped {
+                    crate::log::warn(&format!("catalog: not indexed: {s}"));
+                }
+            }
+            Err(e) => crate::log::warn(&format!(
+                "catalog: not filled from the store: {e}; run `callvault catalog rebuild` once it answers"
+            )),
+        }
+    });
+    if let Err(e) = spawned {
+        crate::log::warn(&format!("catalog: cannot start filling it from the store: {e}"));
+    }
+}
+
+/// Opens the catalog (`<data_dir>/catalog.sqlite`) and its writer thread; `true` when it was
+/// created now. A catalog created now is first filled from the sidecars already in the spool
+/// (and, by the caller, from the store), so an upgrade or a deleted catalog needs no manual
+/// rebuild.
 fn open_catalog(
     cfg: &Config,
     spool: &Path,
     sealing: Option<&crate::output::sealed::Sealing>,
-) -> Result<crate::catalog::Writer, ServeError> {
+) -> Result<(crate::catalog::Writer, bool), ServeError> {
     let path = crate::catalog::path_in(&cfg.data_dir);
     let fresh = !path.exists();
     let mut catalog = crate::catalog::Catalog::open(&path)?;
@@ -380,7 +418,7 @@ fn open_catalog(
             crate::log::warn(&format!("catalog: not indexed: {s}"));
         }
     }
-    crate::catalog::Writer::spawn(catalog).map_err(ServeError::Signals)
+    Ok((crate::catalog::Writer::spawn(catalog).map_err(ServeError::Signals)?, fresh))
 }
 
 /// The keys recordings are sealed with, or `None` with `encryption = "off"` (said at every

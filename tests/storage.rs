@@ -158,6 +158,26 @@ fn recordings_land_in_garage_verified_and_read_back() {
     assert_eq!(r.spec().channels, 2);
     assert!(r.duration() >= 8000 * 4 / 10, "{}", r.duration());
     assert!(!spool_files(&d).iter().any(|f| f.contains(&rid)));
+    // `callvault fetch` brings it back from the bucket, checked against the catalog's SHA-256.
+    let cfg = config_of(&d);
+    wait_until("the catalog's stored", Duration::from_secs(5), || {
+        let r = c.request(json!({"cmd": "find", "call_id": "g-1"}));
+        !r["recordings"][0]["stored"].is_null()
+    });
+    let out = d.dir.path().join("fetched");
+    let (code, v, err) =
+        cli(&["fetch", &rid, "--config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("storage: primary s3"), "says which store: {err}");
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{v}");
+    let wav = open_sealed(std::fs::read(out.join(format!("{rid}.wav.cvs"))).unwrap(), &keys(&d));
+    assert_eq!(&wav[..4], b"RIFF");
+    // Again without --force: refused, the file kept.
+    let (code, _, err) = cli(&["fetch", &rid, "--config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let (code, _, err) = cli(&["fetch", "01M8ZZZZZZZZZZZZZZZZZZZZZZ", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
 }
 
 /// A plain recording of `bytes` audio bytes planted in a spool as serve leaves one (the shipper

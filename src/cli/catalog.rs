@@ -87,6 +87,22 @@ pub enum CatalogCmd {
     },
 }
 
+/// Where a recording is now: its first stored object (the file, for the local archive), or its
+/// spool file while it waits there.
+fn location(r: &serde_json::Value) -> String {
+    let first = &r["stored"]["primary"]["objects"][0];
+    if let Some(p) = first["path"].as_str() {
+        return p.to_string();
+    }
+    if let Some(k) = first["key"].as_str() {
+        return format!("{} {k}", r["stored"]["primary"]["target"].as_str().unwrap_or("stored"));
+    }
+    match r["file"].as_str() {
+        Some(f) => format!("{f} (in the spool)"),
+        None => "(separate: see --json)".into(),
+    }
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -142,7 +158,7 @@ pub fn catalog_cmd(args: CatalogArgs) -> ExitCode {
                                 r["call_id"].as_str().unwrap_or("-"),
                                 r["metadata"]["agent"].as_str().unwrap_or("-"),
                                 r["metadata"]["queue"].as_str().unwrap_or("-"),
-                                r["file"].as_str().unwrap_or("(separate: see --json)")
+                                location(r)
                             );
                         }
                         match &page.next_cursor {

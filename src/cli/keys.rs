@@ -63,7 +63,7 @@ Exit codes: 0 written and verified; 1 not written (the reason is named); 2 usage
 /// Where keys come from, for commands that read or write sealed files.
 #[derive(clap::Args, Clone, Default)]
 pub struct KeySel {
-    /// Take the keys from this config's [keys] (default: the embedded defaults: ./callvault-data/keys).
+    /// The configuration serve runs with: its [keys] (and, for catalog rebuild, its data_dir and [storage]); embedded defaults (./callvault-data) without it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A key directory (<id>.kek, active, signing.key, <id>.pub).

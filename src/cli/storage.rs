@@ -16,20 +16,24 @@ pub const HOLD_EXAMPLES: &str = "\
 Examples:
   callvault hold place --call-id c-20261204-0042 --reason \"case 2026-117, legal\"
   callvault hold place --recording-id 01KBX6J2Y3Z4M5N6P7Q8R9S0T1 --reason \"complaint 88\"
-  callvault hold list --json | jq -r '.holds[].value'
-  callvault hold release --call-id c-20261204-0042
+  callvault hold list --config /etc/callvault/callvault.toml --json | jq -r '.holds[].value'
+  callvault hold release --call-id c-20261204-0042 --config /etc/callvault/callvault.toml
 
 A hold keeps its recordings from every deletion, retention and erasure alike, on every recorder
 sharing the store: holds are objects in the store (PREFIX/_holds/), in every target. A call-id
 hold covers every recording of the call, later ones too.
 
-Exit codes: 0 done; 1 failed (store unreachable); 2 usage error.";
+Without --config the embedded defaults apply (./callvault-data): pass the configuration serve
+runs with. Each command says on standard error which store it acts on.
+
+Exit codes: 0 done; 1 failed (store unreachable; release: no such hold); 2 usage error (also: the
+data directory does not exist).";
 
 pub const ERASE_EXAMPLES: &str = "\
 Examples:
-  callvault erase --caller +4915112345678 --reason \"GDPR request 2026-0815\" --dry-run
-  callvault erase --caller +4915112345678 --reason \"GDPR request 2026-0815\"
-  callvault erase --call-id c-1 --reason \"recorded by mistake\" --json
+  callvault erase --config /etc/callvault/callvault.toml --caller +4915112345678 --reason \"GDPR request 2026-0815\" --dry-run
+  callvault erase --config /etc/callvault/callvault.toml --caller +4915112345678 --reason \"GDPR request 2026-0815\"
+  callvault erase --call-id c-1 --reason \"recorded by mistake\" --json     # embedded defaults (./callvault-data)
 
 Every recording the filters match (all given must match, as in `catalog search`) is deleted
 from every storage target unless a legal hold covers it; each deletion is logged in
@@ -41,9 +45,9 @@ Exit codes: 0 all erased; 4 some kept (a legal hold, or still in the spool: the 
 
 pub const RETENTION_EXAMPLES: &str = "\
 Examples:
-  callvault retention run --dry-run --json | jq '.deleted | length'
-  callvault retention run --as-of 2027-03-01 --dry-run
-  callvault retention run
+  callvault retention run --config /etc/callvault/callvault.toml --dry-run --json | jq '.deleted | length'
+  callvault retention run --config /etc/callvault/callvault.toml --as-of 2027-03-01 --dry-run
+  callvault retention run --config /etc/callvault/callvault.toml
 
 Deletes every stored recording whose retention policy ([retention] in the config) has run out,
 unless held, as `serve` does every [retention] interval_s. --as-of shows what a later day would
@@ -60,10 +64,10 @@ pub struct HoldArgs {
 #[derive(clap::Args, Clone)]
 #[group(required = true, multiple = false)]
 pub struct HoldTarget {
-    /// Hold one recording.
+    /// The recording (one recording, by its id).
     #[arg(long = "recording-id")]
     recording_id: Option<String>,
-    /// Hold every recording of a call (later ones too).
+    /// The call (every recording of it, later ones too).
     #[arg(long = "call-id")]
     call_id: Option<String>,
 }
@@ -95,11 +99,13 @@ pub enum HoldCmd {
     Release {
         #[command(flatten)]
         target: HoldTarget,
+        /// The configuration serve runs with ([storage]); embedded defaults without it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// List the legal holds.
     List {
+        /// The configuration serve runs with ([storage]); embedded defaults without it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// One JSON object on standard output.
@@ -110,10 +116,13 @@ pub enum HoldCmd {
 
 #[derive(clap::Args)]
 pub struct EraseArgs {
+    /// The configuration serve runs with ([storage], data_dir); embedded defaults without it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The ACD's call id: every recording of the call.
     #[arg(long = "call-id")]
     call_id: Option<String>,
+    /// One recording, by its id.
     #[arg(long = "recording-id")]
     recording_id: Option<String>,
     /// Metadata key `caller` (or `caller_number`, `from`).
@@ -136,6 +145,130 @@ pub struct EraseArgs {
     json: bool,
 }
 
+pub const FETCH_EXAMPLES: &str = "\
+Examples:
+  callvault fetch 01KBX6J2Y3Z4M5N6P7Q8R9S0T1 --config /etc/callvault/callvault.toml -o /tmp/case-117
+  callvault fetch 01KBX6J2Y3Z4M5N6P7Q8R9S0T1 -o . && callvault decrypt 01KBX6J2Y3Z4M5N6P7Q8R9S0T1.wav.cvs -o call.wav
+
+Downloads a stored recording's objects (audio and metadata, still sealed) from the primary (the
+backup when the primary does not answer) into a directory, checks each against the SHA-256 the
+catalog has for it, and prints the files written. `callvault decrypt` then gives the WAV.
+
+Exit codes: 0 done; 1 failed (not stored yet, unknown, store unreachable, a mismatch); 2 usage
+error.";
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// The recording id.
+    recording_id: String,
+    /// The configuration serve runs with ([storage], data_dir); embedded defaults without it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory to write into (created if missing).
+    #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Replace files already there.
+    #[arg(long)]
+    force: bool,
+    /// One JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn fetch_cmd(a: FetchArgs) -> ExitCode {
+    let (cfg, storage) = match open(&a.config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let summary = match catalog::all(&catalog::path_in(&cfg.data_dir)) {
+        Ok(all) => all.into_iter().find(|s| s["recording_id"].as_str() == Some(a.recording_id.as_str())),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(summary) = summary else {
+        eprintln!(
+            "error: the catalog has no recording {:?} (`callvault catalog search`; `callvault catalog rebuild` if it came from another recorder)",
+            a.recording_id
+        );
+        return ExitCode::from(1);
+    };
+    if summary["stored"].is_null() {
+        eprintln!(
+            "error: recording {} is not stored yet: it is in the spool ({})",
+            a.recording_id,
+            summary["file"].as_str().unwrap_or("see --json of catalog search")
+        );
+        return ExitCode::from(1);
+    }
+    if let Err(e) = callvault::output::ensure_dir(&a.out) {
+        eprintln!("error: cannot create {}: {e}", a.out.display());
+        return ExitCode::from(1);
+    }
+    let mut last_err = String::new();
+    for t in storage.targets() {
+        let objects = summary["stored"][t.role.name()]["objects"].as_array().cloned().unwrap_or_default();
+        if objects.is_empty() {
+            continue;
+        }
+        match fetch_from(&storage, t, &objects, &a.out, a.force) {
+            Ok(written) => {
+                if a.json {
+                    out!("{}", json!({"recording_id": a.recording_id, "from": t.describe, "files": written}));
+                } else {
+                    for w in &written {
+                        out!("{w}");
+                    }
+                }
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("warning: {} target: {e}", t.role.name());
+                last_err = e;
+            }
+        }
+    }
+    eprintln!("error: recording {} could not be fetched: {last_err}", a.recording_id);
+    ExitCode::from(1)
+}
+
+fn fetch_from(
+    storage: &Storage,
+    t: &callvault::storage::Target,
+    objects: &[Value],
+    out: &std::path::Path,
+    force: bool,
+) -> Result<Vec<String>, String> {
+    let mut written = Vec::new();
+    for o in objects {
+        let key = o["key"].as_str().ok_or("an object without a key")?;
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let dest = out.join(name);
+        if dest.exists() && !force {
+            return Err(format!("{} exists (--force replaces it)", dest.display()));
+        }
+        let bytes = storage.block_on(t.get(&object_store::path::Path::from(key))).map_err(|e| e.to_string())?;
+        if let Some(want) = o["sha256"].as_str() {
+            let got: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if got != want {
+                return Err(format!("{key}: SHA-256 {got}, the catalog says {want}"));
+            }
+        }
+        let tmp = out.join(format!(".{name}.fetch"));
+        std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &dest)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", dest.display())
+        })?;
+        written.push(dest.display().to_string());
+    }
+    Ok(written)
+}
+
 #[derive(clap::Args)]
 pub struct RetentionArgs {
     #[command(subcommand)]
@@ -146,6 +279,7 @@ pub struct RetentionArgs {
 pub enum RetentionCmd {
     /// Delete what the retention policies say has expired (unless held).
     Run {
+        /// The configuration serve runs with ([retention], [storage]); embedded defaults without it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Say what would be deleted; delete nothing.
@@ -180,17 +314,38 @@ fn open(config: &Option<PathBuf>) -> Result<(Config, Storage), ExitCode> {
         eprintln!("error: [storage] ship = false: recordings are kept in the spool, not in storage");
         return Err(ExitCode::from(2));
     }
-    let storage = Storage::open(&cfg).map_err(|e| {
+    // Without --config the embedded defaults apply: refuse where they name nothing (run from
+    // another directory than serve's), so a hold or an erasure never lands in a stray archive.
+    if !cfg.data_dir.is_dir() {
+        eprintln!(
+            "error: data directory {} does not exist: {}",
+            cfg.data_dir.display(),
+            if config.is_some() {
+                "is serve running with this config?"
+            } else {
+                "pass --config with the configuration serve runs with"
+            }
+        );
+        return Err(ExitCode::from(2));
+    }
+    let storage = Storage::open_existing(&cfg).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)
     })?;
+    // Said every time: which store a hold or a deletion acts on.
+    let targets: Vec<String> = storage.targets().map(|t| format!("{} {}", t.role.name(), t.describe)).collect();
+    eprintln!(
+        "storage: {}{}",
+        targets.join(", "),
+        if config.is_none() { " (embedded defaults: no --config)" } else { "" }
+    );
     Ok((cfg, storage))
 }
 
 pub fn hold_cmd(args: HoldArgs) -> ExitCode {
     match args.cmd {
         HoldCmd::Place { target, reason, config } => {
-            let (_, storage) = match open(&config) {
+            let (cfg, storage) = match open(&config) {
                 Ok(x) => x,
                 Err(code) => return code,
             };
@@ -208,6 +363,25 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
             };
             match retention::place_hold(&storage, &hold) {
                 Ok(()) => {
+                    let q = match kind {
+                        HoldKind::Call => Query { call_id: Some(hold.value.clone()), ..Query::default() },
+                        HoldKind::Recording => Query::default(),
+                    };
+                    let path = catalog::path_in(&cfg.data_dir);
+                    let known = match kind {
+                        HoldKind::Call => catalog::search(&path, &q).map(|p| !p.recordings.is_empty()).unwrap_or(false),
+                        HoldKind::Recording => catalog::all(&path)
+                            .map(|a| a.iter().any(|s| s["recording_id"].as_str() == Some(hold.value.as_str())))
+                            .unwrap_or(false),
+                    };
+                    if !known {
+                        // Not an error (a hold may come before the recording), but a typo should show.
+                        eprintln!(
+                            "note: the catalog has no recording of {} {:?} (yet); the hold covers it when it comes",
+                            kind.name(),
+                            hold.value
+                        );
+                    }
                     out!("{}", hold.to_json());
                     ExitCode::SUCCESS
                 }

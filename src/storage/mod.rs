@@ -42,6 +42,11 @@ pub enum StorageError {
     /// A local file could not be read or synced.
     #[error("{action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// A recording is stored somewhere the configuration no longer names.
+    #[error(
+        "recording {recording_id} is stored in {role} target {stored_in}, but the configured {role} is {configured}: nothing deleted; run with the configuration that names where it is"
+    )]
+    Elsewhere { recording_id: String, role: &'static str, stored_in: String, configured: String },
     /// What the store holds is not what was sent.
     #[error(
         "storage target {target}: {key} does not match the spool's copy after upload ({detail}); the spool keeps it and it is sent again"

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::{Storage, StorageError, Target, hex};
+use super::{Role, Storage, StorageError, Target, hex};
 use crate::config::RetentionConfig;
 
 /// What a hold covers.
@@ -173,6 +173,20 @@ pub fn delete_recording(
     let rid = summary["recording_id"].as_str().unwrap_or_default();
     let started = summary["started_at"].as_str().unwrap_or_default();
     let mut deleted = serde_json::Map::new();
+    // Where it landed must be where the configuration points: after a change of target, a
+    // deletion against the new one would find nothing there and report success.
+    for role in [Role::Primary, Role::Backup] {
+        let Some(stored_in) = summary["stored"][role.name()]["target"].as_str() else { continue };
+        let configured = storage.targets().find(|t| t.role == role).map(|t| t.describe.clone());
+        if configured.as_deref() != Some(stored_in) {
+            return Err(StorageError::Elsewhere {
+                recording_id: rid.to_string(),
+                role: role.name(),
+                stored_in: stored_in.to_string(),
+                configured: configured.unwrap_or_else(|| "not configured".into()),
+            });
+        }
+    }
     storage.block_on(async {
         for t in storage.targets() {
             let mut keys: Vec<object_store::path::Path> = summary["stored"][t.role.name()]["objects"]
@@ -226,7 +240,9 @@ pub fn actor() -> String {
 pub fn log_deletion(storage: &Storage, data_dir: &Path, entry: &Value) -> Result<(), StorageError> {
     let path = deletion_log_path(data_dir);
     let io = |e| StorageError::Io { action: "cannot append to", path: path.clone(), source: e };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // It names call ids: readable by the daemon's user only, like the catalog.
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io)?;
     f.write_all(format!("{entry}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
     let at = entry["deleted_at"].as_str().unwrap_or_default();
     let key = storage.primary.key(&format!("_deletions/{}/{}.json", super::date_path(at), ulid::Ulid::new()));

@@ -214,8 +214,17 @@ fn erasure_deletes_nothing_held_nothing_in_the_spool_and_nothing_when_holds_are_
     let left: Vec<String> =
         storage.block_on(storage.primary.list("2026")).unwrap().into_iter().map(|m| m.location.to_string()).collect();
     assert_eq!(left, ["2026/12/04/B.wav"]);
+    // Stored in a target the configuration no longer names: refused, not reported deleted.
+    let moved = json!({"recording_id": "D", "call_id": "cd",
+        "stored": {"primary": {"target": "local /old/archive", "objects": [{"key": "2026/12/04/D.wav"}]}}});
+    let report = delete_unless_held(&storage, dir.path(), vec![(moved, why())], false, &mut |_| {}).unwrap();
+    assert!(report.deleted.is_empty());
+    assert!(report.failed[0].1.contains("/old/archive"), "{:?}", report.failed);
     let log = std::fs::read_to_string(super::retention::deletion_log_path(dir.path())).unwrap();
     assert_eq!(log.lines().count(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(super::retention::deletion_log_path(dir.path())).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the deletion log names call ids");
     assert!(log.contains("\"recording_id\":\"A\"") && log.contains("request 1"));
 }
 
