@@ -398,6 +398,17 @@ impl Default for MetricsConfig {
 }
 
 impl TargetConfig {
+    /// Whether two targets are the same place (endpoint spelt with or without a trailing `/`,
+    /// whatever their credentials or region): a backup there is no backup.
+    fn same_place(&self, other: &TargetConfig) -> bool {
+        let end = |t: &TargetConfig| t.endpoint.trim_end_matches('/').to_ascii_lowercase();
+        match (self.kind.as_str(), other.kind.as_str()) {
+            ("local", "local") => self.path == other.path,
+            ("s3", "s3") => end(self) == end(other) && self.bucket == other.bucket && self.prefix == other.prefix,
+            _ => false,
+        }
+    }
+
     fn validate(&self, key: &'static str) -> Result<(), ConfigError> {
         let invalid = |value: String, reason: &str| ConfigError::Invalid { key, value, reason: reason.into() };
         if self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//") {
@@ -416,11 +427,24 @@ impl TargetConfig {
                 if self.bucket.is_empty() {
                     return Err(invalid("bucket = \"\"".into(), "an s3 target needs a bucket"));
                 }
-                if !(self.endpoint.is_empty()
-                    || self.endpoint.starts_with("http://")
-                    || self.endpoint.starts_with("https://"))
-                {
-                    return Err(invalid(self.endpoint.clone(), "endpoint must be an http:// or https:// URL"));
+                if !self.endpoint.is_empty() {
+                    // Parsed as the client will parse it (a URL it cannot make a request of
+                    // would otherwise fail only at the first upload).
+                    let uri =
+                        format!("{}/{}/key", self.endpoint.trim_end_matches('/'), self.bucket).parse::<http::Uri>();
+                    let ok = uri.as_ref().is_ok_and(|u| {
+                        let authority = u.authority().map_or("", |a| a.as_str());
+                        let after_host = authority.rsplit(']').next().unwrap_or(authority);
+                        matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.host().is_some_and(|h| !h.is_empty())
+                            && (!after_host.contains(':') || u.port_u16().is_some())
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            self.endpoint.clone(),
+                            "endpoint must be an http:// or https:// URL with a host (and a port up to 65535), e.g. http://10.0.0.20:3900",
+                        ));
+                    }
                 }
                 if !self.secret_access_key.is_empty() && !self.secret_access_key_file.as_os_str().is_empty() {
                     return Err(invalid(
@@ -568,7 +592,7 @@ impl Config {
         st.primary.validate("storage.primary")?;
         if let Some(b) = &st.backup {
             b.validate("storage.backup")?;
-            if *b == st.primary || (b.kind == "local" && st.primary.kind == "local") {
+            if b.same_place(&st.primary) {
                 return Err(invalid(
                     "storage.backup",
                     &b.kind,
@@ -714,6 +738,15 @@ mod tests {
     }
 
     #[test]
+    fn storage_targets_that_are_usable_pass() {
+        let c = parse("[storage.primary]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://10.0.0.20:3900/\"\n[storage.backup]\nkind = \"local\"\npath = \"/srv/dr\"\n").unwrap();
+        assert_eq!(c.storage.backup.unwrap().path, PathBuf::from("/srv/dr"));
+        // Two local directories are two places.
+        parse("[storage.primary]\npath = \"/a\"\n[storage.backup]\nkind = \"local\"\npath = \"/b\"\n").unwrap();
+        assert_eq!(parse("").unwrap().archive_dir(&TargetConfig::default()), PathBuf::from("./callvault-data/archive"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused_by_name() {
         let e = parse("[rtp]\nport_mni = 20000\n").unwrap_err().to_string();
         assert!(e.contains("port_mni"), "{e}");
@@ -744,6 +777,25 @@ mod tests {
             ("[recording]\nencryption = \"maybe\"\n", "recording.encryption"),
             ("[recording]\nseal_chunk_kib = 0\n", "recording.seal_chunk_kib"),
             ("[keys]\ndir = \"/k\"\nkek_file = \"/k/a.kek\"\n", "keys.kek_file"),
+            ("[storage.primary]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://\"\n", "storage.primary"),
+            (
+                "[storage.primary]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:99999\"\n",
+                "storage.primary",
+            ),
+            (
+                "[storage.primary]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://bad host:80\"\n",
+                "storage.primary",
+            ),
+            ("[storage.primary]\nkind = \"s3\"\nendpoint = \"http://h:1\"\n", "storage.primary"),
+            (
+                "[storage.primary]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://h:1\"\n[storage.backup]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://h:1/\"\nregion = \"x\"\n",
+                "storage.backup",
+            ),
+            ("[storage.backup]\nkind = \"local\"\n", "storage.backup"),
+            ("[storage]\npart_size_mib = 1\n", "storage.part_size_mib"),
+            ("[storage]\nverify = \"md5\"\n", "storage.verify"),
+            ("[[retention.policy]]\nname = \"x\"\nmatch = {}\ndays = 3\n", "retention.policy.match"),
+            ("[[retention.policy]]\nname = \"x\"\nmatch = { queue = \"a\" }\ndays = 0\n", "retention.policy.days"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");

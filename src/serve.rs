@@ -292,8 +292,11 @@ fn start_shipper(
             let poll_every = (cfg.storage.catalog_poll_s > 0).then(|| Duration::from_secs(cfg.storage.catalog_poll_s));
             let sweep_every = cfg.retention.enforce.then(|| Duration::from_secs(cfg.retention.interval_s));
             let (mut polled, mut swept) = (None::<std::time::Instant>, None::<std::time::Instant>);
-            let mut unreadable = std::collections::HashSet::new();
+            let mut poll_state = crate::storage::index::PollState::default();
             while !stopping.load(Ordering::Relaxed) {
+                // A panic in a pass (a client library's, say) must not end shipping for good
+                // while the daemon goes on taking calls: it is logged, counted and retried.
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for (rid, stored) in shipper.run_once_reporting() {
                     control.publish(crate::engine::Event {
                         event: "recording_stored",
@@ -313,7 +316,7 @@ fn start_shipper(
                         keys,
                         &catalog,
                         std::time::SystemTime::now(),
-                        &mut unreadable,
+                        &mut poll_state,
                     ) {
                         Ok(0) => {}
                         Ok(n) => crate::log::info(&format!("catalog: {n} recording(s) from the store indexed")),
@@ -352,6 +355,14 @@ fn start_shipper(
                         }
                         Err(e) => crate::log::warn(&format!("retention: sweep skipped, nothing deleted: {e}")),
                     }
+                }
+                }));
+                if pass.is_err() {
+                    shipper.stats().failures[0].fetch_add(1, Ordering::Relaxed);
+                    shipper.stats().target_down[0].store(1, Ordering::Relaxed);
+                    crate::log::error("storage: a shipping pass failed unexpectedly (see the panic above); the spool keeps every recording, retrying in 30 s");
+                    std::thread::sleep(Duration::from_secs(30));
+                    continue;
                 }
                 // Woken by a recording's end, else a pass every second.
                 if woken.recv_timeout(Duration::from_secs(1)).is_ok() {

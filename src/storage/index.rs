@@ -11,16 +11,32 @@ use super::{Storage, StorageError, Target};
 use crate::catalog::{Catalog, CatalogError};
 use crate::seal::Keyring;
 
+/// The file name of an object in a recording's place of the layout, `PREFIX/YYYY/MM/DD/<name>`
+/// (or `PREFIX/unknown-date/<name>`), with `<name>` starting with a recording id; `None` for
+/// anything else: holds, the deletion log, other prefixes' objects, a local store's temporary
+/// files.
+pub fn layout_name<'a>(t: &Target, key: &'a str) -> Option<&'a str> {
+    let rest = if t.prefix().is_empty() { key } else { key.strip_prefix(t.prefix())?.strip_prefix('/')? };
+    let b = rest.as_bytes();
+    let dated = b.len() > 11
+        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b[i].is_ascii_digit())
+        && b[4] == b'/'
+        && b[7] == b'/'
+        && b[10] == b'/';
+    let name = if dated { &rest[11..] } else { rest.strip_prefix("unknown-date/")? };
+    let ok = !name.contains('/')
+        && !name.contains('#')
+        && name.get(..26).is_some_and(|r| ulid::Ulid::from_string(r).is_ok());
+    ok.then_some(name)
+}
+
 /// Whether an object is a recording's metadata object (`…/YYYY/MM/DD/<id>.meta.cvs` or
-/// `<id>.json`), not a hold or a deletion log entry.
+/// `<id>.json`), not a hold, a deletion log entry or another prefix's object.
 pub fn is_metadata_object(t: &Target, m: &ObjectMeta) -> bool {
-    let key = m.location.as_ref();
-    let rest = key.strip_prefix(t.prefix()).unwrap_or(key).trim_start_matches('/');
-    if rest.starts_with('_') {
-        return false;
-    }
-    let name = m.location.filename().unwrap_or_default();
-    (name.ends_with(".meta.cvs") || name.ends_with(".json")) && name.len() >= 26 && !name.contains('#')
+    layout_name(t, m.location.as_ref()).is_some_and(|name| {
+        let rest = &name[26..];
+        rest == ".meta.cvs" || rest == ".json"
+    })
 }
 
 /// Reads a metadata object: sealed ones are opened and verified with `keys`.
@@ -56,16 +72,9 @@ fn stored_from(listings: &[(&Target, &BTreeMap<String, Vec<&ObjectMeta>>)], rid:
 fn by_recording<'a>(t: &Target, list: &'a [ObjectMeta]) -> BTreeMap<String, Vec<&'a ObjectMeta>> {
     let mut map: BTreeMap<String, Vec<&ObjectMeta>> = BTreeMap::new();
     for m in list {
-        let key = m.location.as_ref();
-        let rest = key.strip_prefix(t.prefix()).unwrap_or(key).trim_start_matches('/');
-        if rest.starts_with('_') {
-            continue;
+        if let Some(name) = layout_name(t, m.location.as_ref()) {
+            map.entry(name[..26].to_string()).or_default().push(m);
         }
-        let Some(name) = m.location.filename() else { continue };
-        if name.len() < 26 || name.contains('#') || ulid::Ulid::from_string(&name[..26]).is_err() {
-            continue;
-        }
-        map.entry(name[..26].to_string()).or_default().push(m);
     }
     map
 }
@@ -119,18 +128,56 @@ pub enum RebuildError {
     Catalog(#[from] CatalogError),
 }
 
+/// What the poll remembers between passes.
+#[derive(Default)]
+pub struct PollState {
+    /// Metadata objects that could not be read (warned of once, not tried again).
+    unreadable: std::collections::HashSet<String>,
+    /// Deletion log entries already applied.
+    deletions_seen: std::collections::HashSet<String>,
+}
+
+/// The recording ids the deletion log entries under `PREFIX/<under>` name, skipping (and then
+/// remembering) the entries in `seen`.
+async fn deleted_ids(
+    t: &Target,
+    under: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<Vec<String>, StorageError> {
+    let mut out = Vec::new();
+    for m in t.list(under).await? {
+        let key = m.location.to_string();
+        if seen.contains(&key) {
+            continue;
+        }
+        let entry: Value = match t.get(&m.location).await {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+            Err(e) if e.is_not_found() => Value::Null,
+            Err(e) => return Err(e),
+        };
+        if let Some(r) = entry["recording_id"].as_str() {
+            out.push(r.to_string());
+        }
+        seen.insert(key);
+    }
+    Ok(out)
+}
+
 /// Looks for metadata objects of the last two UTC days (today's and yesterday's date
 /// directories: a call that started before midnight lands under yesterday) that the catalog at
-/// `catalog` does not know, and hands them to `writer`. Returns how many were new. Objects
-/// that cannot be read are warned of once and remembered in `unreadable`, not tried again.
+/// `catalog` does not know, and hands them to `writer`; and for those days' deletion log
+/// entries (other recorders' erasures and retention), whose recordings `writer` drops. Returns
+/// how many were new. Objects that cannot be read are warned of once, not tried again.
 pub fn poll(
     storage: &Storage,
     catalog: &std::path::Path,
     keys: Option<&Keyring>,
     writer: &crate::catalog::Writer,
     now: SystemTime,
-    unreadable: &mut std::collections::HashSet<String>,
+    state: &mut PollState,
 ) -> Result<usize, String> {
+    let unreadable = &mut state.unreadable;
+    let deletions_seen = &mut state.deletions_seen;
     let t = &storage.primary;
     let days: Vec<String> = [Duration::ZERO, Duration::from_secs(86_400)]
         .iter()
@@ -139,6 +186,13 @@ pub fn poll(
         .collect();
     storage.block_on(async {
         let mut new = 0;
+        let mut deleted = std::collections::HashSet::new();
+        for day in &days {
+            for rid in deleted_ids(t, &format!("_deletions/{day}"), deletions_seen).await.map_err(|e| e.to_string())? {
+                writer.remove(&rid);
+                deleted.insert(rid);
+            }
+        }
         for day in days {
             let list = t.list(&day).await.map_err(|e| e.to_string())?;
             let metas: Vec<&ObjectMeta> = list.iter().filter(|m| is_metadata_object(t, m)).collect();
@@ -153,6 +207,9 @@ pub fn poll(
                 match read_metadata(t, m, keys).await {
                     Ok(v) => {
                         let rid = v["recording_id"].as_str().unwrap_or_default().to_string();
+                        if deleted.contains(&rid) {
+                            continue;
+                        }
                         writer.record(&v);
                         writer.stored(&rid, stored_from(&[(t, &map)], &rid));
                         new += 1;

@@ -231,7 +231,9 @@ impl Target {
             .with_client_options(
                 object_store::ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(300)),
+                    // One request moves at most one part (8 MiB by default): a store that has
+                    // not answered in a minute is treated as down, and the spool keeps waiting.
+                    .with_timeout(Duration::from_secs(60)),
             );
         if !t.region.is_empty() {
             b = b.with_region(&t.region);

@@ -187,27 +187,28 @@ pub fn delete_recording(
             });
         }
     }
+    // Where each target has it, decided first: the log entry names what is deleted, and is
+    // written before anything goes, so a deletion cut short is known and finished by the next
+    // `catalog rebuild` (never a deleted recording that no log shows).
+    let mut plan: Vec<(&Target, Vec<object_store::path::Path>)> = Vec::new();
     storage.block_on(async {
         for t in storage.targets() {
+            // What the catalog says landed, and what the summary says must be there: a catalog
+            // entry made after a crash may name fewer objects than the store holds.
             let mut keys: Vec<object_store::path::Path> = summary["stored"][t.role.name()]["objects"]
                 .as_array()
                 .map(|o| o.iter().filter_map(|o| o["key"].as_str()).map(object_store::path::Path::from).collect())
                 .unwrap_or_default();
-            if keys.is_empty() {
-                // Not told where it landed (a rebuild from the other target): look beside it.
-                keys = t
-                    .list(&super::date_path(started))
-                    .await?
-                    .into_iter()
-                    .map(|m| m.location)
-                    .filter(|l| l.filename().is_some_and(|f| f.starts_with(rid)))
-                    .collect();
-                keys.sort_by_key(|k| k.as_ref().ends_with(".meta.cvs") || k.as_ref().ends_with(".json"));
+            for name in expected_names(summary) {
+                let k = t.recording_key(started, &name);
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
             }
-            for k in &keys {
-                t.delete(k).await?;
-            }
+            // The metadata object last: while it is there, a rebuild finds the recording.
+            keys.sort_by_key(|k| k.as_ref().ends_with(".meta.cvs") || k.as_ref().ends_with(".json"));
             deleted.insert(t.role.name().into(), json!(keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()));
+            plan.push((t, keys));
         }
         Ok::<(), StorageError>(())
     })?;
@@ -222,6 +223,14 @@ pub fn delete_recording(
         "by": actor(),
     });
     log_deletion(storage, data_dir, &entry)?;
+    storage.block_on(async {
+        for (t, keys) in &plan {
+            for k in keys {
+                t.delete(k).await?;
+            }
+        }
+        Ok::<(), StorageError>(())
+    })?;
     Ok(entry)
 }
 
@@ -234,6 +243,27 @@ pub fn actor() -> String {
         .unwrap_or_else(|| format!("uid {}", std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{user}@{}", host.trim())
+}
+
+/// The object names a recording has, by its summary: its audio (one file, or one per leg with
+/// the separate layout) and its metadata object.
+fn expected_names(summary: &Value) -> Vec<String> {
+    let rid = summary["recording_id"].as_str().unwrap_or_default();
+    let sealed = summary["encrypted"].as_bool().unwrap_or(true);
+    let mut out = Vec::new();
+    if summary["layout"].as_str() == Some("separate") {
+        for (i, leg) in summary["legs"].as_array().into_iter().flatten().enumerate() {
+            out.push(if sealed {
+                format!("{rid}-{i}.wav.cvs")
+            } else {
+                format!("{rid}-{i}-{}.wav", crate::import::sanitise(leg["label"].as_str().unwrap_or_default()))
+            });
+        }
+    } else {
+        out.push(format!("{rid}.{}", if sealed { "wav.cvs" } else { "wav" }));
+    }
+    out.push(format!("{rid}.{}", if sealed { "meta.cvs" } else { "json" }));
+    out
 }
 
 /// Appends a deletion to `<data_dir>/deletions.log` (fsynced) and writes it to the primary.

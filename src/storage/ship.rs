@@ -65,36 +65,106 @@ pub struct Pending {
     pub finished_ms: i64,
 }
 
-/// What a recording's `.ship` file records: per target, the object names confirmed.
-type Confirmed = BTreeMap<String, BTreeMap<String, String>>;
+/// What a recording's `.ship` file records: per target, the objects confirmed (by name).
+type Confirmed = BTreeMap<String, BTreeMap<String, Landed>>;
+
+/// One object a target confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Landed {
+    sha256: String,
+    bytes: u64,
+}
 
 /// What a sidecar said, by name, with the size and mtime it had then: a pass reads again only
 /// the sidecars that changed (a busy spool holds one per active call).
-pub type SidecarCache = HashMap<String, (u64, std::time::SystemTime, Option<(String, String, String)>)>;
+type SidecarCache = HashMap<String, (u64, std::time::SystemTime, Option<(String, String, String)>)>;
+
+/// What the scans remember between passes: sidecar states, and what was warned of once.
+#[derive(Default)]
+pub struct ScanState {
+    cache: SidecarCache,
+    warned: std::collections::HashSet<String>,
+}
+
+impl ScanState {
+    fn warn_once(&mut self, key: String, message: impl FnOnce() -> String) {
+        if self.warned.insert(key) {
+            crate::log::warn(&message());
+        }
+    }
+}
+
+/// What a spool file is to recording `rid`, by the names serve gives: sealed `<rid>.wav.cvs`,
+/// `<rid>-<n>.wav.cvs`, `<rid>.meta.cvs`; plain `<call>-<rid>.wav`,
+/// `<call>-<rid>-<n>-<label>.wav`, `<call>-<rid>.json`. Anything else is not the recording's,
+/// whatever it contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    Audio,
+    Sidecar,
+}
+
+fn own_file(name: &str, rid: &str) -> Option<Own> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = name.strip_prefix(rid) {
+        return match rest {
+            ".meta.cvs" => Some(Own::Sidecar),
+            ".wav.cvs" => Some(Own::Audio),
+            _ => rest
+                .strip_prefix('-')
+                .and_then(|r| r.strip_suffix(".wav.cvs"))
+                .filter(|n| digits(n))
+                .map(|_| Own::Audio),
+        };
+    }
+    let at = name.find(&format!("-{rid}"))?;
+    let rest = &name[at + 1 + rid.len()..];
+    match rest {
+        ".json" => Some(Own::Sidecar),
+        ".wav" => Some(Own::Audio),
+        _ => {
+            let leg = rest.strip_prefix('-')?.strip_suffix(".wav")?;
+            let (n, label) = leg.split_once('-')?;
+            (digits(n) && !label.is_empty()).then_some(Own::Audio)
+        }
+    }
+}
 
 /// Lists the finished recordings in a spool that are ready to ship. A recording with any
 /// `.partial` or temporary file is not (it is still being written, or waits for recovery).
-pub fn scan(spool: &Path, cache: &mut SidecarCache) -> std::io::Result<Vec<Pending>> {
+pub fn scan(spool: &Path, st: &mut ScanState) -> std::io::Result<Vec<Pending>> {
     let mut names: Vec<String> =
         std::fs::read_dir(spool)?.filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok())).collect();
     names.sort();
-    cache.retain(|k, _| names.binary_search(k).is_ok());
+    st.cache.retain(|k, _| names.binary_search(k).is_ok());
     let mut out = Vec::new();
+    let mut with_sidecar = std::collections::HashSet::new();
     for sidecar in &names {
         if !(sidecar.ends_with(".meta.cvs") || sidecar.ends_with(".json")) {
             continue;
         }
         let Ok(meta) = std::fs::metadata(spool.join(sidecar)) else { continue };
         let (len, mtime) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-        let state = match cache.get(sidecar) {
-            Some((l, m, st)) if *l == len && *m == mtime => st.clone(),
+        let state = match st.cache.get(sidecar) {
+            Some((l, m, s)) if *l == len && *m == mtime => s.clone(),
             _ => {
-                let st = sidecar_state(spool, sidecar);
-                cache.insert(sidecar.clone(), (len, mtime, st.clone()));
-                st
+                let s = sidecar_state(spool, sidecar);
+                st.cache.insert(sidecar.clone(), (len, mtime, s.clone()));
+                s
             }
         };
         let Some((rid, state, started_at)) = state else { continue };
+        if own_file(sidecar, &rid) != Some(Own::Sidecar) {
+            // A file that says it is a recording's summary but is not named as serve names one.
+            st.warn_once(sidecar.clone(), || {
+                format!(
+                    "shipper: {} names recording {rid} but is not its sidecar; left alone",
+                    spool.join(sidecar).display()
+                )
+            });
+            continue;
+        }
+        with_sidecar.insert(rid.clone());
         if state != "finished" {
             continue;
         }
@@ -108,7 +178,7 @@ pub fn scan(spool: &Path, cache: &mut SidecarCache) -> std::io::Result<Vec<Pendi
         }
         let mut files = Vec::new();
         let mut bytes = 0;
-        for n in mine.iter().filter(|n| **n != sidecar && (n.ends_with(".wav.cvs") || n.ends_with(".wav"))) {
+        for n in mine.iter().filter(|n| **n != sidecar && own_file(n, &rid) == Some(Own::Audio)) {
             let p = spool.join(n);
             bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             files.push((p, object_name(n, &rid)));
@@ -121,7 +191,27 @@ pub fn scan(spool: &Path, cache: &mut SidecarCache) -> std::io::Result<Vec<Pendi
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
         files.push((sp, object_name(sidecar, &rid)));
+        let mut objects: Vec<&String> = files.iter().map(|(_, o)| o).collect();
+        objects.sort();
+        if objects.windows(2).any(|w| w[0] == w[1]) {
+            st.warn_once(format!("dup {rid}"), || {
+                format!("shipper: recording {rid} has two spool files for one object name ({objects:?}); not shipped until one is moved away")
+            });
+            continue;
+        }
         out.push(Pending { recording_id: rid, started_at, files, bytes, finished_ms });
+    }
+    // Sealed audio whose sidecar is gone (deleted by hand?) would wait for ever unseen.
+    for n in &names {
+        let Some(rid) = n.get(..26).filter(|r| ulid::Ulid::from_string(r).is_ok()) else { continue };
+        if own_file(n, rid) == Some(Own::Audio) && !with_sidecar.contains(rid) {
+            st.warn_once(n.clone(), || {
+                format!(
+                    "shipper: {} has no sidecar ({rid}.meta.cvs): not shipped; restore the sidecar, or `callvault verify` and move the file by hand",
+                    spool.join(n).display()
+                )
+            });
+        }
     }
     Ok(out)
 }
@@ -210,7 +300,7 @@ pub struct Shipper {
     failing: HashMap<String, (u32, Instant)>,
     /// Released in the current pass.
     released_now: Vec<(String, Value)>,
-    cache: SidecarCache,
+    scan_state: ScanState,
     /// To read a sealed sidecar's call id for the `recording_stored` event.
     keys: Option<Arc<crate::output::sealed::Sealing>>,
 }
@@ -245,7 +335,7 @@ impl Shipper {
             down: HashMap::new(),
             failing: HashMap::new(),
             released_now: Vec::new(),
-            cache: SidecarCache::new(),
+            scan_state: ScanState::default(),
             keys: None,
         }
     }
@@ -274,16 +364,18 @@ impl Shipper {
     /// (released, still waiting).
     pub fn run_once(&mut self) -> (usize, usize) {
         self.released_now.clear();
-        let pending = match scan(&self.spool, &mut self.cache) {
+        let pending = match scan(&self.spool, &mut self.scan_state) {
             Ok(p) => p,
             Err(e) => {
                 crate::log::warn(&format!("shipper: cannot read the spool {}: {e}", self.spool.display()));
                 return (0, 0);
             }
         };
+        // The gauges say what waits before the pass, which may take long against a slow store.
+        self.set_backlog(&pending.iter().collect::<Vec<_>>());
         let now = Instant::now();
         let total = pending.len();
-        let ready: Vec<Pending> = pending
+        let mut ready: Vec<Pending> = pending
             .iter()
             .filter(|p| self.failing.get(&p.recording_id).is_none_or(|(_, at)| *at <= now))
             .cloned()
@@ -294,6 +386,10 @@ impl Shipper {
             .map(|t| t.role)
             .filter(|r| self.down.get(r).is_none_or(|(_, at)| *at <= now))
             .collect();
+        // A target coming out of its backoff is probed with one recording, not the whole backlog.
+        if up.iter().any(|r| self.down.contains_key(r)) {
+            ready.truncate(1);
+        }
         let results: Vec<(String, Outcome)> = {
             use futures::StreamExt;
             let this = &*self;
@@ -309,6 +405,7 @@ impl Shipper {
             )
         };
         let mut released = 0;
+        let mut target_failed: Vec<(Role, StorageError)> = Vec::new();
         for (rid, outcome) in results {
             match outcome {
                 Outcome::Released(v) => {
@@ -321,18 +418,11 @@ impl Shipper {
                     let s = slot(role);
                     self.stats.failures[s].fetch_add(1, Ordering::Relaxed);
                     if matches!(e, StorageError::Store { .. }) {
-                        // The store itself: back off the whole target, not just this recording.
-                        let n = self.down.get(&role).map_or(0, |(n, _)| *n) + 1;
-                        let wait = backoff(n, self.retry_max);
-                        if n == 1 || n.is_power_of_two() {
-                            crate::log::warn(&format!(
-                                "shipper: {e}; the spool keeps the recordings and {role} is tried again in {}s ({n} failure(s) in a row)",
-                                wait.as_secs(),
-                                role = role.name(),
-                            ));
+                        // The store itself: back off the whole target, once per pass however
+                        // many recordings it failed.
+                        if !target_failed.iter().any(|(r, _)| *r == role) {
+                            target_failed.push((role, e));
                         }
-                        self.down.insert(role, (n, Instant::now() + wait));
-                        self.stats.target_down[s].store(1, Ordering::Relaxed);
                     } else {
                         if matches!(e, StorageError::Mismatch { .. }) {
                             self.stats.verify_failures[s].fetch_add(1, Ordering::Relaxed);
@@ -343,6 +433,19 @@ impl Shipper {
                     }
                 }
             }
+        }
+        for (role, e) in target_failed {
+            let n = self.down.get(&role).map_or(0, |(n, _)| *n) + 1;
+            let wait = backoff(n, self.retry_max);
+            if n == 1 || n.is_power_of_two() {
+                crate::log::warn(&format!(
+                    "shipper: {e}; the spool keeps the recordings and {role} is tried again in {}s ({n} failed pass(es) in a row)",
+                    wait.as_secs(),
+                    role = role.name(),
+                ));
+            }
+            self.down.insert(role, (n, Instant::now() + wait));
+            self.stats.target_down[slot(role)].store(1, Ordering::Relaxed);
         }
         for role in up {
             // A target that took a whole pass without a store error is up again.
@@ -356,10 +459,14 @@ impl Shipper {
         }
         let done: std::collections::HashSet<&str> = self.released_now.iter().map(|(r, _)| r.as_str()).collect();
         let left: Vec<&Pending> = pending.iter().filter(|p| !done.contains(p.recording_id.as_str())).collect();
+        self.set_backlog(&left);
+        (released, total - released)
+    }
+
+    fn set_backlog(&self, left: &[&Pending]) {
         self.stats.backlog_recordings.store(left.len() as u64, Ordering::Relaxed);
         self.stats.backlog_bytes.store(left.iter().map(|p| p.bytes).sum(), Ordering::Relaxed);
         self.stats.oldest_finished_ms.store(left.iter().map(|p| p.finished_ms).min().unwrap_or(0), Ordering::Relaxed);
-        (released, total - released)
     }
 
     /// Ships one recording to every target in `up` that lacks it; releases it from the spool
@@ -378,7 +485,7 @@ impl Shipper {
             let role = t.role.name().to_string();
             let have = confirmed.get(&role).cloned().unwrap_or_default();
             let missing: Vec<usize> =
-                (0..p.files.len()).filter(|&i| have.get(&sums[i].0) != Some(&sums[i].1)).collect();
+                (0..p.files.len()).filter(|&i| have.get(&sums[i].0).map(|l| &l.sha256) != Some(&sums[i].1)).collect();
             if missing.is_empty() {
                 continue;
             }
@@ -394,7 +501,10 @@ impl Shipper {
                     let _ = write_confirmed(&self.spool, &p.recording_id, &confirmed);
                     return Outcome::Failed(t.role, e);
                 }
-                confirmed.entry(role.clone()).or_default().insert(name.clone(), sha_hex.clone());
+                confirmed
+                    .entry(role.clone())
+                    .or_default()
+                    .insert(name.clone(), Landed { sha256: sha_hex.clone(), bytes: *len });
                 // Recorded at once: a restart resumes after the last confirmed object.
                 if let Err(e) = write_confirmed(&self.spool, &p.recording_id, &confirmed) {
                     return Outcome::Failed(
@@ -417,7 +527,14 @@ impl Shipper {
         if let Err(e) = self.release(p) {
             return Outcome::Failed(Role::Primary, e);
         }
-        let flat: Vec<(String, String, u64)> = sums.into_iter().map(|(n, h, l, _)| (n, h, l)).collect();
+        // From what the primary confirmed, not from what the spool still holds: after a crash
+        // in the middle of a release the audio is gone from the spool but not from storage.
+        let mut flat: Vec<(String, String, u64)> = confirmed
+            .get(Role::Primary.name())
+            .map(|m| m.iter().map(|(n, l)| (n.clone(), l.sha256.clone(), l.bytes)).collect())
+            .unwrap_or_default();
+        flat.sort_by_key(|(n, _, _)| (n.ends_with(".meta.cvs") || n.ends_with(".json"), n.clone()));
+        drop(sums);
         let stored = stored_json(&self.storage, p, &flat);
         if let Some(c) = &self.catalog {
             c.stored(&p.recording_id, stored.clone());
@@ -503,6 +620,26 @@ mod tests {
         let max = Duration::from_secs(300);
         let waits: Vec<u64> = (1..=12).map(|n| backoff(n, max).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    #[test]
+    fn only_the_names_serve_gives_are_a_recordings_files() {
+        let rid = "01KB0000000000000000000000";
+        for (name, own) in [
+            (format!("{rid}.wav.cvs"), Some(Own::Audio)),
+            (format!("{rid}-3.wav.cvs"), Some(Own::Audio)),
+            (format!("{rid}.meta.cvs"), Some(Own::Sidecar)),
+            (format!("c-1-{rid}.wav"), Some(Own::Audio)),
+            (format!("c-1-{rid}-0-customer.wav"), Some(Own::Audio)),
+            (format!("c-1-{rid}.json"), Some(Own::Sidecar)),
+            (format!("backup-copy-{rid}.wav.cvs"), None),
+            (format!("{rid}-x.wav.cvs"), None),
+            ("asterisk-export.json".to_string(), None),
+            (format!("{rid}.wav.cvs.partial"), None),
+            (format!("c-1-{rid}-0.wav"), None),
+        ] {
+            assert_eq!(own_file(&name, rid), own, "{name}");
+        }
     }
 
     #[test]
