@@ -156,6 +156,14 @@ pub fn serve_cmd(args: ServeArgs) -> ExitCode {
         }
     };
     if args.check {
+        // The storage targets are set up as serve sets them up (secret files read, clients
+        // built; nothing sent, no directory created).
+        if cfg.storage.ship
+            && let Err(e) = callvault::storage::check_config(&cfg)
+        {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
         out!("config ok");
         return ExitCode::SUCCESS;
     }

@@ -350,6 +350,10 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
                 Err(code) => return code,
             };
             let (kind, value) = target.kind_value();
+            if value.trim().is_empty() {
+                eprintln!("error: the {} id must not be empty", kind.name());
+                return ExitCode::from(2);
+            }
             if reason.trim().is_empty() {
                 eprintln!("error: --reason must say why (a case or ticket reference)");
                 return ExitCode::from(2);
@@ -362,7 +366,30 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
                 placed_by: retention::actor(),
             };
             match retention::place_hold(&storage, &hold) {
-                Ok(()) => {
+                Ok(retention::Placed::AlreadyHeld(h)) => {
+                    eprintln!(
+                        "note: {} {:?} is already on hold since {} by {} ({}); kept as it was",
+                        h.kind.name(),
+                        h.value,
+                        h.placed_at,
+                        h.placed_by,
+                        h.reason
+                    );
+                    out!("{}", h.to_json());
+                    ExitCode::SUCCESS
+                }
+                Ok(retention::Placed::Partly { written, failed }) => {
+                    for (role, e) in &failed {
+                        eprintln!("error: the hold is in {} but NOT in the {role} target: {e}", written.join(" and "));
+                    }
+                    eprintln!(
+                        "the hold is in force (deletions read every target's holds and stop when one cannot be read); place it again once the {} target answers",
+                        failed.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(", ")
+                    );
+                    out!("{}", hold.to_json());
+                    ExitCode::from(1)
+                }
+                Ok(retention::Placed::Placed) => {
                     let q = match kind {
                         HoldKind::Call => Query { call_id: Some(hold.value.clone()), ..Query::default() },
                         HoldKind::Recording => Query::default(),
@@ -510,6 +537,7 @@ pub fn erase_cmd(a: EraseArgs) -> ExitCode {
         meta: a.meta.clone(),
         ..Query::default()
     };
+    let q_all = q.clone();
     if q == Query::default() && a.recording_id.is_none() {
         eprintln!("error: name what to erase: --caller, --called, --call-id, --recording-id or --meta");
         return ExitCode::from(2);
@@ -539,8 +567,30 @@ pub fn erase_cmd(a: EraseArgs) -> ExitCode {
             eprintln!("warning: {rid} deleted from storage but still in the catalog: {e}");
         }
     };
+    // Recordings still in the spool (being recorded, or waiting to ship) are not in the
+    // catalog yet, or not stored: they are named, so an erasure never looks complete while a
+    // matching call is still being recorded.
+    let in_spool = spool_matches(&cfg, &q_all, a.recording_id.as_deref());
     match retention::delete_unless_held(&storage, &cfg.data_dir, candidates, a.dry_run, &mut removed) {
-        Ok(report) => {
+        Ok(mut report) => {
+            for rid in in_spool.matched {
+                if !report.pending.contains(&rid) && !report.held.iter().any(|(r, _)| *r == rid) {
+                    report.pending.push(rid);
+                }
+            }
+            if in_spool.unreadable > 0 {
+                eprintln!(
+                    "warning: {} sidecar(s) in the spool could not be read (keys?): recordings there may match too",
+                    in_spool.unreadable
+                );
+            }
+            if report.deleted.is_empty()
+                && report.held.is_empty()
+                && report.pending.is_empty()
+                && report.failed.is_empty()
+            {
+                eprintln!("no recording matches");
+            }
             print_report(&report, a.json, a.dry_run, "erasure");
             if !report.failed.is_empty() {
                 ExitCode::from(1)
@@ -555,6 +605,50 @@ pub fn erase_cmd(a: EraseArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// What the spool holds that an erasure's filters match.
+struct SpoolMatches {
+    matched: Vec<String>,
+    unreadable: usize,
+}
+
+/// Reads every sidecar in the spool (sealed ones with the keys serve uses) and returns the
+/// recordings the filters match, as the catalog would match them.
+fn spool_matches(cfg: &Config, q: &Query, recording_id: Option<&str>) -> SpoolMatches {
+    let mut out = SpoolMatches { matched: Vec::new(), unreadable: 0 };
+    let Ok(entries) = std::fs::read_dir(cfg.spool_dir()) else { return out };
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let keys =
+        cfg.encrypted().then(|| callvault::seal::setup::resolve(cfg, credentials.as_deref(), false).ok()).flatten();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let v: Option<Value> = if name.ends_with(".meta.cvs") {
+            keys.as_ref().and_then(|k| callvault::output::sealed::read_sealed_json(&e.path(), &k.keys).ok())
+        } else if name.ends_with(".json") {
+            std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        } else {
+            continue;
+        };
+        let Some(v) = v.filter(|v| v["recording_id"].is_string()) else {
+            out.unreadable += 1;
+            continue;
+        };
+        let meta = &v["metadata"];
+        let text = |k: &str| {
+            meta[k].as_str().map(str::to_string).or_else(|| (!meta[k].is_null()).then(|| meta[k].to_string()))
+        };
+        let any = |keys: &[&str], want: &str| keys.iter().any(|k| text(k).as_deref() == Some(want));
+        let ok = q.call_id.as_deref().is_none_or(|c| v["call_id"].as_str() == Some(c))
+            && q.caller.as_deref().is_none_or(|c| any(&["caller", "caller_number", "from"], c))
+            && q.called.as_deref().is_none_or(|c| any(&["called", "called_number", "to"], c))
+            && q.meta.iter().all(|(k, want)| text(k).as_deref() == Some(want.as_str()))
+            && recording_id.is_none_or(|r| v["recording_id"].as_str() == Some(r));
+        if ok {
+            out.matched.push(v["recording_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
 }
 
 pub fn retention_cmd(a: RetentionArgs) -> ExitCode {
@@ -597,22 +691,27 @@ pub fn retention_cmd(a: RetentionArgs) -> ExitCode {
     }
 }
 
-/// `2027-03-01` or `2027-03-01T10:00:00Z` as a time.
+/// `2027-03-01` or `2027-03-01T10:00:00Z` as a time; anything else (another shape, a day the
+/// month does not have) is `None`.
 fn parse_utc(s: &str) -> Option<std::time::SystemTime> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+    let shape_ok = match b.len() {
+        10 => true,
+        20 => b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z',
+        _ => false,
+    };
+    let digit_at = |i: usize| b[i].is_ascii_digit();
+    let digits: &[usize] =
+        if b.len() == 20 { &[0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18] } else { &[0, 1, 2, 3, 5, 6, 8, 9] };
+    if !shape_ok || b[4] != b'-' || b[7] != b'-' || !digits.iter().all(|&i| digit_at(i)) {
         return None;
     }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (mut hh, mut mm, mut ss) = (0, 0, 0);
-    if b.len() > 10 {
-        if b.len() < 19 || b[10] != b'T' || !s.ends_with('Z') {
-            return None;
-        }
-        (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    }
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    let (hh, mm, ss) = if b.len() == 20 { (num(11..13)?, num(14..16)?, num(17..19)?) } else { (0, 0, 0) };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] || hh > 23 || mm > 59 || ss > 59 {
         return None;
     }
     // Days from the civil date (the inverse of the algorithm `rfc3339` uses).
@@ -639,7 +738,17 @@ mod tests {
             callvault::engine::call::rfc3339(super::parse_utc("2027-03-01").unwrap()),
             "2027-03-01T00:00:00.000Z"
         );
-        assert!(super::parse_utc("yesterday").is_none());
-        assert!(super::parse_utc("2027-13-01").is_none());
+        for bad in [
+            "yesterday",
+            "2027-13-01",
+            "2027-02-29",
+            "2027-02-31",
+            "2027-+3-01",
+            "2027-01-01T10:00:00ZZZ",
+            "2027-01-01T25:00:00Z",
+        ] {
+            assert!(super::parse_utc(bad).is_none(), "{bad}");
+        }
+        assert!(super::parse_utc("2028-02-29").is_some());
     }
 }

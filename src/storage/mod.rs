@@ -31,7 +31,7 @@ pub enum StorageError {
     #[error("storage target {target}: {message}")]
     Setup { target: String, message: String },
     /// A request to the store failed.
-    #[error("storage target {target}: {action} {key}: {source}")]
+    #[error("storage target {target}: {action} {key}: {source}{}", hint(action, source))]
     Store {
         target: String,
         action: &'static str,
@@ -52,6 +52,34 @@ pub enum StorageError {
         "storage target {target}: {key} does not match the spool's copy after upload ({detail}); the spool keeps it and it is sent again"
     )]
     Mismatch { target: String, key: String, detail: String },
+}
+
+/// What an operator should look at, for the errors whose message alone does not say.
+fn hint(action: &str, e: &object_store::Error) -> &'static str {
+    let text = format!("{e:?}");
+    if text.contains("169.254.169.254") {
+        " (no credentials: set access_key_id and secret_access_key_file, or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY)"
+    } else if text.contains("NoSuchBucket")
+        || (matches!(e, object_store::Error::NotFound { .. })
+            && !action.starts_with("reading")
+            && action != "checking"
+            && action != "deleting")
+    {
+        " (does the bucket exist, and may this key use it?)"
+    } else if text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("AccessDenied")
+        || text.contains("403")
+    {
+        " (the store refused the key: check access_key_id, the secret and the key's permissions on the bucket)"
+    } else if text.contains("error sending request") || text.contains("Connection refused") || text.contains("connect")
+    {
+        " (is the store running and reachable at the endpoint?)"
+    } else if text.contains("timed out") || text.contains("Timeout") {
+        " (the store did not answer in time)"
+    } else {
+        ""
+    }
 }
 
 impl StorageError {
@@ -169,6 +197,19 @@ impl Target {
     }
 }
 
+/// Sets up the configured S3 targets without using them (`serve --check`): secret files read,
+/// clients built. Local archives are left alone (serve creates them).
+pub fn check_config(cfg: &Config) -> Result<(), StorageError> {
+    let targets = std::iter::once((&cfg.storage.primary, Role::Primary))
+        .chain(cfg.storage.backup.iter().map(|b| (b, Role::Backup)));
+    for (t, role) in targets {
+        if t.kind == "s3" {
+            Target::open(cfg, t, role, false)?;
+        }
+    }
+    Ok(())
+}
+
 fn setup_err(role: Role, message: impl Into<String>) -> StorageError {
     StorageError::Setup { target: role.name().into(), message: message.into() }
 }
@@ -215,6 +256,21 @@ impl Target {
         } else {
             None
         };
+        let env_key = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
+        if !t.endpoint.is_empty() && t.access_key_id.is_empty() && !env_key {
+            // Off AWS there is no instance role to fall back on: say so now, not as a failed
+            // request to the instance metadata service at the first upload.
+            return Err(setup_err(
+                role,
+                "no access key: set access_key_id and secret_access_key_file (or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY)",
+            ));
+        }
+        if !t.access_key_id.is_empty() && secret.is_none() && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+            return Err(setup_err(
+                role,
+                "access_key_id is set but no secret: set secret_access_key_file (or secret_access_key)",
+            ));
+        }
         let mut b = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(&t.bucket)
             .with_virtual_hosted_style_request(t.virtual_hosted)
@@ -317,6 +373,8 @@ impl Target {
                 };
                 // Bounded memory: at most two parts in flight.
                 if let Err(e) = w.wait_for_capacity(2).await {
+                    // Aborted, so the store keeps no parts of it (a restart sends it again whole).
+                    let _ = w.abort().await;
                     return Err(self.store_err("uploading a part of", key)(e));
                 }
                 w.write(&buf[..n]);

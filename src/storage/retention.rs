@@ -83,14 +83,48 @@ fn hold_key(t: &Target, kind: HoldKind, value: &str) -> object_store::path::Path
     t.key(&format!("_holds/{}/{}.json", kind.name(), hex(value.as_bytes())))
 }
 
-/// Places a hold in every target.
-pub fn place_hold(storage: &Storage, hold: &Hold) -> Result<(), StorageError> {
+/// What placing a hold did.
+#[derive(Debug)]
+pub enum Placed {
+    /// Written to every target.
+    Placed,
+    /// One was already there (in the primary): kept as it was, never overwritten.
+    AlreadyHeld(Hold),
+    /// Written to the targets named, not to the others (their error): the hold is in force
+    /// (holds are read from every target, and deleting needs them all readable).
+    Partly { written: Vec<&'static str>, failed: Vec<(&'static str, String)> },
+}
+
+/// Places a hold in every target, unless one is already there.
+pub fn place_hold(storage: &Storage, hold: &Hold) -> Result<Placed, StorageError> {
     let body = serde_json::to_vec_pretty(&hold.to_json()).unwrap_or_default();
     storage.block_on(async {
-        for t in storage.targets() {
-            t.put(&hold_key(t, hold.kind, &hold.value), body.clone()).await?;
+        let key = hold_key(&storage.primary, hold.kind, &hold.value);
+        match storage.primary.get(&key).await {
+            Ok(b) => {
+                if let Some(h) = serde_json::from_slice::<Value>(&b).ok().as_ref().and_then(Hold::from_json) {
+                    // Completed where an earlier placement could not reach (a backup that was down).
+                    for t in storage.targets().skip(1) {
+                        let k = hold_key(t, hold.kind, &hold.value);
+                        if t.exists(&k).await?.is_none() {
+                            t.put(&k, b.clone()).await?;
+                        }
+                    }
+                    return Ok(Placed::AlreadyHeld(h));
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
-        Ok(())
+        let (mut written, mut failed) = (Vec::new(), Vec::new());
+        for t in storage.targets() {
+            match t.put(&hold_key(t, hold.kind, &hold.value), body.clone()).await {
+                Ok(()) => written.push(t.role.name()),
+                Err(e) if written.is_empty() => return Err(e),
+                Err(e) => failed.push((t.role.name(), e.to_string())),
+            }
+        }
+        Ok(if failed.is_empty() { Placed::Placed } else { Placed::Partly { written, failed } })
     })
 }
 
