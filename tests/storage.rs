@@ -367,7 +367,32 @@ fn the_catalog_is_rebuilt_from_the_bucket_and_kept_current_across_recorders() {
     assert!(!v["recordings"][0]["stored"].is_null(), "{v}");
     let (_, v, _) = cli(&["catalog", "search", "--config", cfg.to_str().unwrap(), "--json"]);
     assert_eq!(v["recordings"].as_array().unwrap().len(), 2, "{v}");
-    let _ = r2;
+    // A recorder on the same bucket without the prefix indexes none of the fleet's objects.
+    let other = a.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("prefix = \"fleet\"", "prefix = \"\"");
+    std::fs::write(&other, text.replace("/data\"", "/other-data\"")).unwrap();
+    std::fs::create_dir_all(a.dir.path().join("other-data/spool")).unwrap();
+    let (code, v, err) = cli(&[
+        "catalog",
+        "rebuild",
+        "--config",
+        other.to_str().unwrap(),
+        "--key-dir",
+        keys_a.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["from_store"], 0, "another prefix's objects were indexed: {v}");
+    // An erasure on a reaches b's catalog through the deletion log, within b's poll.
+    let (code, v, err) =
+        cli(&["erase", "--config", cfg.to_str().unwrap(), "--caller", "+4930111", "--reason", "GDPR 1", "--json"]);
+    assert_eq!(code, Some(0), "{err} {v}");
+    wait_until("b to drop the erased recording", Duration::from_secs(30), || {
+        let r = cb.request(json!({"cmd": "find", "agent": "alice"}));
+        r["recordings"].as_array().is_some_and(|v| v.is_empty())
+    });
+    let r = cb.request(json!({"cmd": "find", "agent": "bob"}));
+    assert_eq!(r["recordings"][0]["recording_id"], r2.as_str(), "the other recording stays: {r}");
 }
 
 #[test]
@@ -430,6 +455,21 @@ fn retention_and_erasure_delete_and_log_except_what_a_legal_hold_keeps() {
     }
     let (_, v, _) = cli(&["catalog", "search", "--config", cfg_s, "--caller", caller, "--json"]);
     assert!(v["recordings"].as_array().unwrap().is_empty(), "{v}");
+    // Placing the hold again keeps the first one.
+    let (code, v, err) = cli(&["hold", "place", "--config", cfg_s, "--call-id", "rt-2", "--reason", "another"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["reason"], "case 117", "{v}");
+    assert!(err.contains("already on hold"), "{err}");
+    // A call still being recorded is reported pending, not missed.
+    let live = c.request(json!({"cmd": "start", "call_id": "rt-live", "metadata": {"caller_number": "+4930777"},
+        "legs": [{"label": "customer"}]}));
+    assert_eq!(live["ok"], true, "{live}");
+    let (code, v, _) = cli(&["erase", "--config", cfg_s, "--caller", "+4930777", "--reason", "r", "--json"]);
+    assert_eq!(code, Some(4), "{v}");
+    assert_eq!(v["pending"][0], live["recording_id"], "{v}");
+    let (code, _, err) = cli(&["erase", "--config", cfg_s, "--caller", "+4930000", "--reason", "r"]);
+    assert_eq!(code, Some(0));
+    assert!(err.contains("no recording matches"), "{err}");
     // Erasing the held call is refused for it (exit 4) and deletes nothing.
     let (code, v, _) = cli(&["erase", "--config", cfg_s, "--call-id", "rt-2", "--reason", "r", "--json"]);
     assert_eq!(code, Some(4), "{v}");
