@@ -196,4 +196,8 @@ fn a_nearly_full_spool_refuses_new_calls_and_says_so() {
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     assert!(body.contains("min_spool_free_mb"), "{body}");
     assert!(d.spool().read_dir().unwrap().next().is_none(), "nothing was created");
+    // And the log says so, once however many starts are refused.
+    let r = c.request(json!({"cmd": "start", "call_id": "y", "legs": [{"label": "a"}]}));
+    assert_eq!(r["error"]["code"], "spool_full", "{r}");
+    assert_eq!(d.log().matches("disk guard: new calls refused").count(), 1, "{}", d.log());
 }

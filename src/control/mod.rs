@@ -122,6 +122,8 @@ pub struct Control {
     catalog: Mutex<Option<crate::catalog::Writer>>,
     /// The shipper's figures and its wake-up (`None`: recordings stay in the spool).
     shipping: Mutex<Option<Shipping>>,
+    /// When the disk guard last logged a refusal (ms since the epoch).
+    spool_low_logged: std::sync::atomic::AtomicI64,
 }
 
 /// What the control plane knows of the shipper.
@@ -152,6 +154,7 @@ impl Control {
             requests: Mutex::new(std::collections::BTreeMap::new()),
             catalog: Mutex::new(None),
             shipping: Mutex::new(None),
+            spool_low_logged: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -347,6 +350,23 @@ impl Control {
             return Err(CallError::new("draining", "this recorder is draining: start the call on another recorder"));
         }
         if let (true, free) = crate::metrics::spool_low(self) {
+            // Logged once a minute at most while the guard holds: the ACD sees each refusal.
+            let now = crate::seal::now_ms();
+            let last = self.spool_low_logged.load(Ordering::Relaxed);
+            if now - last >= 60_000
+                && self.spool_low_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                crate::log::warn(&format!(
+                    "disk guard: new calls refused (spool_full): spool {} has {} MiB free, below [limits] min_spool_free_mb = {}; active recordings go on{}",
+                    self.cfg.spool_dir().display(),
+                    free.map_or("unknown".to_string(), |f| (f >> 20).to_string()),
+                    self.cfg.limits.min_spool_free_mb,
+                    self.ship_stats().map_or(String::new(), |st| format!(
+                        ", {} recording(s) wait to ship",
+                        st.backlog_recordings.load(Ordering::Relaxed)
+                    ))
+                ));
+            }
             return Err(CallError::new(
                 "spool_full",
                 format!(
