@@ -417,17 +417,42 @@ pub fn known_meta_keys(path: &Path, keys: &[String]) -> Result<std::collections:
     Ok(out)
 }
 
-/// Every recording in the catalog at `path` (read-only), oldest first: (summary with stored).
-pub fn all(path: &Path) -> Result<Vec<Value>, CatalogError> {
+/// Stored recordings that started before `before` (RFC 3339 UTC), oldest first, at most `limit`
+/// after the `(started_at, recording_id)` given: a page of a retention sweep, so a catalog of
+/// millions of recordings is never read into memory at once.
+pub fn stored_before(
+    path: &Path,
+    before: &str,
+    after: Option<&(String, String)>,
+    limit: u32,
+) -> Result<Vec<Value>, CatalogError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql(path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
-    let mut st =
-        conn.prepare("SELECT summary, stored FROM recordings ORDER BY started_at, recording_id").map_err(sql(path))?;
-    let rows = st.query_map([], |r| Ok(with_stored(r.get(0)?, r.get(1)?))).map_err(sql(path))?;
+    let (t, r) = after.cloned().unwrap_or_default();
+    let mut st = conn
+        .prepare(
+            "SELECT summary, stored FROM recordings WHERE stored IS NOT NULL AND started_at < ?1
+             AND (started_at, recording_id) > (?2, ?3) ORDER BY started_at, recording_id LIMIT ?4",
+        )
+        .map_err(sql(path))?;
+    let rows =
+        st.query_map(params![before, t, r, limit], |r| Ok(with_stored(r.get(0)?, r.get(1)?))).map_err(sql(path))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(sql(path))
+}
+
+/// One recording by id (read-only), with where it is stored.
+pub fn get(path: &Path, recording_id: &str) -> Result<Option<Value>, CatalogError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(path))?;
+    let mut st = conn.prepare("SELECT summary, stored FROM recordings WHERE recording_id = ?1").map_err(sql(path))?;
+    let mut rows = st.query_map(params![recording_id], |r| Ok(with_stored(r.get(0)?, r.get(1)?))).map_err(sql(path))?;
+    rows.next().transpose().map_err(sql(path))
 }
 
 /// Feeds the catalog from a thread of its own: the control plane hands it summaries and never
@@ -607,6 +632,39 @@ mod tests {
         assert_eq!(search(&path, &q).unwrap().recordings.len(), 2);
         assert!(Query::from_json(&json!({"limit": 0})).is_err());
         assert!(Query::from_json(&json!({"agent": 5})).is_err());
+    }
+
+    #[test]
+    fn stored_recordings_page_from_the_oldest_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let mut c = Catalog::open(&path).unwrap();
+        for n in 0..2500u32 {
+            let started = format!("2026-{:02}-01T00:00:{:02}.000Z", 1 + n % 12, n % 60);
+            c.upsert(&summary(&rid(n), &started, json!({}))).unwrap();
+            if n % 5 != 0 {
+                c.set_stored(&rid(n), &json!({"primary": {"objects": [{"key": "k"}]}})).unwrap();
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = stored_before(&path, "2026-07-01", after.as_ref(), 1000).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((
+                last["started_at"].as_str().unwrap().to_string(),
+                last["recording_id"].as_str().unwrap().to_string(),
+            ));
+            for r in &page {
+                assert!(r["started_at"].as_str().unwrap() < "2026-07-01");
+                assert!(!r["stored"].is_null());
+                assert!(seen.insert(r["recording_id"].as_str().unwrap().to_string()), "repeated");
+            }
+        }
+        // Months 1-6 of 12, four in five stored.
+        assert_eq!(seen.len(), (0..2500u32).filter(|n| n % 12 < 6 && n % 5 != 0).count());
+        assert_eq!(get(&path, &rid(7)).unwrap().unwrap()["recording_id"], rid(7));
+        assert!(get(&path, "01M8ZZZZZZZZZZZZZZZZZZZZZZ").unwrap().is_none());
     }
 
     #[test]

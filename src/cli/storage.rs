@@ -180,8 +180,8 @@ pub fn fetch_cmd(a: FetchArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let summary = match catalog::all(&catalog::path_in(&cfg.data_dir)) {
-        Ok(all) => all.into_iter().find(|s| s["recording_id"].as_str() == Some(a.recording_id.as_str())),
+    let summary = match catalog::get(&catalog::path_in(&cfg.data_dir), &a.recording_id) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
@@ -397,9 +397,7 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
                     let path = catalog::path_in(&cfg.data_dir);
                     let known = match kind {
                         HoldKind::Call => catalog::search(&path, &q).map(|p| !p.recordings.is_empty()).unwrap_or(false),
-                        HoldKind::Recording => catalog::all(&path)
-                            .map(|a| a.iter().any(|s| s["recording_id"].as_str() == Some(hold.value.as_str())))
-                            .unwrap_or(false),
+                        HoldKind::Recording => catalog::get(&path, &hold.value).is_ok_and(|s| s.is_some()),
                     };
                     if !known {
                         // Not an error (a hold may come before the recording), but a typo should show.
@@ -543,16 +541,23 @@ pub fn erase_cmd(a: EraseArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let path = catalog::path_in(&cfg.data_dir);
-    let mut found = match all_matches(&path, q) {
+    let found = match (&a.recording_id, q == Query::default()) {
+        // A recording id alone: that one row, not the whole catalog.
+        (Some(r), true) => catalog::get(&path, r).map(|s| s.into_iter().collect()),
+        (r, _) => all_matches(&path, q).map(|mut f| {
+            if let Some(r) = r {
+                f.retain(|s| s["recording_id"].as_str() == Some(r.as_str()));
+            }
+            f
+        }),
+    };
+    let found = match found {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    if let Some(r) = &a.recording_id {
-        found.retain(|s| s["recording_id"].as_str() == Some(r.as_str()));
-    }
     let candidates: Vec<(Value, Reason)> =
         found.into_iter().map(|s| (s, Reason { kind: "erasure", detail: a.reason.clone() })).collect();
     let mut cat = match Catalog::open(&path) {

@@ -381,7 +381,8 @@ pub fn delete_unless_held(
 }
 
 /// One retention sweep over the catalog at `catalog`: every stored recording whose policy has
-/// run out, unless held.
+/// run out, unless held. Read a page at a time, from the oldest, and only as far as the
+/// shortest retention reaches.
 pub fn sweep(
     cfg: &RetentionConfig,
     storage: &Storage,
@@ -391,16 +392,39 @@ pub fn sweep(
     dry_run: bool,
     removed: &mut dyn FnMut(&str),
 ) -> Result<Report, String> {
-    let all = crate::catalog::all(catalog).map_err(|e| e.to_string())?;
-    let candidates: Vec<(Value, Reason)> = all
-        .into_iter()
-        .filter(|s| !s["stored"].is_null())
-        .filter_map(|s| {
-            let (name, days) = expired(cfg, &s, now)?;
-            Some((s, Reason { kind: "retention", detail: format!("policy {name}: {days} days") }))
-        })
-        .collect();
-    delete_unless_held(storage, data_dir, candidates, dry_run, removed).map_err(|e| e.to_string())
+    let shortest = cfg.policy.iter().map(|p| p.days).chain((cfg.default_days > 0).then_some(cfg.default_days)).min();
+    let Some(days) = shortest else { return Ok(Report::default()) };
+    let Some(reach) = now.checked_sub(Duration::from_secs(days * 86_400)) else { return Ok(Report::default()) };
+    let before = crate::engine::call::rfc3339(reach);
+    let mut total = Report::default();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = crate::catalog::stored_before(catalog, &before, after.as_ref(), 1000).map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last["started_at"].as_str().unwrap_or_default().to_string(),
+            last["recording_id"].as_str().unwrap_or_default().to_string(),
+        ));
+        let full = page.len() == 1000;
+        let candidates: Vec<(Value, Reason)> = page
+            .into_iter()
+            .filter_map(|s| {
+                let (name, days) = expired(cfg, &s, now)?;
+                Some((s, Reason { kind: "retention", detail: format!("policy {name}: {days} days") }))
+            })
+            .collect();
+        if !candidates.is_empty() {
+            let r = delete_unless_held(storage, data_dir, candidates, dry_run, removed).map_err(|e| e.to_string())?;
+            total.deleted.extend(r.deleted);
+            total.held.extend(r.held);
+            total.pending.extend(r.pending);
+            total.failed.extend(r.failed);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
