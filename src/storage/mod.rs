@@ -304,7 +304,8 @@ impl Target {
             b = b.with_secret_access_key(s);
         }
         let store = b.build().map_err(|e| setup_err(role, e.to_string()))?;
-        let endpoint = if t.endpoint.is_empty() { "AWS" } else { t.endpoint.as_str() };
+        // Spelt one way whatever the config's trailing `/`: the catalog records it per recording.
+        let endpoint = if t.endpoint.is_empty() { "AWS" } else { t.endpoint.trim_end_matches('/') };
         Ok(Target {
             role,
             store: Arc::new(store),

@@ -106,8 +106,16 @@ pub fn place_hold(storage: &Storage, hold: &Hold) -> Result<Placed, StorageError
                     // Completed where an earlier placement could not reach (a backup that was down).
                     for t in storage.targets().skip(1) {
                         let k = hold_key(t, hold.kind, &hold.value);
-                        if t.exists(&k).await?.is_none() {
-                            t.put(&k, b.clone()).await?;
+                        let done = match t.exists(&k).await {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => t.put(&k, b.clone()).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = done {
+                            return Ok(Placed::Partly {
+                                written: vec!["primary"],
+                                failed: vec![(t.role.name(), e.to_string())],
+                            });
                         }
                     }
                     return Ok(Placed::AlreadyHeld(h));

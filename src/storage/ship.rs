@@ -77,13 +77,16 @@ struct Landed {
 
 /// What a sidecar said, by name, with the size and mtime it had then: a pass reads again only
 /// the sidecars that changed (a busy spool holds one per active call).
-type SidecarCache = HashMap<String, (u64, std::time::SystemTime, Option<(String, String, String)>)>;
+type SidecarCache = HashMap<String, (u64, std::time::SystemTime, Option<(String, String, String, String)>)>;
 
 /// What the scans remember between passes: sidecar states, and what was warned of once.
 #[derive(Default)]
 pub struct ScanState {
     cache: SidecarCache,
     warned: std::collections::HashSet<String>,
+    /// `.ship` files left without their recording: a crash after the sidecar's removal, before
+    /// the catalog heard (recording ids).
+    orphans: Vec<String>,
 }
 
 impl ScanState {
@@ -153,8 +156,12 @@ pub fn scan(spool: &Path, st: &mut ScanState) -> std::io::Result<Vec<Pending>> {
                 s
             }
         };
-        let Some((rid, state, started_at)) = state else { continue };
-        if own_file(sidecar, &rid) != Some(Own::Sidecar) {
+        let Some((rid, state, started_at, stem)) = state else { continue };
+        // Named exactly as serve names it: a plain sidecar after its own call id, so a copy or
+        // an export that merely mentions the recording is never taken for it.
+        let named = own_file(sidecar, &rid) == Some(Own::Sidecar)
+            && (sidecar.ends_with(".meta.cvs") || *sidecar == format!("{stem}.json"));
+        if !named {
             // A file that says it is a recording's summary but is not named as serve names one.
             st.warn_once(sidecar.clone(), || {
                 format!(
@@ -178,7 +185,8 @@ pub fn scan(spool: &Path, st: &mut ScanState) -> std::io::Result<Vec<Pending>> {
         }
         let mut files = Vec::new();
         let mut bytes = 0;
-        for n in mine.iter().filter(|n| **n != sidecar && own_file(n, &rid) == Some(Own::Audio)) {
+        for n in mine.iter().filter(|n| **n != sidecar && n.starts_with(&stem) && own_file(n, &rid) == Some(Own::Audio))
+        {
             let p = spool.join(n);
             bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             files.push((p, object_name(n, &rid)));
@@ -201,6 +209,13 @@ pub fn scan(spool: &Path, st: &mut ScanState) -> std::io::Result<Vec<Pending>> {
         }
         out.push(Pending { recording_id: rid, started_at, files, bytes, finished_ms });
     }
+    st.orphans = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".ship"))
+        .filter(|rid| rid.len() == 26 && !with_sidecar.contains(*rid))
+        .filter(|rid| !names.iter().any(|n| n.starts_with(*rid) && own_file(n, rid) == Some(Own::Audio)))
+        .map(str::to_string)
+        .collect();
     // Sealed audio whose sidecar is gone (deleted by hand?) would wait for ever unseen.
     for n in &names {
         let Some(rid) = n.get(..26).filter(|r| ulid::Ulid::from_string(r).is_ok()) else { continue };
@@ -221,20 +236,22 @@ fn object_name(spool_name: &str, rid: &str) -> String {
     spool_name.find(rid).map_or(spool_name, |i| &spool_name[i..]).to_string()
 }
 
-/// (recording id, state, started_at) of a sidecar, from a sealed one's clear index (no key
-/// needed) or a plain one's JSON; `None` for anything else.
-fn sidecar_state(spool: &Path, name: &str) -> Option<(String, String, String)> {
-    let v: Value = if name.ends_with(".meta.cvs") {
+/// (recording id, state, started_at, stem) of a sidecar, from a sealed one's clear index (no
+/// key needed) or a plain one's JSON; `None` for anything else. The stem is what every file of
+/// the recording is named from: the recording id (sealed), or `<sanitised call id>-<id>` (plain).
+fn sidecar_state(spool: &Path, name: &str) -> Option<(String, String, String, String)> {
+    let (v, plain): (Value, bool) = if name.ends_with(".meta.cvs") {
         let mut f = std::fs::File::open(spool.join(name)).ok()?;
         let (header, _, _) = crate::seal::reader::read_header(&mut f).ok()?;
-        serde_json::from_str(&header.index).ok()?
+        (serde_json::from_str(&header.index).ok()?, false)
     } else if name.ends_with(".json") && !name.ends_with(".summary.json") {
-        serde_json::from_slice(&std::fs::read(spool.join(name)).ok()?).ok()?
+        (serde_json::from_slice(&std::fs::read(spool.join(name)).ok()?).ok()?, true)
     } else {
         return None;
     };
     let rid = v["recording_id"].as_str().filter(|r| r.len() == 26)?.to_string();
-    Some((rid, v["state"].as_str()?.to_string(), v["started_at"].as_str().unwrap_or_default().to_string()))
+    let stem = if plain { format!("{}-{rid}", crate::import::sanitise(v["call_id"].as_str()?)) } else { rid.clone() };
+    Some((rid, v["state"].as_str()?.to_string(), v["started_at"].as_str().unwrap_or_default().to_string(), stem))
 }
 
 fn ship_file(spool: &Path, rid: &str) -> PathBuf {
@@ -249,10 +266,18 @@ fn read_confirmed(spool: &Path, rid: &str) -> Confirmed {
         .unwrap_or_default()
 }
 
-fn write_confirmed(spool: &Path, rid: &str, c: &Confirmed) -> std::io::Result<()> {
+fn read_started(spool: &Path, rid: &str) -> String {
+    std::fs::read(ship_file(spool, rid))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["started_at"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn write_confirmed(spool: &Path, rid: &str, started_at: &str, c: &Confirmed) -> std::io::Result<()> {
     let path = ship_file(spool, rid);
     let tmp = crate::output::with_suffix(&path, ".tmp");
-    let body = serde_json::to_vec_pretty(&json!({"recording_id": rid, "confirmed": c}))?;
+    let body = serde_json::to_vec_pretty(&json!({"recording_id": rid, "started_at": started_at, "confirmed": c}))?;
     let done = (|| {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
@@ -371,6 +396,31 @@ impl Shipper {
                 return (0, 0);
             }
         };
+        // A release a crash cut short after the sidecar went: every target had confirmed every
+        // object, so tell the catalog (and the ACD) what `.ship` says, then drop it.
+        for rid in std::mem::take(&mut self.scan_state.orphans) {
+            let confirmed = read_confirmed(&self.spool, &rid);
+            let mut flat: Vec<(String, String, u64)> = confirmed
+                .get(Role::Primary.name())
+                .map(|m| m.iter().map(|(n, l)| (n.clone(), l.sha256.clone(), l.bytes)).collect())
+                .unwrap_or_default();
+            if flat.is_empty() {
+                continue;
+            }
+            flat.sort_by_key(|(n, _, _)| (n.ends_with(".meta.cvs") || n.ends_with(".json"), n.clone()));
+            let started = read_started(&self.spool, &rid);
+            let p =
+                Pending { recording_id: rid.clone(), started_at: started, files: Vec::new(), bytes: 0, finished_ms: 0 };
+            let stored = stored_json(&self.storage, &p, &flat);
+            if let Some(c) = &self.catalog {
+                c.stored(&rid, stored.clone());
+            }
+            let _ = std::fs::remove_file(ship_file(&self.spool, &rid));
+            crate::log::info(&format!("shipper: recording {rid} was stored before a crash; catalog told"));
+            self.released_now.push((rid, json!({"call_id": null, "stored": stored})));
+        }
+        let uploads_before =
+            [self.stats.uploads[0].load(Ordering::Relaxed), self.stats.uploads[1].load(Ordering::Relaxed)];
         // The gauges say what waits before the pass, which may take long against a slow store.
         self.set_backlog(&pending.iter().collect::<Vec<_>>());
         let now = Instant::now();
@@ -448,8 +498,11 @@ impl Shipper {
             self.stats.target_down[slot(role)].store(1, Ordering::Relaxed);
         }
         for role in up {
-            // A target that took a whole pass without a store error is up again.
-            let failed_now = self.down.get(&role).is_some_and(|(_, at)| *at > now);
+            // A target is up again once a pass sent it something without a store error (a pass
+            // with nothing to send proves nothing).
+            let sent = self.stats.uploads[slot(role)].load(Ordering::Relaxed) > uploads_before[slot(role)];
+            let failed_now =
+                self.down.get(&role).is_some_and(|(_, at)| *at > now) || (!sent && self.down.contains_key(&role));
             if !failed_now && self.down.remove(&role).is_some() {
                 crate::log::info(&format!("shipper: {} target reachable again; shipping the backlog", role.name()));
             }
@@ -498,7 +551,7 @@ impl Shipper {
                 let (name, sha_hex, len, sha) = &sums[i];
                 if let Err(e) = self.put_verified(t, p, path, name, *len, sha).await {
                     // What was confirmed so far stays confirmed.
-                    let _ = write_confirmed(&self.spool, &p.recording_id, &confirmed);
+                    let _ = write_confirmed(&self.spool, &p.recording_id, &p.started_at, &confirmed);
                     return Outcome::Failed(t.role, e);
                 }
                 confirmed
@@ -506,7 +559,7 @@ impl Shipper {
                     .or_default()
                     .insert(name.clone(), Landed { sha256: sha_hex.clone(), bytes: *len });
                 // Recorded at once: a restart resumes after the last confirmed object.
-                if let Err(e) = write_confirmed(&self.spool, &p.recording_id, &confirmed) {
+                if let Err(e) = write_confirmed(&self.spool, &p.recording_id, &p.started_at, &confirmed) {
                     return Outcome::Failed(
                         t.role,
                         StorageError::Io {

@@ -243,7 +243,38 @@ fn a_damaged_leftover_or_an_interrupted_progress_write_does_not_hold_a_recording
     std::fs::write(&partial, b"x").unwrap();
     assert_eq!(s.run_once(), (0, 0));
     std::fs::remove_file(&partial).unwrap();
+    // Files that merely mention the recording are not its files: an export, a decrypted copy.
+    let copy = format!("backup-copy-{rid}.wav");
+    std::fs::write(dir.path().join(&copy), b"RIFF").unwrap();
+    let export = format!("notes-{rid}.json");
+    let fake =
+        json!({"recording_id": rid, "call_id": "c-3", "state": "finished", "started_at": "2026-12-04T10:00:00.000Z"});
+    std::fs::write(dir.path().join(&export), fake.to_string()).unwrap();
     assert_eq!(s.run_once(), (1, 0));
-    assert_eq!(in_spool(dir.path(), &rid), [format!("{rid}.wav.cvs.partial.damaged")]);
+    let mut left = vec![format!("{rid}.wav.cvs.partial.damaged"), copy, export];
+    left.sort();
+    assert_eq!(in_spool(dir.path(), &rid), left);
     assert_eq!(store.puts.load(Ordering::SeqCst), 2);
+    // And a second pass leaves them alone too.
+    assert_eq!(s.run_once(), (0, 0));
+}
+
+#[test]
+fn a_release_cut_short_after_the_sidecar_went_is_reported_from_its_progress_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shipper(dir.path(), Arc::new(Flaky::default()), None);
+    let rid = ulid::Ulid::new().to_string();
+    let ship = json!({"recording_id": rid, "started_at": "2026-12-04T10:00:00.000Z", "confirmed": {"primary": {
+        format!("{rid}.wav.cvs"): {"sha256": "aa", "bytes": 10}, format!("{rid}.meta.cvs"): {"sha256": "bb", "bytes": 5}}}});
+    std::fs::write(dir.path().join(format!("{rid}.ship")), ship.to_string()).unwrap();
+    let out = s.run_once_reporting();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let keys: Vec<&str> = out[0].1["stored"]["primary"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, [format!("2026/12/04/{rid}.wav.cvs"), format!("2026/12/04/{rid}.meta.cvs")]);
+    assert!(in_spool(dir.path(), &rid).is_empty());
 }
