@@ -135,6 +135,8 @@ pub struct PollState {
     unreadable: std::collections::HashSet<String>,
     /// Deletion log entries already applied.
     deletions_seen: std::collections::HashSet<String>,
+    /// The recordings they named: never indexed again, whatever a deletion cut short left.
+    deleted: std::collections::HashSet<String>,
 }
 
 /// The recording ids the deletion log entries under `PREFIX/<under>` name, skipping (and then
@@ -178,6 +180,7 @@ pub fn poll(
 ) -> Result<usize, String> {
     let unreadable = &mut state.unreadable;
     let deletions_seen = &mut state.deletions_seen;
+    let deleted = &mut state.deleted;
     let t = &storage.primary;
     let days: Vec<String> = [Duration::ZERO, Duration::from_secs(86_400)]
         .iter()
@@ -186,7 +189,6 @@ pub fn poll(
         .collect();
     storage.block_on(async {
         let mut new = 0;
-        let mut deleted = std::collections::HashSet::new();
         for day in &days {
             for rid in deleted_ids(t, &format!("_deletions/{day}"), deletions_seen).await.map_err(|e| e.to_string())? {
                 writer.remove(&rid);
