@@ -400,7 +400,7 @@ fn with_stored(summary: String, stored: Option<String>) -> Value {
     v
 }
 
-/// The recording ids of `ids` the catalog at `path` knows (read-only).
+/// The metadata object keys of `keys` the catalog at `path` already has (read-only).
 pub fn known_meta_keys(path: &Path, keys: &[String]) -> Result<std::collections::HashSet<String>, CatalogError> {
     let mut out = std::collections::HashSet::new();
     if !path.exists() || keys.is_empty() {

@@ -107,27 +107,21 @@ fn the_embedded_default_moves_recordings_to_the_local_archive() {
     assert!(!spool_files(&d).iter().any(|f| f.contains(&rid)), "{:?}", spool_files(&d));
     let wav = open_sealed(std::fs::read(&audio).unwrap(), &keys(&d));
     assert_eq!(&wav[..4], b"RIFF");
-    let sha = callvault::storage::file_sha256(&audio).unwrap().0;
-    assert_eq!(objs[0]["sha256"], callvault::storage::file_sha256(&audio).map(|(s, _)| hex(&s)).unwrap());
-    let _ = sha;
+    assert_eq!(objs[0]["sha256"], hex(&callvault::storage::file_sha256(&audio).unwrap().0));
     // `callvault verify` accepts the archived file under its name.
     let (code, _, err) =
         cli(&["verify", "--key-dir", d.dir.path().join("data/keys").to_str().unwrap(), audio.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     // The catalog says where it landed.
-    let r = c.request(json!({"cmd": "find", "call_id": "arch-1"}));
     wait_until("the catalog's stored", Duration::from_secs(5), || {
         let r = c.request(json!({"cmd": "find", "call_id": "arch-1"}));
         !r["recordings"][0]["stored"].is_null()
     });
-    let _ = r;
     let log = d.log();
     assert!(log.contains("shipping finished recordings to primary local"), "{log}");
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use callvault::seal::format::hex;
 
 #[test]
 fn recordings_land_in_garage_verified_and_read_back() {

@@ -250,11 +250,7 @@ fn fetch_from(
         }
         let bytes = storage.block_on(t.get(&object_store::path::Path::from(key))).map_err(|e| e.to_string())?;
         if let Some(want) = o["sha256"].as_str() {
-            let got: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let got = callvault::seal::format::hex(&callvault::seal::sha256(&[&bytes]));
             if got != want {
                 return Err(format!("{key}: SHA-256 {got}, the catalog says {want}"));
             }

@@ -23,6 +23,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use crate::config::{Config, TargetConfig};
+use crate::seal::format::hex;
 
 /// Why storage cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -526,10 +527,6 @@ pub fn date_path(started_at: &str) -> String {
     } else {
         "unknown-date".into()
     }
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The SHA-256 and length of a local file.

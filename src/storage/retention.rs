@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::{Role, Storage, StorageError, Target, hex};
+use super::{Role, Storage, StorageError, Target};
 use crate::config::RetentionConfig;
+use crate::seal::format::hex;
 
 /// What a hold covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +178,12 @@ pub fn policy_for(cfg: &RetentionConfig, summary: &Value) -> Option<(String, u64
     for p in &cfg.policy {
         let all = p.matches.iter().all(|(k, v)| {
             let got = &meta[k.as_str()];
-            got.as_str().map_or_else(|| !got.is_null() && *got.to_string() == **v, |s| s == v)
+            // A number or a boolean matches its text: `tier = "1"` matches `"tier": 1`.
+            match got {
+                Value::String(s) => s == v,
+                Value::Null => false,
+                other => serde_json::from_str::<Value>(v).is_ok_and(|want| want == *other),
+            }
         });
         if all {
             return Some((p.name.clone(), p.days));
@@ -468,6 +474,12 @@ mod tests {
         // Policies are tried in order: the broader one first wins.
         assert_eq!(policy_for(&c, &s(json!({"queue": "sales", "tier": 1}))), Some(("sales".into(), 90)));
         assert_eq!(policy_for(&c, &s(json!({"queue": "support"}))), Some(("default".into(), 365)));
+        // A number in the metadata matches its text in the policy; a missing key never matches.
+        let vip_first = RetentionConfig { policy: c.policy.iter().rev().cloned().collect(), ..c.clone() };
+        assert_eq!(policy_for(&vip_first, &s(json!({"queue": "sales", "tier": 1}))), Some(("vip".into(), 3650)));
+        assert_eq!(policy_for(&vip_first, &s(json!({"queue": "sales", "tier": "1"}))), Some(("vip".into(), 3650)));
+        assert_eq!(policy_for(&vip_first, &s(json!({"queue": "sales", "tier": 2}))), Some(("sales".into(), 90)));
+        assert_eq!(policy_for(&vip_first, &s(json!({"queue": "sales", "tier": null}))), Some(("sales".into(), 90)));
         let forever = RetentionConfig { default_days: 0, ..c.clone() };
         assert_eq!(policy_for(&forever, &s(json!({}))), None);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 91 * 86_400); // 2026-04-02

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Role, Storage, StorageError, Target, file_sha256, hex};
+use super::{Role, Storage, StorageError, Target, file_sha256};
+use crate::seal::format::hex;
 
 /// Counters and gauges for `/metrics`, updated by the shipper's thread only.
 #[derive(Debug, Default)]
@@ -31,8 +32,7 @@ pub struct ShipStats {
     pub backlog_bytes: AtomicU64,
     /// When the oldest of them finished (ms since the epoch; 0: none).
     pub oldest_finished_ms: AtomicI64,
-    /// Per role (primary, backup): recordings landed, files uploaded, bytes, failures.
-    pub landed: [AtomicU64; 2],
+    /// Per role (primary, backup): files uploaded, bytes, failures.
     pub uploads: [AtomicU64; 2],
     pub bytes: [AtomicU64; 2],
     pub failures: [AtomicU64; 2],
@@ -570,7 +570,6 @@ impl Shipper {
                     );
                 }
             }
-            self.stats.landed[slot(t.role)].fetch_add(1, Ordering::Relaxed);
         }
         if !complete {
             return Outcome::Waiting;
