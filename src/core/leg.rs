@@ -35,6 +35,8 @@ pub struct TimelineConfig {
     pub drift_window_ms: u32,
     /// Peak level at or below which a frame counts as quiet (drift is corrected there).
     pub quiet_peak: i16,
+    /// Fill comfort-noise periods (RFC 3389) with noise at the signalled level; else silence.
+    pub comfort_noise: bool,
 }
 
 impl Default for TimelineConfig {
@@ -46,6 +48,7 @@ impl Default for TimelineConfig {
             max_ahead_ms: 5000,
             drift_window_ms: 5000,
             quiet_peak: 1024,
+            comfort_noise: true,
         }
     }
 }
@@ -79,10 +82,14 @@ pub struct PacketId {
 pub enum Media<'a> {
     /// Decoded samples at the output rate.
     Samples(&'a [i16]),
+    /// Decoded samples whose first `lead` samples fill lost packets just before this one
+    /// (Opus FEC and concealment): written from `lead` samples before the packet's position.
+    Concealed { samples: &'a [i16], lead: usize },
     /// A frame that could not be decoded: its time is kept as silence.
     Undecodable,
-    /// Comfort noise: silence starts here; the packet occupies no samples itself.
-    ComfortNoise,
+    /// Comfort noise: silence starts here, at this level (RFC 3389: −dBov, 0–127); the packet
+    /// occupies no samples itself.
+    ComfortNoise { level_dbov: u8 },
 }
 
 /// One telephone-event (RFC 4733) as recorded.
@@ -131,6 +138,12 @@ pub struct LegStats {
     pub unknown_payload_type: u64,
     /// Telephone-event packets that were too short to read.
     pub bad_events: u64,
+    /// Lost packets filled by the codec (Opus FEC or concealment) instead of silence.
+    pub concealed: u64,
+    /// Packets the codec could not decode (corrupt payloads): their time is kept as silence.
+    pub decode_errors: u64,
+    /// Comfort-noise packets received.
+    pub comfort_noise_packets: u64,
 }
 
 struct Segment {
@@ -189,6 +202,15 @@ struct PendingFrame {
     samples: Vec<i16>,
 }
 
+/// A comfort-noise period: from a CN packet to the next audio written after it.
+struct NoiseSpan {
+    start: i64,
+    /// `i64::MAX` while no audio has followed.
+    end: i64,
+    /// Peak of the uniform noise (its RMS is the signalled level).
+    peak: f32,
+}
+
 struct ActiveEvent {
     ssrc: u32,
     ts: u32,
@@ -232,6 +254,9 @@ pub struct Leg {
     stats: LegStats,
     /// RFC 3550 A.8 interarrival jitter, seconds.
     jitter_s: f64,
+    noise: Vec<NoiseSpan>,
+    /// xorshift32 state: the noise is the same on every run (the core is deterministic).
+    noise_state: u32,
 }
 
 impl Leg {
@@ -256,6 +281,8 @@ impl Leg {
             closed_expected: 0,
             closed_received: 0,
             stats: LegStats::default(),
+            noise: Vec::new(),
+            noise_state: 0x9e37_79b9,
         }
     }
 
@@ -457,7 +484,8 @@ impl Leg {
     fn frame_len(&self, media: &Media<'_>) -> i64 {
         match media {
             Media::Samples(s) => s.len() as i64,
-            Media::ComfortNoise => 0,
+            Media::Concealed { samples, lead } => samples.len().saturating_sub(*lead) as i64,
+            Media::ComfortNoise { .. } => 0,
             Media::Undecodable => {
                 // Time of an undecodable frame: the timestamp step seen so far, else 20 ms.
                 self.segment
@@ -518,8 +546,10 @@ impl Leg {
         }
         // Drift: measure, and correct at a quiet moment.
         let quiet = match media {
-            Media::Samples(s) => s.iter().all(|v| v.unsigned_abs() <= self.cfg.quiet_peak.unsigned_abs()),
-            Media::Undecodable | Media::ComfortNoise => true,
+            Media::Samples(s) | Media::Concealed { samples: s, .. } => {
+                s.iter().all(|v| v.unsigned_abs() <= self.cfg.quiet_peak.unsigned_abs())
+            }
+            Media::Undecodable | Media::ComfortNoise { .. } => true,
         };
         let gap = (pos - self.written_end).max(0);
         let mut skip = 0usize;
@@ -588,20 +618,61 @@ impl Leg {
     }
 
     fn write(&mut self, pos: i64, len: i64, media: Media<'_>, skip: usize) -> Placement {
+        // Where this packet's audio begins: concealed audio before it goes back over the gap,
+        // but never over audio already written or positions already closed.
+        let mut from = pos;
         match media {
-            Media::ComfortNoise => return Placement::Marker,
-            Media::Samples(s) => {
-                let mut buf = self.spare.pop().unwrap_or_default();
-                buf.clear();
-                buf.extend_from_slice(&s[skip.min(s.len())..]);
-                let at = self.pending.partition_point(|f| f.pos <= pos);
-                self.pending.insert(at, PendingFrame { pos, samples: buf });
+            Media::ComfortNoise { level_dbov } => {
+                self.stats.comfort_noise_packets += 1;
+                if self.cfg.comfort_noise {
+                    self.start_noise(pos, level_dbov);
+                }
+                return Placement::Marker;
+            }
+            Media::Samples(s) => self.pend(pos, &s[skip.min(s.len())..]),
+            Media::Concealed { samples, lead } => {
+                let lead = lead.min(samples.len());
+                let back = (pos - lead as i64).max(self.written_end).min(pos);
+                let cut = (lead as i64 - (pos - back)) as usize;
+                self.pend(back, &samples[(cut + skip).min(samples.len())..]);
+                from = back;
             }
             Media::Undecodable => {}
         }
+        self.end_noise(from);
         self.stats.audio_packets += 1;
         self.written_end = self.written_end.max(pos + len.max(0));
         Placement::Placed(pos)
+    }
+
+    fn pend(&mut self, pos: i64, samples: &[i16]) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(samples);
+        let at = self.pending.partition_point(|f| f.pos <= pos);
+        self.pending.insert(at, PendingFrame { pos, samples: buf });
+    }
+
+    /// A CN packet at `pos`: noise from there until audio resumes.
+    fn start_noise(&mut self, pos: i64, level_dbov: u8) {
+        // RFC 3389 §3: the level is −dBov, 0–127; the RMS of a full-scale sine is 0 dBov.
+        let rms = 32767.0 / 2f32.sqrt() * 10f32.powf(-f32::from(level_dbov.min(127)) / 20.0);
+        let peak = rms * 3f32.sqrt();
+        match self.noise.last_mut() {
+            // A CN update while one period runs only changes its level.
+            Some(last) if last.end == i64::MAX && last.start <= pos => last.peak = peak,
+            _ => self.noise.push(NoiseSpan { start: pos.max(self.written_end), end: i64::MAX, peak }),
+        }
+    }
+
+    /// Audio written from `pos` on ends a noise period that began before it.
+    fn end_noise(&mut self, pos: i64) {
+        if let Some(last) = self.noise.last_mut()
+            && last.end == i64::MAX
+            && last.start <= pos
+        {
+            last.end = pos;
+        }
     }
 
     /// Handles a telephone-event packet (RFC 4733). Events never touch the audio timeline; an
@@ -687,6 +758,20 @@ impl Leg {
     /// caller zeroed), then forgets every frame that ends before `from + out.len()`.
     pub fn render(&mut self, from: i64, out: &mut [i16]) {
         let to = from + out.len() as i64;
+        for span in &self.noise {
+            let (start, end) = (span.start.max(from), span.end.min(to));
+            for v in out.iter_mut().take((end - from).max(0) as usize).skip((start - from).max(0) as usize) {
+                // xorshift32 → uniform in [−1, 1).
+                let mut x = self.noise_state;
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                self.noise_state = x;
+                let unit = (x as f32 / u32::MAX as f32) * 2.0 - 1.0;
+                *v = (unit * span.peak) as i16;
+            }
+        }
+        self.noise.retain(|s| s.end > to);
         for f in &self.pending {
             if f.pos >= to {
                 break;

@@ -3,11 +3,13 @@
 //! virtual clock or the live engine.
 #![forbid(unsafe_code)]
 
+pub mod decode;
 pub mod g711;
 pub mod leg;
 pub mod mixer;
 pub mod payload;
 pub mod recording;
+pub mod resample;
 pub mod rtp;
 pub mod seq;
 pub mod session;

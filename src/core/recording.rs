@@ -8,7 +8,7 @@
 //! Positions before `now − reorder window` are final and are handed out by `poll_audio`, so a
 //! driver that polls after each input holds at most a reorder window of audio per leg.
 
-use super::g711;
+use super::decode::{DecodeError, LegDecoder};
 use super::leg::{Leg, Media, PacketId, Placement, TimelineConfig};
 use super::payload::{Codec, PayloadMap};
 use super::rtp::{self, Packet};
@@ -47,6 +47,7 @@ pub struct Recording {
     cfg: RecordingConfig,
     specs: Vec<LegSpec>,
     legs: Vec<Leg>,
+    decoders: Vec<LegDecoder>,
     origin_ns: Option<u64>,
     cursor: i64,
     finished: bool,
@@ -60,10 +61,12 @@ impl Recording {
     /// A recording whose position 0 is `origin_ns` (or, if `None`, the first datagram's time).
     pub fn new(cfg: RecordingConfig, legs: Vec<LegSpec>, origin_ns: Option<u64>) -> Self {
         let built = legs.iter().map(|_| Leg::new(cfg.timeline, cfg.keep_dtmf_digits)).collect();
+        let decoders = legs.iter().map(|_| LegDecoder::new(cfg.timeline.sample_rate)).collect();
         Recording {
             cfg,
             specs: legs,
             legs: built,
+            decoders,
             origin_ns,
             cursor: 0,
             finished: false,
@@ -91,6 +94,7 @@ impl Recording {
     /// silent up to its first packet, like any leg.
     pub fn add_leg(&mut self, spec: LegSpec) -> usize {
         self.legs.push(Leg::new(self.cfg.timeline, self.cfg.keep_dtmf_digits));
+        self.decoders.push(LegDecoder::new(self.cfg.timeline.sample_rate));
         self.specs.push(spec);
         self.legs.len() - 1
     }
@@ -122,7 +126,9 @@ impl Recording {
     pub fn handle_datagram(&mut self, now_ns: u64, leg: usize, datagram: &[u8]) -> Handled {
         let rel = self.relative_ns(now_ns);
         let cursor = self.cursor;
-        let (Some(l), Some(spec)) = (self.legs.get_mut(leg), self.specs.get(leg)) else {
+        let (Some(l), Some(spec), Some(decoder)) =
+            (self.legs.get_mut(leg), self.specs.get(leg), self.decoders.get_mut(leg))
+        else {
             return Handled::Malformed;
         };
         let packet = match rtp::parse(datagram) {
@@ -147,16 +153,35 @@ impl Recording {
             PacketId { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp, clock_rate: format.clock_rate };
         let placement = match format.codec {
             Codec::TelephoneEvent => l.on_event(rel, cursor, id, packet.payload),
-            Codec::ComfortNoise => l.on_rtp(rel, cursor, id, Media::ComfortNoise),
-            Codec::Pcmu | Codec::Pcma if self.cfg.timeline.sample_rate == 8000 => {
-                self.decoded.clear();
-                let table = if format.codec == Codec::Pcmu { &g711::ULAW_TABLE } else { &g711::ALAW_TABLE };
-                g711::decode(table, packet.payload, &mut self.decoded);
-                l.on_rtp(rel, cursor, id, Media::Samples(&self.decoded))
+            Codec::ComfortNoise => {
+                // RFC 3389 §3: the first byte is the noise level; a packet without one is quiet.
+                let level_dbov = packet.payload.first().map_or(127, |b| b & 0x7f);
+                l.on_rtp(rel, cursor, id, Media::ComfortNoise { level_dbov })
             }
             _ => {
-                l.note_unsupported(&format.encoding);
-                l.on_rtp(rel, cursor, id, Media::Undecodable)
+                self.decoded.clear();
+                match decoder.decode(
+                    format,
+                    packet.ssrc,
+                    packet.sequence,
+                    packet.timestamp,
+                    packet.payload,
+                    &mut self.decoded,
+                ) {
+                    Ok(d) if d.lead > 0 => {
+                        l.stats_mut().concealed += u64::from(d.concealed);
+                        l.on_rtp(rel, cursor, id, Media::Concealed { samples: &self.decoded, lead: d.lead })
+                    }
+                    Ok(_) => l.on_rtp(rel, cursor, id, Media::Samples(&self.decoded)),
+                    Err(DecodeError::Unsupported(_)) => {
+                        l.note_unsupported(&format.encoding);
+                        l.on_rtp(rel, cursor, id, Media::Undecodable)
+                    }
+                    Err(DecodeError::Corrupt { .. }) => {
+                        l.stats_mut().decode_errors += 1;
+                        l.on_rtp(rel, cursor, id, Media::Undecodable)
+                    }
+                }
             }
         };
         Handled::Rtp(placement)
