@@ -238,7 +238,7 @@ mod tests {
         let f = PayloadFormat::new("opus", 48000, Some(2));
         let mut d = LegDecoder::new(16000);
         let mut out = Vec::new();
-        let mut feed = |d: &mut LegDecoder, i: usize, out: &mut Vec<i16>| {
+        let feed = |d: &mut LegDecoder, i: usize, out: &mut Vec<i16>| {
             d.decode(&f, 7, i as u16, (i * 960) as u32, &packets[i], out).unwrap()
         };
         for i in 0..10 {
