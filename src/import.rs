@@ -39,6 +39,11 @@ pub struct ImportOptions {
     pub keep_dtmf_digits: bool,
     /// Seal the recordings (and write sealed metadata beside them), as `serve` does.
     pub sealing: Option<std::sync::Arc<crate::output::sealed::Sealing>>,
+    /// Sample rate of every recording; `None`: per recording, the highest audio rate among the
+    /// codecs its legs sent.
+    pub sample_rate: Option<u32>,
+    /// Fill comfort-noise periods with noise at the signalled level (else silence).
+    pub comfort_noise: bool,
 }
 
 /// Progress callback: `(bytes read, total bytes, pass 1 or 2)`.
@@ -301,6 +306,8 @@ struct CallPlan {
     legs: Vec<PlannedLeg>,
     first_ns: u64,
     datagrams: u64,
+    /// The recording's sample rate, chosen once pass 1 knows what the legs sent.
+    sample_rate: u32,
 }
 
 struct PlannedLeg {
@@ -480,7 +487,13 @@ fn plan(opts: &ImportOptions, flows: &HashMap<FlowKey, Flow>, sip_calls: &BTreeM
             let map = leg_map(&signalled, leg_flows.first().and_then(|k| flows.get(k)), &opts.payload_overrides);
             legs.push(PlannedLeg { label: label.to_string(), flows: leg_flows, map });
         }
-        plans.push(CallPlan { call_id: call_id.clone(), legs, first_ns: call.first_ns, datagrams: 0 });
+        plans.push(CallPlan {
+            call_id: call_id.clone(),
+            legs,
+            first_ns: call.first_ns,
+            datagrams: 0,
+            sample_rate: 8000,
+        });
     }
     for (k, f) in &media_flows {
         if claimed.contains_key(*k) || !f.looks_like_rtp() {
@@ -501,7 +514,13 @@ fn plan(opts: &ImportOptions, flows: &HashMap<FlowKey, Flow>, sip_calls: &BTreeM
                 map: leg_map(&[], Some(rf), &opts.payload_overrides),
             });
         }
-        plans.push(CallPlan { call_id: format!("{}-{}", k.0, k.1), legs, first_ns: f.first_ns, datagrams: 0 });
+        plans.push(CallPlan {
+            call_id: format!("{}-{}", k.0, k.1),
+            legs,
+            first_ns: f.first_ns,
+            datagrams: 0,
+            sample_rate: 8000,
+        });
     }
     plans.sort_by(|a, b| a.first_ns.cmp(&b.first_ns).then_with(|| a.call_id.cmp(&b.call_id)));
     plans
@@ -597,9 +616,16 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
             .map(|f| f.first_ns)
             .min()
             .unwrap_or(p.first_ns);
+        p.sample_rate = opts.sample_rate.unwrap_or_else(|| {
+            let sent = p.legs.iter().flat_map(|l| {
+                l.flows.iter().filter_map(|k| flows.get(k)).flat_map(|f| f.pts.keys().filter_map(|pt| l.map.get(*pt)))
+            });
+            crate::core::decode::default_rate(sent)
+        });
     }
 
-    let cfg = RecordingConfig { timeline: TimelineConfig::default(), keep_dtmf_digits: opts.keep_dtmf_digits };
+    let timeline = TimelineConfig { comfort_noise: opts.comfort_noise, ..TimelineConfig::default() };
+    let cfg = RecordingConfig { timeline, keep_dtmf_digits: opts.keep_dtmf_digits };
     let mut active: HashMap<usize, ActiveCall> = HashMap::new();
     let mut reports: Vec<Option<RecordingReport>> = vec![None; plans.len()];
     let mut reader = CaptureReader::open(&opts.capture)?;
@@ -669,6 +695,8 @@ fn open_call(
 ) -> Result<ActiveCall, WavError> {
     let specs: Vec<LegSpec> =
         plan.legs.iter().map(|l| LegSpec { label: l.label.clone(), payload_map: l.map.clone() }).collect();
+    let mut cfg = cfg.clone();
+    cfg.timeline.sample_rate = plan.sample_rate;
     let recording = Recording::new(cfg.clone(), specs, Some(plan.first_ns));
     let started = UNIX_EPOCH + Duration::from_nanos(plan.first_ns);
     let id = ulid::Ulid::from_datetime(started).to_string();

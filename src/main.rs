@@ -177,6 +177,34 @@ struct ImportArgs {
     /// The signing key file for --encrypt, when not in the key directory or credentials.
     #[arg(long = "signing-key", value_name = "FILE")]
     signing_key: Option<PathBuf>,
+    /// Sample rate of the recordings: 8000, 16000, 48000, or auto (per recording, the highest
+    /// rate among the codecs its legs sent: G.711 8000, G.722 16000, Opus 48000).
+    #[arg(long = "sample-rate", value_name = "HZ|auto", default_value = "auto", value_parser = parse_sample_rate)]
+    sample_rate: SampleRateArg,
+    /// What fills comfort-noise periods (RFC 3389): noise at the level the sender signalled, or silence.
+    #[arg(long = "comfort-noise", value_enum, default_value = "noise")]
+    comfort_noise: ComfortNoiseArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ComfortNoiseArg {
+    Noise,
+    Silence,
+}
+
+/// A recording rate, or `None` for auto.
+#[derive(Clone, Copy)]
+struct SampleRateArg(Option<u32>);
+
+/// `auto` or one of the recording rates.
+fn parse_sample_rate(s: &str) -> Result<SampleRateArg, String> {
+    if s == "auto" {
+        return Ok(SampleRateArg(None));
+    }
+    match s.parse::<u32>() {
+        Ok(r) if callvault::core::decode::RECORDING_RATES.contains(&r) => Ok(SampleRateArg(Some(r))),
+        _ => Err(format!("{s:?} is not a recording rate: use 8000, 16000, 48000 or auto")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -373,6 +401,8 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
         payload_overrides: args.pt.clone(),
         keep_dtmf_digits: args.dtmf_digits,
         sealing: None,
+        sample_rate: args.sample_rate.0,
+        comfort_noise: args.comfort_noise == ComfortNoiseArg::Noise,
     };
     let mut opts = opts;
     if !args.encrypt && (args.keys.key.is_some() || args.keys.key_dir.is_some() || args.signing_key.is_some()) {

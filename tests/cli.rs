@@ -149,15 +149,24 @@ fn same_capture_same_audio() {
 }
 
 #[test]
-fn codecs_not_decoded_yet_keep_their_time_as_silence() {
+fn g722_and_opus_captures_decode_at_their_own_rate_with_the_right_duration() {
     let Some(dir) = captures::dir() else { return };
     let out = tempfile::tempdir().unwrap();
     let (code, v) = import_json(&cap(&dir, "projectrtp_g722_440hz.pcap"), out.path(), &[]);
     assert_eq!(code, 0);
     let r = &v["recordings"][0];
-    assert_eq!(r["legs"][0]["unsupported_codec"], "G722");
+    assert_eq!(r["legs"][0]["unsupported_codec"], serde_json::Value::Null);
+    assert_eq!(r["sample_rate"], 16000, "G.722 is 16 kHz audio");
     let d = r["duration_ms"].as_u64().unwrap();
     assert!((7800..=7900).contains(&d), "G.722's 8 kHz RTP clock gives 7.8 s, not {d}");
+    let w = hound::WavReader::open(r["file"].as_str().unwrap()).unwrap();
+    assert_eq!((w.spec().sample_rate, w.duration() as u64), (16000, d * 16));
+    // Forced to 8 kHz it is resampled, and keeps its length.
+    let (_, v8) = import_json(&cap(&dir, "projectrtp_g722_440hz.pcap"), out.path(), &["--sample-rate", "8000"]);
+    assert_eq!(
+        (v8["recordings"][0]["sample_rate"].as_u64(), v8["recordings"][0]["duration_ms"].as_u64()),
+        (Some(8000), Some(d))
+    );
     // Opus needs its dynamic payload type mapped; events on 101 are recognised by shape and clock.
     let (code, v) = import_json(
         &cap(&dir, "asterisk_opus_rfc2833.pcap"),
@@ -165,14 +174,22 @@ fn codecs_not_decoded_yet_keep_their_time_as_silence() {
         &["--pt", "96=opus/48000/2", "--dtmf-digits"],
     );
     assert_eq!(code, 0);
-    let l = &v["recordings"][0]["legs"][0];
-    assert_eq!(l["unsupported_codec"], "opus");
+    let r = &v["recordings"][0];
+    let l = &r["legs"][0];
+    assert_eq!(l["unsupported_codec"], serde_json::Value::Null);
+    assert_eq!(r["sample_rate"], 48000);
     assert_eq!(l["payload_types"]["96"], "opus/48000/2");
     assert_eq!(l["payload_types"]["101"], "telephone-event/48000");
     assert_eq!(l["lost"], 0);
     assert_eq!(l["dtmf"].as_array().unwrap().len(), 10);
-    let d = v["recordings"][0]["duration_ms"].as_u64().unwrap();
+    let d = r["duration_ms"].as_u64().unwrap();
     assert!((15_200..=15_400).contains(&d), "{d}");
+    let w = hound::WavReader::open(r["file"].as_str().unwrap()).unwrap();
+    let peak = w.into_samples::<i16>().map(|s| s.unwrap().unsigned_abs()).max().unwrap();
+    assert!(peak > 1000, "the Opus leg carries sound (peak {peak})");
+    let e = callvault(&["import", "x.pcap", "--out", "o", "--sample-rate", "44100"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("use 8000, 16000, 48000 or auto"));
 }
 
 #[test]

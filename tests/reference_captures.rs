@@ -37,6 +37,8 @@ fn every_g711_stream_matches_its_reference_decode() {
                 payload_overrides: vec![],
                 keep_dtmf_digits: false,
                 sealing: None,
+                sample_rate: None,
+                comfort_noise: true,
             };
             let report = import::run(&opts, None).unwrap();
             assert_eq!(report.exit_code(), 0, "{}: {:?}", capture.display(), report.errors);

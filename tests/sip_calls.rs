@@ -79,6 +79,8 @@ fn sip_call_with_reinvite_is_one_recording_with_caller_and_callee() {
         payload_overrides: vec![],
         keep_dtmf_digits: true,
         sealing: None,
+        sample_rate: None,
+        comfort_noise: true,
     };
     let report = import::run(&opts, None).unwrap();
     assert_eq!(report.exit_code(), 0, "{:?}", report.errors);
