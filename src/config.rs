@@ -301,6 +301,29 @@ pub struct RecordingDefaults {
     pub encryption: String,
     /// Plaintext KiB per sealed chunk: at most this much is lost to a crash.
     pub seal_chunk_kib: u32,
+    /// Sample rate when `start` does not say: 8000, 16000, 48000, or "auto" (the highest rate
+    /// among the codecs the legs declare in `payload_types`; 8000 when none is declared).
+    pub sample_rate: SampleRate,
+    /// Fill comfort-noise periods (RFC 3389) with noise at the signalled level; false: silence.
+    pub comfort_noise: bool,
+}
+
+/// `[recording] sample_rate`: a rate in Hz or `"auto"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SampleRate {
+    Hz(u32),
+    Word(String),
+}
+
+impl SampleRate {
+    /// The fixed rate, or `None` for auto.
+    pub fn fixed(&self) -> Option<u32> {
+        match self {
+            SampleRate::Hz(r) => Some(*r),
+            SampleRate::Word(_) => None,
+        }
+    }
 }
 
 /// `[metrics]`
@@ -387,6 +410,8 @@ impl Default for RecordingDefaults {
             reorder_window_ms: 200,
             encryption: "on".into(),
             seal_chunk_kib: 8,
+            sample_rate: SampleRate::Word("auto".into()),
+            comfort_noise: true,
         }
     }
 }
@@ -558,6 +583,20 @@ impl Config {
         }
         if !matches!(self.recording.encryption.as_str(), "on" | "off") {
             return Err(invalid("recording.encryption", &self.recording.encryption, "must be \"on\" or \"off\""));
+        }
+        match &self.recording.sample_rate {
+            SampleRate::Hz(r) if crate::core::decode::RECORDING_RATES.contains(r) => {}
+            SampleRate::Word(w) if w == "auto" => {}
+            SampleRate::Hz(r) => {
+                return Err(invalid("recording.sample_rate", r, "must be 8000, 16000, 48000 or \"auto\""));
+            }
+            SampleRate::Word(w) => {
+                return Err(invalid(
+                    "recording.sample_rate",
+                    format!("{w:?}"),
+                    "must be 8000, 16000, 48000 or \"auto\"",
+                ));
+            }
         }
         if !(1..=1024).contains(&self.recording.seal_chunk_kib) {
             return Err(invalid("recording.seal_chunk_kib", self.recording.seal_chunk_kib, "must be 1 to 1024"));

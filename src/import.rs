@@ -205,6 +205,12 @@ pub struct LegReport {
     pub silent: bool,
     /// A codec callvault cannot decode yet (its time is kept as silence), or null.
     pub unsupported_codec: Option<String>,
+    /// Lost packets filled by the codec (Opus FEC or concealment).
+    pub concealed: u64,
+    /// Packets the codec could not decode (kept as silence).
+    pub decode_errors: u64,
+    /// Comfort-noise packets (RFC 3389).
+    pub comfort_noise_packets: u64,
     /// DTMF events.
     pub dtmf: Vec<DtmfReport>,
 }
@@ -828,6 +834,9 @@ fn close_call(
                 unknown_payload_type: s.unknown_payload_type,
                 silent: s.audio_packets == 0,
                 unsupported_codec: leg.unsupported_codec().map(str::to_string),
+                concealed: leg.stats().concealed,
+                decode_errors: leg.stats().decode_errors,
+                comfort_noise_packets: leg.stats().comfort_noise_packets,
                 dtmf: leg
                     .events()
                     .iter()

@@ -5,7 +5,7 @@
 mod live;
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use live::{Daemon, Options, channel, read_wav, send_pcmu};
@@ -789,4 +789,59 @@ fn leg_channels_at_start_are_honoured_or_refused() {
     let (channels, samples) = read_wav(std::path::Path::new(stop["file"].as_str().unwrap()));
     let loud = |ch| channel(&samples, channels, ch).iter().filter(|&&x| x == 32124).count();
     assert_eq!((loud(0), loud(1)), (0, 25 * 160), "the customer is on the channel it asked for");
+}
+
+#[test]
+fn a_g722_leg_and_a_pcmu_leg_record_at_16_khz_with_equal_channels() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client().unwrap();
+    for bad in [json!(44100), json!("16000"), json!(0)] {
+        let r = c.request(json!({"cmd": "start", "call_id": "r", "sample_rate": bad, "legs": [{"label": "a"}]}));
+        assert_eq!(r["error"]["code"], "bad_request", "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("8000, 16000 or 48000"), "{r}");
+    }
+    // Declared: G.722 on the customer leg, so the recording is 16 kHz ("auto").
+    let r = c.request(json!({"cmd": "start", "call_id": "wb", "legs": [
+        {"label": "customer", "payload_types": {"9": "G722/8000"}}, {"label": "agent"}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let p0 = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    let p1 = r["legs"][1]["port"].as_u64().unwrap() as u16;
+    let customer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = std::thread::spawn(move || send_pcmu(&agent, ("127.0.0.1", p1), 2, 50, 0x80));
+    let mut enc = ezk_g722::libg722::encoder::Encoder::new(ezk_g722::libg722::Bitrate::Mode1_64000, false, false);
+    let tone: Vec<i16> = (0..320).map(|i| (8000.0 * (i as f64 * 0.2).sin()) as i16).collect();
+    let start = std::time::Instant::now();
+    for i in 0..50u16 {
+        let mut p = vec![0x80, 9];
+        p.extend_from_slice(&i.to_be_bytes());
+        p.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p.extend_from_slice(&enc.encode(&tone));
+        customer.send_to(&p, ("127.0.0.1", p0)).unwrap();
+        if let Some(w) = (start + std::time::Duration::from_millis(20 * (u64::from(i) + 1)))
+            .checked_duration_since(std::time::Instant::now())
+        {
+            std::thread::sleep(w);
+        }
+    }
+    t.join().unwrap();
+    let stop = c.request(json!({"cmd": "stop", "call_id": "wb"}));
+    assert_eq!(stop["ok"], true, "{stop}");
+    assert_eq!(stop["sample_rate"], 16000, "{stop}");
+    assert_eq!(stop["legs"][0]["unsupported_codec"], Value::Null);
+    let (channels, samples) = read_wav(Path::new(stop["file"].as_str().unwrap()));
+    assert_eq!(channels, 2);
+    let (left, right) = (channel(&samples, 2, 0), channel(&samples, 2, 1));
+    assert_eq!(left.len(), right.len());
+    assert_eq!(left.len() as u64 / 16, stop["duration_ms"].as_u64().unwrap());
+    // Each leg's second of audio is there at 16 kHz: the G.722 tone, and µ-law 0x80 upsampled.
+    assert!(left.iter().filter(|s| s.unsigned_abs() > 4000).count() > 8000, "G.722 tone on the left");
+    assert!(right.iter().filter(|s| **s > 30000).count() > 45 * 320, "PCMU on the right, 16 kHz");
+    // A fixed rate in the start wins over auto.
+    let r = c.request(json!({"cmd": "start", "call_id": "nb", "sample_rate": 8000, "legs": [
+        {"label": "customer", "payload_types": {"9": "G722/8000"}}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let stop = c.request(json!({"cmd": "stop", "call_id": "nb"}));
+    assert_eq!(stop["sample_rate"], 8000, "{stop}");
 }

@@ -461,6 +461,11 @@ impl Control {
         };
         let mut recording = RecordingConfig::default();
         recording.timeline.reorder_window_ms = self.cfg.recording.reorder_window_ms;
+        recording.timeline.comfort_noise = self.cfg.recording.comfort_noise;
+        recording.timeline.sample_rate = s
+            .sample_rate
+            .or(self.cfg.recording.sample_rate.fixed())
+            .unwrap_or_else(|| crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter())));
         recording.keep_dtmf_digits = s.dtmf_digits.unwrap_or(self.cfg.recording.dtmf_digits);
         let recording_id = ulid::Ulid::new().to_string();
         let start = StartCall {

@@ -25,6 +25,8 @@ pub struct LegRequest {
     pub label: String,
     /// Payload types; static ones are known without being listed.
     pub payload_map: PayloadMap,
+    /// The formats `payload_types` listed (what the leg is declared to send).
+    pub declared: Vec<PayloadFormat>,
     /// Who may send.
     pub source: SourceFilter,
     /// RTCP on the RTP port.
@@ -48,6 +50,8 @@ pub struct StartRequest {
     pub metadata: Map<String, Value>,
     /// Keep DTMF digits for this call (config default if absent).
     pub dtmf_digits: Option<bool>,
+    /// Sample rate (config default if absent).
+    pub sample_rate: Option<u32>,
 }
 
 /// A parsed command.
@@ -180,6 +184,15 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
                 Some(Value::Bool(b)) => Some(*b),
                 Some(_) => return Err(bad("\"dtmf_digits\" must be true or false")),
             },
+            sample_rate: match obj.get("sample_rate") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n))
+                    if n.as_u64().is_some_and(|r| crate::core::decode::RECORDING_RATES.contains(&(r as u32))) =>
+                {
+                    n.as_u64().map(|r| r as u32)
+                }
+                Some(other) => return Err(bad(format!("\"sample_rate\" must be 8000, 16000 or 48000, not {other}"))),
+            },
         })
         .check_format(obj)?,
         "stop" => Command::Stop { call_id: call_id()? },
@@ -281,6 +294,7 @@ fn parse_leg(v: &Value) -> Result<LegRequest, CallError> {
         return Err(bad("a leg's \"label\" must be 1 to 64 bytes"));
     }
     let mut payload_map = PayloadMap::with_static_types();
+    let mut declared = Vec::new();
     match obj.get("payload_types") {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
@@ -290,6 +304,7 @@ fn parse_leg(v: &Value) -> Result<LegRequest, CallError> {
                 };
                 let (pt, format): (u8, PayloadFormat) = PayloadMap::parse_mapping(&format!("{pt}={fmt}"))
                     .map_err(|e| bad(format!("leg {label:?}: payload type {pt}: {e}")))?;
+                declared.push(format.clone());
                 payload_map.insert(pt, format);
             }
         }
@@ -313,7 +328,7 @@ fn parse_leg(v: &Value) -> Result<LegRequest, CallError> {
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(bad("\"rtcp_mux\" must be true or false")),
     };
-    Ok(LegRequest { label, payload_map, source, rtcp_mux, channel: opt_u16(obj, "channel", 0, 63)? })
+    Ok(LegRequest { label, payload_map, declared, source, rtcp_mux, channel: opt_u16(obj, "channel", 0, 63)? })
 }
 
 #[cfg(test)]

@@ -432,6 +432,9 @@ impl LiveCall {
                     "kernel_drops": live.kernel_drops,
                     "silent": s.audio_packets == 0,
                     "unsupported_codec": leg.unsupported_codec(),
+                    "concealed": s.concealed,
+                    "decode_errors": s.decode_errors,
+                    "comfort_noise_packets": s.comfort_noise_packets,
                     "last_packet_age_ms": live.last_packet_ns.map(|t| now_ns.saturating_sub(t) / 1_000_000),
                     "dtmf": dtmf,
                 })
