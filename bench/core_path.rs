@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::time::Instant;
 
+use callvault::core::decode::LegDecoder;
 use callvault::core::mixer::{self, Layout};
-use callvault::core::payload::PayloadMap;
+use callvault::core::payload::{PayloadFormat, PayloadMap};
 use callvault::core::recording::{LegSpec, Recording, RecordingConfig};
 use callvault::core::rtp;
 use callvault::output::wav::{WavSpec, WavWriter};
@@ -178,4 +179,88 @@ fn main() {
     );
     let per_core_streams = 1e9 / (all * 50.0);
     println!("one core could record ~{per_core_streams:.0} streams (50 packets/s each) on this path alone");
+    codec_costs(g711_cost(&pkts));
+}
+
+/// Decoding alone, per 20 ms packet, against G.711's: one 10-minute leg of each codec.
+fn g711_cost(pkts: &[(u64, usize, Vec<u8>)]) -> f64 {
+    let f = PayloadFormat::new("PCMU", 8000, None);
+    let leg: Vec<&[u8]> = pkts.iter().filter(|p| p.1 == 0).map(|p| &p.2[12..]).collect();
+    time("decode G.711 (160 B → 8 kHz)", leg.len(), || decode_all(&f, 8000, 160, &leg))
+}
+
+fn decode_all(f: &PayloadFormat, rate: u32, ts_step: u32, payloads: &[&[u8]]) -> u64 {
+    let mut d = LegDecoder::new(rate);
+    let mut out = Vec::with_capacity(2048);
+    let mut n = 0u64;
+    for (i, p) in payloads.iter().enumerate() {
+        out.clear();
+        d.decode(f, 1, i as u16, i as u32 * ts_step, p, &mut out).expect("decodes");
+        n += out.len() as u64;
+    }
+    n
+}
+
+fn codec_costs(g711: f64) {
+    let frames = (CALL_SECONDS * 50) as usize;
+    // Speech-like test signal: a vowel-ish harmonic mix with a slow envelope.
+    let signal = |rate: u32, n: usize| -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / f64::from(rate);
+                let env = 0.5 + 0.5 * (t * 3.0).sin();
+                let v: f64 = [(180.0, 0.6), (540.0, 0.3), (1260.0, 0.15), (2700.0, 0.05)]
+                    .iter()
+                    .map(|(hz, a)| a * (2.0 * std::f64::consts::PI * hz * t).sin())
+                    .sum();
+                (9000.0 * env * v) as i16
+            })
+            .collect()
+    };
+    let mut g722 = ezk_g722::libg722::encoder::Encoder::new(ezk_g722::libg722::Bitrate::Mode1_64000, false, false);
+    let pcm16 = signal(16000, frames * 320);
+    let g722_pkts: Vec<Vec<u8>> = pcm16.chunks(320).map(|c| g722.encode(c)).collect();
+    let mut opus = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+    opus.set_inband_fec(true).expect("fec");
+    let pcm48 = signal(48000, frames * 960);
+    let opus_pkts: Vec<Vec<u8>> = pcm48.chunks(960).map(|c| opus.encode_vec(c, 1500).expect("encode")).collect();
+    let g722_refs: Vec<&[u8]> = g722_pkts.iter().map(Vec::as_slice).collect();
+    let opus_refs: Vec<&[u8]> = opus_pkts.iter().map(Vec::as_slice).collect();
+    let g722_f = PayloadFormat::new("G722", 8000, None);
+    let opus_f = PayloadFormat::new("opus", 48000, Some(2));
+    let rows = [
+        (
+            "decode G.722 (160 B → 16 kHz)",
+            time("decode G.722 (160 B → 16 kHz)", frames, || decode_all(&g722_f, 16000, 160, &g722_refs)),
+        ),
+        (
+            "decode G.722 + resample to 8 kHz",
+            time("decode G.722 + resample to 8 kHz", frames, || decode_all(&g722_f, 8000, 160, &g722_refs)),
+        ),
+        (
+            "decode G.722 + resample to 48 kHz",
+            time("decode G.722 + resample to 48 kHz", frames, || decode_all(&g722_f, 48000, 160, &g722_refs)),
+        ),
+        (
+            "decode Opus (→ 48 kHz)",
+            time("decode Opus (→ 48 kHz)", frames, || decode_all(&opus_f, 48000, 960, &opus_refs)),
+        ),
+        (
+            "decode Opus (→ 16 kHz)",
+            time("decode Opus (→ 16 kHz)", frames, || decode_all(&opus_f, 16000, 960, &opus_refs)),
+        ),
+    ];
+    let pcmu = PayloadFormat::new("PCMU", 8000, None);
+    let ulaw: Vec<u8> = vec![0x55; 160];
+    let ulaw_pkts: Vec<&[u8]> = (0..frames).map(|_| ulaw.as_slice()).collect();
+    let up = time("decode G.711 + resample to 16 kHz", frames, || decode_all(&pcmu, 16000, 160, &ulaw_pkts));
+    let up48 = time("decode G.711 + resample to 48 kHz", frames, || decode_all(&pcmu, 48000, 160, &ulaw_pkts));
+    println!("decoder cost per packet as a ratio to G.711's ({g711:.0} ns):");
+    for (label, ns) in rows
+        .iter()
+        .copied()
+        .chain([("decode G.711 + resample to 16 kHz", up), ("decode G.711 + resample to 48 kHz", up48)])
+    {
+        println!("  {label:<46} {:>6.1}x", ns / g711);
+    }
 }

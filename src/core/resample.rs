@@ -27,11 +27,14 @@ pub struct Resampler {
     to: u32,
     up: usize,
     down: usize,
-    /// Prototype filter, `TAPS_PER_PHASE × max(up, down)` taps, scaled for unity pass-band gain.
-    taps: Vec<f32>,
-    /// The most recent inputs, newest last (`history_len` of them).
-    history: Vec<f32>,
-    /// Inputs seen since the last output while downsampling (0..down).
+    /// Per output phase, the taps that meet the window (oldest input first): `up` rows when
+    /// interpolating, one row when decimating.
+    phases: Vec<Vec<f32>>,
+    /// The input window, written twice (at `i` and `i + n`) so the newest `n` inputs are always
+    /// the contiguous slice `ring[at..at + n]`: no shifting per sample.
+    ring: Vec<f32>,
+    at: usize,
+    /// Inputs seen since the last output while decimating (0..down).
     phase: usize,
 }
 
@@ -57,11 +60,17 @@ impl Resampler {
             return Err(err);
         }
         let factor = up.max(down);
-        let mut taps = if factor == 1 { Vec::new() } else { design(factor) };
-        // Each of the interpolator's phases carries 1/up of the filter's gain.
-        taps.iter_mut().for_each(|t| *t *= up as f32);
-        let history_len = if factor == 1 { 0 } else { taps.len() / up };
-        Ok(Resampler { from, to, up, down, taps, history: vec![0.0; history_len], phase: 0 })
+        let mut phases = Vec::new();
+        let mut n = 0;
+        if factor > 1 {
+            let h = design(factor);
+            n = h.len() / up;
+            // Output phase p of input x[i] is the sum over k of h[k·up + p] · x[i − k]; window
+            // slot j holds x[i − (n − 1 − j)]. Each interpolator phase carries 1/up of the gain.
+            let gain = up as f32;
+            phases = (0..up).map(|p| (0..n).map(|j| h[(n - 1 - j) * up + p] * gain).collect()).collect();
+        }
+        Ok(Resampler { from, to, up, down, phases, ring: vec![0.0; 2 * n], at: 0, phase: 0 })
     }
 
     pub fn from_rate(&self) -> u32 {
@@ -79,7 +88,8 @@ impl Resampler {
 
     /// Forgets the history: the next input starts from silence.
     pub fn reset(&mut self) {
-        self.history.iter_mut().for_each(|h| *h = 0.0);
+        self.ring.iter_mut().for_each(|h| *h = 0.0);
+        self.at = 0;
         self.phase = 0;
     }
 
@@ -89,44 +99,43 @@ impl Resampler {
             out.extend_from_slice(input);
             return;
         }
-        let n = self.history.len();
-        if self.up > 1 {
-            // Output phase p of input x[i]: sum over k of h[k·L + p] · x[i − k].
-            out.reserve(input.len() * self.up);
-            for &x in input {
-                self.push(f32::from(x));
-                for p in 0..self.up {
-                    let mut acc = 0.0f32;
-                    for k in 0..n {
-                        acc += self.taps[k * self.up + p] * self.history[n - 1 - k];
-                    }
-                    out.push(to_i16(acc));
-                }
+        let n = self.ring.len() / 2;
+        out.reserve(input.len() * self.up / self.down + 1);
+        for &x in input {
+            let v = f32::from(x);
+            self.ring[self.at] = v;
+            self.ring[self.at + n] = v;
+            self.at += 1;
+            if self.at == n {
+                self.at = 0;
             }
-        } else {
-            out.reserve(input.len() / self.down + 1);
-            for &x in input {
-                self.push(f32::from(x));
+            let window = &self.ring[self.at..self.at + n];
+            if self.up > 1 {
+                for taps in &self.phases {
+                    out.push(to_i16(dot(window, taps)));
+                }
+            } else {
                 self.phase += 1;
                 if self.phase == self.down {
                     self.phase = 0;
-                    let mut acc = 0.0f32;
-                    for (k, t) in self.taps.iter().enumerate() {
-                        acc += t * self.history[n - 1 - k];
-                    }
-                    out.push(to_i16(acc));
+                    out.push(to_i16(dot(window, &self.phases[0])));
                 }
             }
         }
     }
+}
 
-    fn push(&mut self, x: f32) {
-        // A shift per sample keeps the inner loops simple; histories are at most 144 taps.
-        self.history.copy_within(1.., 0);
-        if let Some(last) = self.history.last_mut() {
-            *last = x;
+/// A dot product in eight lanes, which the compiler keeps in vector registers.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
         }
     }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Blackman-windowed sinc with its cut-off a little below the lower rate's Nyquist frequency.
@@ -154,8 +163,9 @@ fn design(factor: usize) -> Vec<f32> {
     h.into_iter().map(|v| v as f32).collect()
 }
 
+/// Rounds half away from zero; `as` saturates at the i16 range (no libm call on the hot path).
 fn to_i16(v: f32) -> i16 {
-    v.round().clamp(-32768.0, 32767.0) as i16
+    (v + 0.5f32.copysign(v)) as i16
 }
 
 #[cfg(test)]
