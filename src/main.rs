@@ -103,10 +103,13 @@ Examples:
   callvault import call.pcap --out recordings/
   callvault import opus.pcap --out rec/ --pt 96=opus/48000/2 --pt 101=telephone-event/48000
   callvault import call.pcapng --out rec/ --layout separate --json | jq '.recordings[].legs[].lost'
+  callvault import g722.pcap --out rec/ --sample-rate 8000 --comfort-noise silence
 
 Calls are found from SIP/SDP in the capture (Call-ID, payload map, caller and callee legs).
 Without signalling, each stream A->B is paired with B->A (legs `a` and `b` by first packet);
-an unpaired stream becomes a one-leg recording.
+an unpaired stream becomes a one-leg recording. G.711, G.722 and Opus are decoded; each
+recording's rate is the highest its legs' codecs have (G.722 16 kHz, Opus 48 kHz) unless
+--sample-rate fixes it.
 
 Exit codes: 0 all recordings written; 3 capture partly unreadable (what was complete is written,
 and `errors` in the JSON says where); 2 usage error; 1 other failure (e.g. a recording could not
