@@ -10,8 +10,9 @@
 //!   froze its clock during hold) — and at an SSRC change. The new anchor is placed by arrival time.
 //! - Packets arriving out of order are placed by timestamp while their position is still open
 //!   (inside the reorder window); later ones are counted late and dropped. Duplicates are dropped.
-//! - Nothing is written for lost packets, comfort noise, DTX or hold: those positions stay zero,
-//!   so gaps keep their wall-clock length and are never collapsed.
+//! - Nothing is written for lost packets, DTX or hold: those positions stay zero, so gaps keep
+//!   their wall-clock length and are never collapsed. Comfort noise fills its period with noise
+//!   at the signalled level (when configured); Opus concealment arrives as a lead before a packet.
 //! - Clock skew: the offset between arrival position and timestamp position is tracked as a
 //!   windowed low percentile (robust against jitter); once it drifts by more than one frame from its
 //!   baseline, the anchor is shifted by the drift at the next quiet moment (silence is inserted
