@@ -3,6 +3,7 @@
 //! Kept separate from capture/core so the on-disk format (and its crash-recovery rules) can be
 //! reasoned about and tested in isolation.
 
+pub mod encode;
 pub mod sealed;
 pub mod wav;
 
