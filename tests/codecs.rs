@@ -170,3 +170,70 @@ fn comfort_noise_fills_the_silence_at_its_level_unless_turned_off() {
         assert!(rms(&planes[0][16000 + 80..]) < 1.0, "µ-law 0xff is silence: no noise once audio resumed");
     }
 }
+
+// Found when tried to break: a codec change to another RTP clock on the same SSRC (PCMU, then
+// Opus with its timestamps in 48 kHz units) dropped every Opus packet as late.
+#[test]
+fn a_change_to_a_codec_with_another_clock_on_one_ssrc_is_placed_by_arrival() {
+    let mut opus = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let tone: Vec<i16> = (0..960).map(|i| (8000.0 * (i as f64 * 0.05).sin()) as i16).collect();
+    let mut map = PayloadMap::with_static_types();
+    map.insert(96, PayloadFormat::new("opus", 48000, Some(2)));
+    let mut input = Vec::new();
+    for i in 0..300u32 {
+        let t = u64::from(i) * 20_000_000;
+        let p = if i < 150 {
+            rtp(0, i as u16, i * 160, 5, &[0xff; 160])
+        } else {
+            rtp(96, i as u16, 150 * 160 + (i - 150) * 960, 5, &opus.encode_vec(&tone, 1500).unwrap())
+        };
+        input.push((t, 0, p));
+    }
+    let (rec, planes) = run(recording(16000, vec![map]), &input);
+    let s = rec.legs()[0].stats();
+    assert_eq!((s.late, s.audio_packets), (0, 300), "{s:?}");
+    assert_eq!(planes[0].len(), 6 * 16000, "6 s at 16 kHz");
+    let loud = planes[0][3 * 16000 + 800..].iter().filter(|v| v.unsigned_abs() > 2000).count();
+    assert!(loud > 2 * 16000, "the Opus half is there: {loud} loud samples");
+}
+
+// Found when tried to break: duplicates went through the decoder before the timeline dropped
+// them, corrupting G.722's adaptive state (mirror ports often deliver every packet twice).
+#[test]
+fn duplicates_never_reach_the_decoder() {
+    let mut enc = ezk_g722::libg722::encoder::Encoder::new(ezk_g722::libg722::Bitrate::Mode1_64000, false, false);
+    let tone: Vec<i16> = (0..320).map(|i| (6000.0 * (i as f64 * 0.3).sin()) as i16).collect();
+    let mut once = Vec::new();
+    let mut twice = Vec::new();
+    for i in 0..100u32 {
+        let p = rtp(9, i as u16, i * 160, 3, &enc.encode(&tone));
+        let t = u64::from(i) * 20_000_000;
+        once.push((t, 0, p.clone()));
+        twice.push((t, 0, p.clone()));
+        twice.push((t + 1_000_000, 0, p));
+    }
+    let (_, a) = run(recording(16000, vec![PayloadMap::with_static_types()]), &once);
+    let (rec, b) = run(recording(16000, vec![PayloadMap::with_static_types()]), &twice);
+    assert_eq!(rec.legs()[0].stats().duplicates, 100);
+    assert_eq!(a, b, "the same audio with and without duplicates");
+}
+
+// Found when tried to break: a corrupt Opus packet was silence and then counted as concealed.
+#[test]
+fn a_corrupt_opus_packet_is_concealed_and_counted_once() {
+    let mut opus = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let tone: Vec<i16> = (0..960).map(|i| (8000.0 * (i as f64 * 0.05).sin()) as i16).collect();
+    let mut map = PayloadMap::with_static_types();
+    map.insert(96, PayloadFormat::new("opus", 48000, Some(2)));
+    let input: Vec<_> = (0..100u32)
+        .map(|i| {
+            let payload = if i % 10 == 5 { vec![0x0b, 0x00] } else { opus.encode_vec(&tone, 1500).unwrap() };
+            (u64::from(i) * 20_000_000, 0, rtp(96, i as u16, i * 960, 1, &payload))
+        })
+        .collect();
+    let (rec, planes) = run(recording(48000, vec![map]), &input);
+    let s = rec.legs()[0].stats();
+    assert_eq!((s.decode_errors, s.concealed, rec.legs()[0].lost()), (10, 10, 0), "{s:?}");
+    let slot = &planes[0][15 * 960..16 * 960];
+    assert!(slot.iter().any(|v| v.unsigned_abs() > 500), "the corrupt packet's slot is concealed, not silent");
+}

@@ -795,10 +795,10 @@ fn leg_channels_at_start_are_honoured_or_refused() {
 fn a_g722_leg_and_a_pcmu_leg_record_at_16_khz_with_equal_channels() {
     let d = Daemon::start(Options::default());
     let mut c = d.client().unwrap();
-    for bad in [json!(44100), json!("16000"), json!(0)] {
+    for bad in [json!(44100), json!("16000"), json!(0), json!(4_294_975_296u64), json!(8000.5)] {
         let r = c.request(json!({"cmd": "start", "call_id": "r", "sample_rate": bad, "legs": [{"label": "a"}]}));
         assert_eq!(r["error"]["code"], "bad_request", "{r}");
-        assert!(r["error"]["message"].as_str().unwrap().contains("8000, 16000 or 48000"), "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("8000, 16000, 48000 or \"auto\""), "{r}");
     }
     // Declared: G.722 on the customer leg, so the recording is 16 kHz ("auto").
     let r = c.request(json!({"cmd": "start", "call_id": "wb", "legs": [

@@ -462,9 +462,9 @@ impl Control {
         let mut recording = RecordingConfig::default();
         recording.timeline.reorder_window_ms = self.cfg.recording.reorder_window_ms;
         recording.timeline.comfort_noise = self.cfg.recording.comfort_noise;
-        recording.timeline.sample_rate = s
-            .sample_rate
-            .or(self.cfg.recording.sample_rate.fixed())
+        let rate_choice = s.sample_rate.as_ref().unwrap_or(&self.cfg.recording.sample_rate);
+        recording.timeline.sample_rate = rate_choice
+            .fixed()
             .unwrap_or_else(|| crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter())));
         recording.keep_dtmf_digits = s.dtmf_digits.unwrap_or(self.cfg.recording.dtmf_digits);
         let recording_id = ulid::Ulid::new().to_string();

@@ -50,8 +50,8 @@ pub struct StartRequest {
     pub metadata: Map<String, Value>,
     /// Keep DTMF digits for this call (config default if absent).
     pub dtmf_digits: Option<bool>,
-    /// Sample rate (config default if absent).
-    pub sample_rate: Option<u32>,
+    /// Sample rate: a rate or auto (config default if absent).
+    pub sample_rate: Option<crate::config::SampleRate>,
 }
 
 /// A parsed command.
@@ -186,12 +186,16 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
             },
             sample_rate: match obj.get("sample_rate") {
                 None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s == "auto" => Some(crate::config::SampleRate::Word(s.clone())),
                 Some(Value::Number(n))
-                    if n.as_u64().is_some_and(|r| crate::core::decode::RECORDING_RATES.contains(&(r as u32))) =>
+                    if n.as_u64()
+                        .is_some_and(|r| crate::core::decode::RECORDING_RATES.iter().any(|k| u64::from(*k) == r)) =>
                 {
-                    n.as_u64().map(|r| r as u32)
+                    n.as_u64().map(|r| crate::config::SampleRate::Hz(r as u32))
                 }
-                Some(other) => return Err(bad(format!("\"sample_rate\" must be 8000, 16000 or 48000, not {other}"))),
+                Some(other) => {
+                    return Err(bad(format!("\"sample_rate\" must be 8000, 16000, 48000 or \"auto\", not {other}")));
+                }
             },
         })
         .check_format(obj)?,

@@ -19,6 +19,10 @@ use super::resample::Resampler;
 /// The longest gap Opus concealment fills.
 pub const MAX_CONCEAL_MS: u32 = 120;
 
+/// How far behind the newest packet a sequence number still counts as reordered rather than a
+/// restart of the numbering.
+const REORDER_SPAN: u16 = 256;
+
 /// What one decoded packet gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Decoded {
@@ -27,6 +31,8 @@ pub struct Decoded {
     pub lead: usize,
     /// Lost frames filled by FEC or concealment.
     pub concealed: u32,
+    /// The packet itself was corrupt: its time was filled by concealment instead.
+    pub corrupt: bool,
 }
 
 /// Why a packet gave no audio.
@@ -38,6 +44,9 @@ pub enum DecodeError {
     /// The payload is not valid for its codec.
     #[error("{codec} payload not decodable: {reason}")]
     Corrupt { codec: &'static str, reason: String },
+    /// The same packet again (a duplicate): decoding it twice would disturb the decoder's state.
+    #[error("packet already decoded")]
+    Repeat,
 }
 
 /// The audio sample rate a codec produces (not its RTP clock: G.722 is 16 kHz on an 8 kHz clock).
@@ -81,12 +90,24 @@ pub struct LegDecoder {
     last: Option<Last>,
     native: Vec<i16>,
     opus_buf: Vec<i16>,
+    /// Sequence numbers of the last packets decoded from this source, to skip duplicates.
+    recent: [u16; 16],
+    recent_at: usize,
 }
 
 impl LegDecoder {
     /// A decoder producing audio at `rate` Hz (one of [`RECORDING_RATES`]).
     pub fn new(rate: u32) -> Self {
-        LegDecoder { rate, active: None, resampler: None, last: None, native: Vec::new(), opus_buf: Vec::new() }
+        LegDecoder {
+            rate,
+            active: None,
+            resampler: None,
+            last: None,
+            native: Vec::new(),
+            opus_buf: Vec::new(),
+            recent: [0; 16],
+            recent_at: 0,
+        }
     }
 
     /// Decodes one packet's payload, appending samples at the recording's rate to `out`.
@@ -104,6 +125,9 @@ impl LegDecoder {
         if fresh {
             self.active = Some((codec, ssrc, self.build(codec, &format.encoding)?));
             self.last = None;
+            // Nothing decoded from the new source yet: a number it shares with the old one
+            // is no repeat.
+            self.recent = [seq.wrapping_sub(1000); 16];
             let native = match codec {
                 Codec::Opus => self.rate,
                 other => audio_rate(other).unwrap_or(self.rate),
@@ -113,9 +137,14 @@ impl LegDecoder {
                     .map_err(|e| DecodeError::Corrupt { codec: "resampler", reason: e.to_string() })?,
             );
         }
+        if !fresh && self.recent.contains(&seq) {
+            return Err(DecodeError::Repeat);
+        }
         let in_order = self.last.is_some_and(|l| seq == l.seq.wrapping_add(1));
         let gap = self.last.map(|l| seq.wrapping_sub(l.seq).wrapping_sub(1)).filter(|g| *g < 0x8000);
-        let newer = self.last.is_none_or(|l| seq.wrapping_sub(l.seq) < 0x8000 && seq != l.seq);
+        // Newer than the last, unless at most REORDER_SPAN behind it (a reordered packet): a
+        // bigger step back is a sender that restarted its numbering, and becomes the new last.
+        let newer = self.last.is_none_or(|l| l.seq.wrapping_sub(seq) > REORDER_SPAN);
         let Some((_, _, active)) = self.active.as_mut() else { unreachable!("built above") };
         let resampler = self.resampler.as_mut().expect("built with the decoder");
         if !in_order && !fresh {
@@ -137,8 +166,24 @@ impl LegDecoder {
                 let rate = self.rate;
                 let max = rate as usize * 120 / 1000;
                 self.opus_buf.resize(max, 0);
-                let nb = opus::packet::get_nb_samples(payload, 48000)
-                    .map_err(|e| DecodeError::Corrupt { codec: "Opus", reason: e.to_string() })?;
+                let nb = match opus::packet::get_nb_samples(payload, 48000) {
+                    Ok(nb) if nb > 0 => nb,
+                    // A corrupt packet: conceal its time (the previous packet's length) rather
+                    // than leave a hole in the middle of speech.
+                    bad => {
+                        let reason = bad.map_or_else(|e| e.to_string(), |_| "no audio frames".into());
+                        let Some(l) = self.last.filter(|l| l.ts_len > 0 && l.ts_len <= 48 * 120) else {
+                            return Err(DecodeError::Corrupt { codec: "Opus", reason });
+                        };
+                        let frame = (l.ts_len as usize * rate as usize) / 48000;
+                        let n = d
+                            .decode(&[], &mut self.opus_buf[..frame], false)
+                            .map_err(|e| DecodeError::Corrupt { codec: "Opus", reason: e.to_string() })?;
+                        out.extend_from_slice(&self.opus_buf[..n]);
+                        self.note(seq, ts, l.ts_len, newer);
+                        return Ok(Decoded { lead: 0, concealed: 1, corrupt: true });
+                    }
+                };
                 // Fill a short gap of this source before the packet (see the module notes).
                 if let (Some(l), Some(g)) = (self.last, gap)
                     && g > 0
@@ -171,10 +216,16 @@ impl LegDecoder {
             // The lead was counted at the decoder's rate; Opus decodes at the recording's.
             result.lead = result.lead.min(out.len() - before);
         }
+        self.note(seq, ts, ts_len, newer);
+        Ok(result)
+    }
+
+    fn note(&mut self, seq: u16, ts: u32, ts_len: u32, newer: bool) {
         if newer {
             self.last = Some(Last { seq, ts, ts_len });
         }
-        Ok(result)
+        self.recent[self.recent_at] = seq;
+        self.recent_at = (self.recent_at + 1) % self.recent.len();
     }
 
     fn build(&self, codec: Codec, name: &str) -> Result<Active, DecodeError> {
@@ -247,11 +298,36 @@ mod tests {
         // Packets 10 and 11 lost: 11 from FEC in 12, 10 by concealment.
         let before = out.len();
         let got = feed(&mut d, 12, &mut out);
-        assert_eq!(got, Decoded { lead: 640, concealed: 2 });
+        assert_eq!(got, Decoded { lead: 640, concealed: 2, corrupt: false });
         assert_eq!(out.len() - before, 3 * 320);
         // A gap longer than the limit (packets 13..=19, 140 ms) is left to the timeline.
         let got = feed(&mut d, 20, &mut out);
         assert_eq!(got, Decoded::default());
+    }
+
+    // Found when tried to break: after a restart of the sequence numbers the decoder kept the
+    // old last packet for minutes, so concealment was off and the resampler reset every packet.
+    #[test]
+    fn a_restarted_sequence_becomes_the_new_reference() {
+        let mut enc = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let pcm = tone(48000, 960);
+        let f = PayloadFormat::new("opus", 48000, Some(2));
+        let mut d = LegDecoder::new(48000);
+        let mut out = Vec::new();
+        let mut feed = |d: &mut LegDecoder, seq: u16, ts: u32| {
+            let p = enc.encode_vec(&pcm, 1500).unwrap();
+            d.decode(&f, 1, seq, ts, &p, &mut out).unwrap()
+        };
+        for i in 0..5u16 {
+            feed(&mut d, 5000 + i, u32::from(i) * 960);
+        }
+        // Restart 4,000 back, then one packet lost: concealed.
+        feed(&mut d, 1000, 10 * 960);
+        feed(&mut d, 1001, 11 * 960);
+        assert_eq!(feed(&mut d, 1003, 13 * 960).concealed, 1);
+        // Two behind the newest is reordering: it does not become the reference.
+        feed(&mut d, 1002, 12 * 960);
+        assert_eq!(feed(&mut d, 1004, 14 * 960).concealed, 0);
     }
 
     #[test]

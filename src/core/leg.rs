@@ -443,7 +443,26 @@ impl Leg {
         self.stats.packets += 1;
         let clock_rate = clock_rate.max(1);
         match &self.segment {
-            Some(s) if s.ssrc == ssrc => {}
+            Some(s) if s.ssrc == ssrc && s.clock_rate == clock_rate => {}
+            Some(s) if s.ssrc == ssrc => {
+                // A codec change to another RTP clock (PCMU 8 kHz → Opus 48 kHz) on the same
+                // source: the old anchor's timestamps are in other units, so place the new
+                // codec by arrival, as after a discontinuity, keeping the sequence bookkeeping.
+                let anchor = self.arrival_anchor(now_ns, cursor);
+                let seg = self.segment.as_mut().expect("matched above");
+                seg.clock_rate = clock_rate;
+                seg.anchor_ext_ts = i64::from(ts);
+                seg.first_ts = ts;
+                seg.anchor_pos = anchor;
+                seg.reference = None;
+                seg.drift = Drift::new(now_ns, i64::from(self.cfg.drift_window_ms) * 1_000_000);
+                self.stats.discontinuities += 1;
+                if let SeqClass::Duplicate = seg.seq.classify(seq) {
+                    self.stats.duplicates += 1;
+                    return Placement::Dropped;
+                }
+                return self.place_new(now_ns, cursor, ts, media, true);
+            }
             Some(_) => {
                 let anchor = self.arrival_anchor(now_ns, cursor);
                 self.open_segment(ssrc, seq, ts, clock_rate, now_ns, anchor);
@@ -456,7 +475,6 @@ impl Leg {
             }
         }
         let seg = self.segment.as_mut().expect("checked above");
-        seg.clock_rate = clock_rate;
         match seg.seq.classify(seq) {
             SeqClass::Duplicate => {
                 self.stats.duplicates += 1;
@@ -658,7 +676,8 @@ impl Leg {
     fn start_noise(&mut self, pos: i64, level_dbov: u8) {
         // RFC 3389 §3: the level is −dBov, 0–127; the RMS of a full-scale sine is 0 dBov.
         let rms = 32767.0 / 2f32.sqrt() * 10f32.powf(-f32::from(level_dbov.min(127)) / 20.0);
-        let peak = rms * 3f32.sqrt();
+        // Uniform noise of that RMS; below 2 dBov it would pass full scale, so it is capped there.
+        let peak = (rms * 3f32.sqrt()).min(32767.0);
         match self.noise.last_mut() {
             // A CN update while one period runs only changes its level.
             Some(last) if last.end == i64::MAX && last.start <= pos => last.peak = peak,

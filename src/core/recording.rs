@@ -172,7 +172,13 @@ impl Recording {
                         l.stats_mut().concealed += u64::from(d.concealed);
                         l.on_rtp(rel, cursor, id, Media::Concealed { samples: &self.decoded, lead: d.lead })
                     }
-                    Ok(_) => l.on_rtp(rel, cursor, id, Media::Samples(&self.decoded)),
+                    Ok(d) => {
+                        l.stats_mut().concealed += u64::from(d.concealed);
+                        l.stats_mut().decode_errors += u64::from(d.corrupt);
+                        l.on_rtp(rel, cursor, id, Media::Samples(&self.decoded))
+                    }
+                    // A duplicate: the leg counts and drops it.
+                    Err(DecodeError::Repeat) => l.on_rtp(rel, cursor, id, Media::Undecodable),
                     Err(DecodeError::Unsupported(_)) => {
                         l.note_unsupported(&format.encoding);
                         l.on_rtp(rel, cursor, id, Media::Undecodable)

@@ -203,7 +203,8 @@ impl StreamEncoder {
             Format::Opus => {
                 let mut encoders = Vec::new();
                 for _ in 0..channels {
-                    let mut e = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).map_err(opus_err)?;
+                    let mut e =
+                        opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).map_err(opus_err)?;
                     e.set_bitrate(opus::Bitrate::Bits(opus_bitrate(rate))).map_err(opus_err)?;
                     e.set_signal(opus::Signal::Voice).map_err(opus_err)?;
                     // Complexity 5 costs half of 10 for a difference in speech few can hear.
@@ -234,9 +235,12 @@ impl StreamEncoder {
                 (Kind::Opus(Box::new(ogg)), head)
             }
             Format::Mp3 => {
-                let mut b = mp3lame_encoder::Builder::new()
-                    .ok_or_else(|| EncodeError::Codec { codec: "MP3", reason: "LAME could not be initialised".into() })?;
-                let lame_err = |e: mp3lame_encoder::BuildError| EncodeError::Codec { codec: "MP3", reason: e.to_string() };
+                let mut b = mp3lame_encoder::Builder::new().ok_or_else(|| EncodeError::Codec {
+                    codec: "MP3",
+                    reason: "LAME could not be initialised".into(),
+                })?;
+                let lame_err =
+                    |e: mp3lame_encoder::BuildError| EncodeError::Codec { codec: "MP3", reason: e.to_string() };
                 b.set_num_channels(channels as u8).map_err(lame_err)?;
                 b.set_sample_rate(rate).map_err(lame_err)?;
                 // Else LAME picks its own output rate for the bitrate (48 kHz came out at 32).
@@ -386,10 +390,9 @@ impl OggOpus {
 /// last of a multistream packet must be. Our encoder emits one 20 ms frame per packet (code 0),
 /// whose self-delimited form is the TOC, the frame's length, then the frame.
 fn self_delimited(packet: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let (&toc, frame) = packet.split_first().ok_or_else(|| EncodeError::Codec {
-        codec: "Opus",
-        reason: "the encoder returned an empty packet".into(),
-    })?;
+    let (&toc, frame) = packet
+        .split_first()
+        .ok_or_else(|| EncodeError::Codec { codec: "Opus", reason: "the encoder returned an empty packet".into() })?;
     if toc & 0x03 != 0 {
         return Err(EncodeError::Codec {
             codec: "Opus",
@@ -489,7 +492,14 @@ mod tests {
     #[test]
     #[ignore = "writes samples to /tmp for a look with ffprobe"]
     fn write_samples_for_a_look() {
-        for (f, rate, ch) in [(Format::Opus, 8000, 1), (Format::Opus, 16000, 2), (Format::Opus, 48000, 2), (Format::Mp3, 8000, 1), (Format::Mp3, 16000, 2), (Format::Mp3, 48000, 2)] {
+        for (f, rate, ch) in [
+            (Format::Opus, 8000, 1),
+            (Format::Opus, 16000, 2),
+            (Format::Opus, 48000, 2),
+            (Format::Mp3, 8000, 1),
+            (Format::Mp3, 16000, 2),
+            (Format::Mp3, 48000, 2),
+        ] {
             let out = encode(f, rate, ch, rate as usize * 3 + 7, 160);
             std::fs::write(format!("/tmp/look-{rate}-{ch}.{}", f.ext()), out).unwrap();
         }
