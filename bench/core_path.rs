@@ -99,7 +99,7 @@ fn run_core(pkts: &[(u64, usize, Vec<u8>)], sink: Sink) -> u64 {
     let mut rec = Recording::new(RecordingConfig::default(), specs, Some(0));
     let mut planes = vec![Vec::new(), Vec::new()];
     let mut mixed = Vec::new();
-    let mut wav = WavWriter::new(Discard::default(), WavSpec { sample_rate: 8000, channels: 2 }).expect("writer");
+    let mut wav = WavWriter::new(Discard::default(), WavSpec::pcm(8000, 2)).expect("writer");
     let kek = Kek::generate("bench").expect("kek");
     let params = SealParams {
         content: Content::Audio,

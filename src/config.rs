@@ -306,6 +306,8 @@ pub struct RecordingDefaults {
     pub sample_rate: SampleRate,
     /// Fill comfort-noise periods (RFC 3389) with noise at the signalled level; false: silence.
     pub comfort_noise: bool,
+    /// File format when `start` does not say: wav, wav-ulaw, wav-alaw, opus, mp3.
+    pub format: String,
 }
 
 /// `[recording] sample_rate`: a rate in Hz or `"auto"`.
@@ -412,6 +414,7 @@ impl Default for RecordingDefaults {
             seal_chunk_kib: 8,
             sample_rate: SampleRate::Word("auto".into()),
             comfort_noise: true,
+            format: "wav".into(),
         }
     }
 }
@@ -597,6 +600,13 @@ impl Config {
                     "must be 8000, 16000, 48000 or \"auto\"",
                 ));
             }
+        }
+        if crate::output::encode::Format::parse(&self.recording.format).is_none() {
+            return Err(invalid(
+                "recording.format",
+                format!("{:?}", self.recording.format),
+                "must be \"wav\", \"wav-ulaw\", \"wav-alaw\", \"opus\" or \"mp3\"",
+            ));
         }
         if !(1..=1024).contains(&self.recording.seal_chunk_kib) {
             return Err(invalid("recording.seal_chunk_kib", self.recording.seal_chunk_kib, "must be 1 to 1024"));

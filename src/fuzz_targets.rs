@@ -155,7 +155,7 @@ pub fn sealed_file_seed(finalised: bool) -> Vec<u8> {
         created_ms: 1,
         index: "{\"recording_id\":\"x\",\"output\":0}".into(),
     };
-    let spec = crate::output::wav::WavSpec { sample_rate: 8000, channels: 1 };
+    let spec = crate::output::wav::WavSpec::pcm(8000, 1);
     let head = crate::output::wav::build_header(&spec, 0, false);
     let mut w = SealWriter::create(Vec::new(), &params, keys.active_kek().expect("kek"), &head).expect("writer");
     let body: Vec<u8> = (0..3300u32).map(|i| (i * 7) as u8).collect();

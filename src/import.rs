@@ -44,6 +44,8 @@ pub struct ImportOptions {
     pub sample_rate: Option<u32>,
     /// Fill comfort-noise periods with noise at the signalled level (else silence).
     pub comfort_noise: bool,
+    /// File format of the recordings.
+    pub format: crate::output::encode::Format,
 }
 
 /// Progress callback: `(bytes read, total bytes, pass 1 or 2)`.
@@ -140,6 +142,8 @@ pub struct RecordingReport {
     pub file: Option<String>,
     /// `stereo`, `mono` or `separate`.
     pub layout: &'static str,
+    /// `wav`, `wav-ulaw`, `wav-alaw`, `opus` or `mp3`.
+    pub format: &'static str,
     /// Sample rate in Hz.
     pub sample_rate: u32,
     /// Channels per file.
@@ -622,7 +626,7 @@ pub fn run(opts: &ImportOptions, mut progress: Option<Progress<'_>>) -> Result<I
             .map(|f| f.first_ns)
             .min()
             .unwrap_or(p.first_ns);
-        p.sample_rate = opts.sample_rate.unwrap_or_else(|| {
+        p.sample_rate = opts.sample_rate.or(opts.format.fixed_rate()).unwrap_or_else(|| {
             let sent = p.legs.iter().flat_map(|l| {
                 l.flows.iter().filter_map(|k| flows.get(k)).flat_map(|f| f.pts.keys().filter_map(|pt| l.map.get(*pt)))
             });
@@ -712,7 +716,10 @@ fn open_call(
         Some(_) => id.clone(),
         None => format!("{}-{}", sanitise(&plan.call_id), id),
     };
-    let ext = if opts.sealing.is_some() { sealed::AUDIO_EXT } else { "wav" };
+    let ext = match opts.sealing {
+        Some(_) => format!("{}.cvs", opts.format.ext()),
+        None => opts.format.ext().to_string(),
+    };
     let rate = cfg.timeline.sample_rate;
     let mut names = Vec::new();
     if opts.layout == Layout::Separate {
@@ -728,10 +735,10 @@ fn open_call(
     for (output, (name, channels)) in names.into_iter().enumerate() {
         let final_path = out_dir.join(format!("{name}.{ext}"));
         let partial = out_dir.join(format!("{name}.{ext}.partial"));
-        let spec = WavSpec { sample_rate: rate, channels };
+        let spec = WavSpec::pcm(rate, channels);
         let output = (opts.layout == Layout::Separate).then_some(output);
         let index = || sealed::audio_index(&id, &started_at, output);
-        let w = AudioFile::create(&partial, spec, opts.sealing.as_ref(), &id, index)?;
+        let w = AudioFile::create(&partial, opts.format, spec, opts.sealing.as_ref(), &id, index)?;
         writers.push((partial, final_path, w));
     }
     Ok(ActiveCall {
@@ -854,6 +861,7 @@ fn close_call(
         call_id: plan.call_id.clone(),
         file: if opts.layout == Layout::Separate { None } else { files.first().cloned() },
         layout: opts.layout.name(),
+        format: opts.format.name(),
         sample_rate: rate,
         channels: opts.layout.channels(plan.legs.len()),
         duration_ms: frames * 1000 / u64::from(rate),

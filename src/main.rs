@@ -104,6 +104,7 @@ Examples:
   callvault import opus.pcap --out rec/ --pt 96=opus/48000/2 --pt 101=telephone-event/48000
   callvault import call.pcapng --out rec/ --layout separate --json | jq '.recordings[].legs[].lost'
   callvault import g722.pcap --out rec/ --sample-rate 8000 --comfort-noise silence
+  callvault import call.pcap --out rec/ --format opus      # or wav-ulaw, wav-alaw, mp3
 
 Calls are found from SIP/SDP in the capture (Call-ID, payload map, caller and callee legs).
 Without signalling, each stream A->B is paired with B->A (legs `a` and `b` by first packet);
@@ -187,6 +188,14 @@ struct ImportArgs {
     /// What fills comfort-noise periods (RFC 3389): noise at the level the sender signalled, or silence.
     #[arg(long = "comfort-noise", value_enum, default_value = "noise")]
     comfort_noise: ComfortNoiseArg,
+    /// File format: wav (16-bit PCM), wav-ulaw, wav-alaw (G.711, 8 kHz), opus (Ogg/Opus), mp3.
+    #[arg(long, value_name = "FORMAT", default_value = "wav", value_parser = parse_format)]
+    format: callvault::output::encode::Format,
+}
+
+fn parse_format(s: &str) -> Result<callvault::output::encode::Format, String> {
+    callvault::output::encode::Format::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a format: use wav, wav-ulaw, wav-alaw, opus or mp3"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -406,7 +415,14 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
         sealing: None,
         sample_rate: args.sample_rate.0,
         comfort_noise: args.comfort_noise == ComfortNoiseArg::Noise,
+        format: args.format,
     };
+    if let (Some(rate), Some(fixed)) = (opts.sample_rate, opts.format.fixed_rate())
+        && rate != fixed
+    {
+        eprintln!("error: --format {} is {fixed} Hz only; drop --sample-rate {rate} or choose another format", opts.format);
+        return ExitCode::from(2);
+    }
     let mut opts = opts;
     if !args.encrypt && (args.keys.key.is_some() || args.keys.key_dir.is_some() || args.signing_key.is_some()) {
         eprintln!("error: --key, --key-dir and --signing-key seal only with --encrypt");

@@ -260,7 +260,7 @@ fn repair_recovers_an_unfinished_recording() {
     use callvault::output::wav::{WavSpec, create_file};
     let tmp = tempfile::tempdir().unwrap();
     let partial = tmp.path().join("call-1.wav.partial");
-    let mut w = create_file(&partial, WavSpec { sample_rate: 8000, channels: 2 }).unwrap();
+    let mut w = create_file(&partial, WavSpec::pcm(8000, 2)).unwrap();
     w.write_samples(&vec![1000i16; 2 * 8000]).unwrap();
     w.flush().unwrap();
     std::mem::forget(w); // as if killed: the header was never patched
@@ -274,7 +274,7 @@ fn repair_recovers_an_unfinished_recording() {
     assert_eq!(hound::WavReader::open(&fixed).unwrap().duration(), 8000);
     // A .partial whose finished name is taken is left alone: the finished file may be the good
     // copy (found when tried as a new user would: repair used to replace it).
-    let mut w = create_file(&partial, WavSpec { sample_rate: 8000, channels: 2 }).unwrap();
+    let mut w = create_file(&partial, WavSpec::pcm(8000, 2)).unwrap();
     w.write_samples(&[5i16; 20]).unwrap();
     w.flush().unwrap();
     std::mem::forget(w);

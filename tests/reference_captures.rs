@@ -39,6 +39,7 @@ fn every_g711_stream_matches_its_reference_decode() {
                 sealing: None,
                 sample_rate: None,
                 comfort_noise: true,
+                format: Default::default(),
             };
             let report = import::run(&opts, None).unwrap();
             assert_eq!(report.exit_code(), 0, "{}: {:?}", capture.display(), report.errors);

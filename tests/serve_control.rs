@@ -575,7 +575,7 @@ fn an_rtp_bind_error_other_than_port_in_use_is_reported_as_itself_not_as_exhaust
 /// Writes an unfinished WAV (header and `frames` mono frames, never finalised) at `path`.
 fn unfinished_wav(path: &std::path::Path, frames: usize) {
     use callvault::output::wav::{WavSpec, create_file};
-    let mut w = create_file(path, WavSpec { sample_rate: 8000, channels: 1 }).unwrap();
+    let mut w = create_file(path, WavSpec::pcm(8000, 1)).unwrap();
     w.write_samples(&vec![1000i16; frames]).unwrap();
     w.flush().unwrap();
 }

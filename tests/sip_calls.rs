@@ -81,6 +81,7 @@ fn sip_call_with_reinvite_is_one_recording_with_caller_and_callee() {
         sealing: None,
         sample_rate: None,
         comfort_noise: true,
+        format: Default::default(),
     };
     let report = import::run(&opts, None).unwrap();
     assert_eq!(report.exit_code(), 0, "{:?}", report.errors);

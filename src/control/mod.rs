@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::core::mixer::Layout;
 use crate::core::recording::{LegSpec, RecordingConfig};
+use crate::output::encode::Format;
 use crate::engine::ports::{PortAllocator, PortError};
 use crate::engine::{CallError, Engine, Event, LegSetup, Op, StartCall};
 use protocol::{Command, LegRequest, PROTOCOL_VERSION};
@@ -405,6 +406,20 @@ impl Control {
                 ));
             }
         }
+        let format = s.format.or(Format::parse(&self.cfg.recording.format)).unwrap_or_default();
+        // A G.711 format is 8 kHz unless a rate is asked for (then its check below refuses).
+        let asked = s.sample_rate.as_ref().unwrap_or(&self.cfg.recording.sample_rate);
+        let rate = match (s.sample_rate.as_ref().and_then(|r| r.fixed()), format.fixed_rate()) {
+            (None, Some(fixed)) => fixed,
+            _ => asked.fixed().unwrap_or_else(|| {
+                crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter()))
+            }),
+        };
+        let file_channels = match layout {
+            Layout::Stereo => s.channels.unwrap_or(s.legs.len().max(2) as u16),
+            Layout::Mono | Layout::Separate => 1,
+        };
+        format.check(rate, file_channels).map_err(|e| CallError::new("unsupported_format", e.to_string()))?;
         let (worker, setups, replies) = {
             let mut reg = self.lock_registry();
             if reg.calls.contains_key(&s.call_id) {
@@ -462,10 +477,7 @@ impl Control {
         let mut recording = RecordingConfig::default();
         recording.timeline.reorder_window_ms = self.cfg.recording.reorder_window_ms;
         recording.timeline.comfort_noise = self.cfg.recording.comfort_noise;
-        let rate_choice = s.sample_rate.as_ref().unwrap_or(&self.cfg.recording.sample_rate);
-        recording.timeline.sample_rate = rate_choice
-            .fixed()
-            .unwrap_or_else(|| crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter())));
+        recording.timeline.sample_rate = rate;
         recording.keep_dtmf_digits = s.dtmf_digits.unwrap_or(self.cfg.recording.dtmf_digits);
         let recording_id = ulid::Ulid::new().to_string();
         let start = StartCall {
@@ -474,6 +486,7 @@ impl Control {
             layout,
             channels: s.channels,
             recording,
+            format,
             legs: setups,
         };
         match self.engine.call(worker, &s.call_id, Op::Start(Box::new(start))) {

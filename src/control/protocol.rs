@@ -52,6 +52,8 @@ pub struct StartRequest {
     pub dtmf_digits: Option<bool>,
     /// Sample rate: a rate or auto (config default if absent).
     pub sample_rate: Option<crate::config::SampleRate>,
+    /// File format (config default if absent).
+    pub format: Option<crate::output::encode::Format>,
 }
 
 /// A parsed command.
@@ -197,8 +199,19 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
                     return Err(bad(format!("\"sample_rate\" must be 8000, 16000, 48000 or \"auto\", not {other}")));
                 }
             },
-        })
-        .check_format(obj)?,
+            format: match obj.get("format") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(crate::output::encode::Format::parse(s).ok_or_else(|| {
+                    CallError::new("unsupported_format", format!("format {s:?} is not supported; use {}", format_names()))
+                })?),
+                Some(other) => {
+                    return Err(CallError::new(
+                        "unsupported_format",
+                        format!("\"format\" must be a string ({}), not {other}", format_names()),
+                    ));
+                }
+            },
+        }),
         "stop" => Command::Stop { call_id: call_id()? },
         "pause" => Command::Pause {
             call_id: call_id()?,
@@ -240,21 +253,9 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
     })
 }
 
-trait CheckFormat: Sized {
-    fn check_format(self, obj: &Map<String, Value>) -> Result<Self, CallError>;
-}
-
-impl CheckFormat for Command {
-    /// Only WAV is written today; asking for anything else must not silently give WAV.
-    fn check_format(self, obj: &Map<String, Value>) -> Result<Self, CallError> {
-        match obj.get("format") {
-            None | Some(Value::Null) => Ok(self),
-            Some(Value::String(s)) if s == "wav" => Ok(self),
-            Some(other) => {
-                Err(CallError::new("unsupported_format", format!("format {other} is not supported; use \"wav\"")))
-            }
-        }
-    }
+/// The format names, for error messages.
+fn format_names() -> String {
+    crate::output::encode::Format::ALL.iter().map(|f| format!("\"{}\"", f.name())).collect::<Vec<_>>().join(", ")
 }
 
 fn call_id(obj: &Map<String, Value>) -> Result<String, CallError> {
@@ -368,7 +369,7 @@ mod tests {
                 "bad_request",
             ),
             (r#"{"id":6,"cmd":"start","call_id":"c","legs":[{"label":"a","source":"nowhere"}]}"#, "bad_request"),
-            (r#"{"id":7,"cmd":"start","call_id":"c","format":"mp3","legs":[{"label":"a"}]}"#, "unsupported_format"),
+            (r#"{"id":7,"cmd":"start","call_id":"c","format":"flac","legs":[{"label":"a"}]}"#, "unsupported_format"),
             (r#"{"id":8,"cmd":"pause","call_id":"c","mode":"blur"}"#, "bad_request"),
             (r#"{"id":9}"#, "bad_request"),
         ];

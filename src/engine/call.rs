@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::core::mixer::Layout;
 use crate::core::session::{PauseMode, Session};
+use crate::output::encode::Format;
 use crate::output::sealed::{self, AudioFile, Sealing};
 use crate::output::wav::{self, WavSpec};
 
@@ -121,6 +122,8 @@ pub struct LiveCall {
     pub started_ns: u64,
     spool: PathBuf,
     sealing: Option<Arc<Sealing>>,
+    /// The file format of its audio.
+    format: Format,
     stem: String,
     outputs: Vec<Output>,
     /// Per output file, its seal record's digests (sealed recordings).
@@ -149,6 +152,7 @@ impl LiveCall {
         call_id: String,
         recording_id: String,
         metadata: serde_json::Map<String, Value>,
+        format: Format,
         session: Session,
         legs: Vec<LegLive>,
         spool: &Spool,
@@ -170,6 +174,7 @@ impl LiveCall {
             started_ns,
             spool: spool.dir.clone(),
             sealing: spool.sealing.clone(),
+            format,
             stem,
             outputs: Vec::new(),
             seals: Vec::new(),
@@ -210,7 +215,10 @@ impl LiveCall {
     }
 
     fn open_output(&mut self, index: usize) -> Result<(), wav::WavError> {
-        let ext = if self.sealing.is_some() { sealed::AUDIO_EXT } else { "wav" };
+        let ext = match self.sealing {
+            Some(_) => format!("{}.cvs", self.format.ext()),
+            None => self.format.ext().to_string(),
+        };
         let name = if self.session.layout() == Layout::Separate && self.sealing.is_some() {
             // A label may be a name or a number: sealed files carry only the leg's index.
             format!("{}-{}.{ext}", self.stem, index)
@@ -221,10 +229,11 @@ impl LiveCall {
         };
         let path = self.spool.join(name);
         let partial = partial_path(&path);
-        let spec = WavSpec { channels: self.session.channels(), sample_rate: self.session.recording().sample_rate() };
+        let spec = WavSpec::pcm(self.session.recording().sample_rate(), self.session.channels());
         let output = (self.session.layout() == Layout::Separate).then_some(index);
         let index = || sealed::audio_index(&self.recording_id, &rfc3339(self.started_at), output);
-        let writer = AudioFile::create(&partial, spec, self.sealing.as_ref(), &self.recording_id, index).inspect_err(|e| {
+        let writer = AudioFile::create(&partial, self.format, spec, self.sealing.as_ref(), &self.recording_id, index)
+            .inspect_err(|e| {
             // Created but its header could not be written (disk full): a 0-byte file that is
             // nobody's recording. A file that already existed is not ours to remove.
             let existed =
@@ -449,6 +458,7 @@ impl LiveCall {
             "end_reason": reason.map(EndReason::name),
             "file": if self.session.layout() == Layout::Separate { None } else { files.first().map(abs) },
             "layout": self.session.layout().name(),
+            "format": self.format.name(),
             "sample_rate": rate,
             "channels": self.session.channels(),
             "duration_ms": frames * 1000 / rate,
@@ -1078,6 +1088,7 @@ mod tests {
             "c".into(),
             rid.into(),
             Default::default(),
+            Format::Wav,
             session(Layout::Separate),
             legs(),
             &Spool { dir: spool.path().to_path_buf(), sealing: None },
@@ -1093,6 +1104,7 @@ mod tests {
             "c".into(),
             rid.into(),
             Default::default(),
+            Format::Wav,
             session(Layout::Stereo),
             legs(),
             &Spool { dir: spool.path().to_path_buf(), sealing: None },
@@ -1117,7 +1129,7 @@ mod tests {
     fn a_separate_recording_is_recovered_and_reported_once() {
         let spool = tempfile::tempdir().unwrap();
         let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
-        let spec = wav::WavSpec { sample_rate: 8000, channels: 1 };
+        let spec = wav::WavSpec::pcm(8000, 1);
         for (n, label) in [(0, "a"), (1, "b")] {
             let path = spool.path().join(format!("c-1-{rid}-{n}-{label}.wav.partial"));
             let mut w = wav::create_file(&path, spec).unwrap();
@@ -1152,7 +1164,7 @@ mod tests {
         let audio = spool.path().join(format!("{rid}.wav.cvs"));
         let mut w = sealed::SealedWavWriter::create(
             &audio,
-            WavSpec { sample_rate: 8000, channels: 2 },
+            WavSpec::pcm(8000, 2),
             &s,
             rid,
             sealed::clear_index(rid, "t"),
@@ -1177,7 +1189,7 @@ mod tests {
         let spool = tempfile::tempdir().unwrap();
         let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
         let path = spool.path().join(format!("c-1-{rid}.wav.partial"));
-        let w = wav::create_file(&path, wav::WavSpec { sample_rate: 8000, channels: 2 }).unwrap();
+        let w = wav::create_file(&path, wav::WavSpec::pcm(8000, 2)).unwrap();
         std::mem::forget(w);
         let sidecar = json!({"call_id": "c-1", "recording_id": rid, "state": "finished",
             "error": "writing …: No space left on device (os error 28)"});

@@ -103,6 +103,8 @@ pub struct StartCall {
     pub channels: Option<u16>,
     /// Timeline settings.
     pub recording: RecordingConfig,
+    /// The file format.
+    pub format: crate::output::encode::Format,
     /// Legs.
     pub legs: Vec<LegSetup>,
 }

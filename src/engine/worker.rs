@@ -215,6 +215,7 @@ impl Worker {
             call_id.clone(),
             start.recording_id,
             start.metadata,
+            start.format,
             session,
             lives,
             &self.spool,

@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod sealed;
+pub mod stream;
 pub mod wav;
 
 pub use wav::{RepairReport, WavError, WavInfo, WavSpec, WavStatus, WavWriter, create_file, inspect, repair};

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::encode::Format;
 use super::wav::{self, HEADER_LEN, WavError, WavInfo, WavSpec, WavWriter};
 use crate::seal::format::{self, FLAG_RECOVERED};
 use crate::seal::{Container, Content, Keyring, SealError, SealParams, SealRecord, SealWriter, SealedReader};
@@ -175,10 +176,7 @@ impl SealedWavWriter {
             return Err(WavError::PartialFrame { samples: interleaved.len(), channels: self.spec.channels });
         }
         self.buf.clear();
-        self.buf.reserve(interleaved.len() * 2);
-        for s in interleaved {
-            self.buf.extend_from_slice(&s.to_le_bytes());
-        }
+        self.spec.encode_into(interleaved, &mut self.buf);
         self.w.write(&self.buf).map_err(|e| named(&self.path, e))?;
         self.data_bytes += self.buf.len() as u64;
         Ok(())
@@ -220,22 +218,52 @@ impl SealedWavWriter {
     }
 }
 
-/// A recording's audio file, plain or sealed.
+/// A recording's audio file, plain or sealed, in its format.
 #[derive(Debug)]
 pub enum AudioFile {
     Plain(WavWriter<BufWriter<File>>),
     Sealed(Box<SealedWavWriter>),
+    /// Ogg/Opus or MP3, plain or sealed.
+    Stream(Box<super::stream::StreamFile>),
 }
 
 impl AudioFile {
-    /// Creates the file at `path` (sealed when `sealing` is given).
+    /// Creates the file at `path` in `format` (sealed when `sealing` is given). `spec` gives the
+    /// rate and channels; a G.711 format sets its sample encoding.
     pub fn create(
         path: &Path,
+        format: Format,
         spec: WavSpec,
         sealing: Option<&Arc<Sealing>>,
         recording_id: &str,
         index: impl FnOnce() -> String,
     ) -> Result<AudioFile, WavError> {
+        format.check(spec.sample_rate, spec.channels).map_err(|e| WavError::InvalidSpec { reason: e.to_string() })?;
+        let spec = WavSpec {
+            encoding: match format {
+                Format::WavUlaw => wav::SampleEncoding::Ulaw,
+                Format::WavAlaw => wav::SampleEncoding::Alaw,
+                _ => wav::SampleEncoding::Pcm16,
+            },
+            ..spec
+        };
+        if format.is_stream() {
+            let params = match sealing {
+                None => None,
+                Some(s) => Some((
+                    s,
+                    SealParams {
+                        content: Content::Audio,
+                        container: super::stream::container(format),
+                        chunk_size: s.chunk_size,
+                        recording_id: parse_ulid(path, recording_id)?,
+                        created_ms: crate::seal::now_ms(),
+                        index: index(),
+                    },
+                )),
+            };
+            return Ok(AudioFile::Stream(Box::new(super::stream::StreamFile::create(path, format, spec, params)?)));
+        }
         Ok(match sealing {
             None => AudioFile::Plain(wav::create_file(path, spec)?),
             Some(s) => AudioFile::Sealed(Box::new(SealedWavWriter::create(path, spec, s, recording_id, index())?)),
@@ -246,6 +274,7 @@ impl AudioFile {
         match self {
             AudioFile::Plain(w) => w.write_samples(interleaved),
             AudioFile::Sealed(w) => w.write_samples(interleaved),
+            AudioFile::Stream(w) => w.write_samples(interleaved),
         }
     }
 
@@ -253,6 +282,7 @@ impl AudioFile {
         match self {
             AudioFile::Plain(w) => w.flush(),
             AudioFile::Sealed(w) => w.flush(),
+            AudioFile::Stream(w) => w.flush(),
         }
     }
 
@@ -261,6 +291,7 @@ impl AudioFile {
         match self {
             AudioFile::Plain(w) => w.finalize(expected_frames).map(|i| (i, None)),
             AudioFile::Sealed(w) => w.finalize(expected_frames).map(|(i, r)| (i, Some(r))),
+            AudioFile::Stream(w) => w.finalize(expected_frames),
         }
     }
 }
@@ -341,7 +372,13 @@ pub fn spec_of(head: &[u8]) -> Option<WavSpec> {
     }
     let channels = u16::from_le_bytes([head[58], head[59]]);
     let sample_rate = u32::from_le_bytes(head[60..64].try_into().ok()?);
-    let spec = WavSpec { sample_rate, channels };
+    let encoding = match (u16::from_le_bytes([head[56], head[57]]), u16::from_le_bytes([head[70], head[71]])) {
+        (1, 16) => wav::SampleEncoding::Pcm16,
+        (7, 8) => wav::SampleEncoding::Ulaw,
+        (6, 8) => wav::SampleEncoding::Alaw,
+        _ => return None,
+    };
+    let spec = WavSpec { sample_rate, channels, encoding };
     spec.validate().ok().map(|()| spec)
 }
 
@@ -383,6 +420,14 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
         Container::Json => {
             reader.write_body_prefix(&rec, rec.body_len, out)?;
             Ok(Recovered { bytes: rec.body_len, frames: 0, spec: None, stopped_by: rec.stopped_by })
+        }
+        container @ (Container::Ogg | Container::Mp3) => {
+            // Whole pages or frames only: a torn last one would make some players stop there.
+            let mut whole = rec.head.clone().unwrap_or_default();
+            reader.write_body_prefix(&rec, rec.body_len, &mut whole)?;
+            let (frames, keep) = super::stream::playable_frames(container, &whole);
+            out.write_all(&whole[..keep]).map_err(|e| SealError::Io { action: "write", path: Default::default(), source: e })?;
+            Ok(Recovered { bytes: keep as u64, frames, spec: None, stopped_by: rec.stopped_by })
         }
     }
 }
@@ -569,7 +614,7 @@ mod tests {
     fn a_sealed_wav_decrypts_to_the_plain_wav_bit_for_bit() {
         let dir = tempfile::tempdir().unwrap();
         let s = sealing();
-        let spec = WavSpec { sample_rate: 8000, channels: 2 };
+        let spec = WavSpec::pcm(8000, 2);
         let samples: Vec<i16> = (0..8000).map(|i| (i * 37 % 20000) as i16 - 10000).collect();
         let plain_path = dir.path().join("p.wav");
         let mut p = wav::create_file(&plain_path, spec).unwrap();
@@ -592,7 +637,7 @@ mod tests {
     fn an_unfinished_sealed_wav_is_resealed_with_every_whole_chunk() {
         let dir = tempfile::tempdir().unwrap();
         let s = sealing();
-        let spec = WavSpec { sample_rate: 8000, channels: 1 };
+        let spec = WavSpec::pcm(8000, 1);
         let partial = dir.path().join(format!("{RID}.wav.cvs.partial"));
         let mut w = SealedWavWriter::create(&partial, spec, &s, RID, clear_index(RID, "t")).unwrap();
         w.write_samples(&[7i16; 1500]).unwrap(); // 3000 bytes: two whole 1 KiB chunks on disk
@@ -617,7 +662,7 @@ mod tests {
         let partial = dir.join(format!("{RID}.wav.cvs.partial"));
         let mut w = SealedWavWriter::create(
             &partial,
-            WavSpec { sample_rate: 8000, channels: 1 },
+            WavSpec::pcm(8000, 1),
             s,
             RID,
             clear_index(RID, "t"),
@@ -668,7 +713,7 @@ mod tests {
         let partial = dir.path().join(format!("{RID}.wav.cvs.partial"));
         let mut w = SealedWavWriter::create(
             &partial,
-            WavSpec { sample_rate: 8000, channels: 1 },
+            WavSpec::pcm(8000, 1),
             &s,
             RID,
             clear_index(RID, "t"),

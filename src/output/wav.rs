@@ -18,7 +18,7 @@
 //! |-------:|------:|----------------------------------------------------------------|
 //! | 0      | 12    | `RIFF` riff-size `WAVE` (or `RF64` 0xFFFFFFFF `WAVE`)          |
 //! | 12     | 36    | `JUNK` 28 + 28 zero bytes (or `ds64` 28 + riff/data/frames/0)  |
-//! | 48     | 24    | `fmt ` 16 + PCM (tag 1), channels, rate, byte rate, align, 16  |
+//! | 48     | 24    | `fmt ` 16 + tag (1 PCM, 7 µ-law, 6 A-law), channels, rate, byte rate, align, bits |
 //! | 72     | 8     | `data` data-size (0 until finalised; 0xFFFFFFFF in RF64)        |
 //! | 80     | ...   | interleaved i16 samples                                        |
 
@@ -50,18 +50,67 @@ const SIZE_IN_DS64: u32 = u32::MAX;
 /// 64 KiB cost 28 KiB more RSS per stream and ~15 % more CPU per packet at 1,000 calls.
 const FILE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// Format of the recording: always 16-bit signed little-endian PCM.
+/// How samples are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SampleEncoding {
+    /// 16-bit signed little-endian PCM (format tag 1).
+    #[default]
+    Pcm16,
+    /// G.711 µ-law, one byte per sample (format tag 7).
+    Ulaw,
+    /// G.711 A-law, one byte per sample (format tag 6).
+    Alaw,
+}
+
+impl SampleEncoding {
+    fn tag(self) -> u16 {
+        match self {
+            SampleEncoding::Pcm16 => 1,
+            SampleEncoding::Ulaw => 7,
+            SampleEncoding::Alaw => 6,
+        }
+    }
+
+    fn bytes(self) -> u16 {
+        match self {
+            SampleEncoding::Pcm16 => 2,
+            SampleEncoding::Ulaw | SampleEncoding::Alaw => 1,
+        }
+    }
+}
+
+/// Format of the recording: 16-bit PCM, or G.711 for compact archives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WavSpec {
     pub sample_rate: u32,
     pub channels: u16,
+    pub encoding: SampleEncoding,
 }
 
 impl WavSpec {
+    /// 16-bit PCM at `sample_rate` with `channels`.
+    pub const fn pcm(sample_rate: u32, channels: u16) -> Self {
+        WavSpec { sample_rate, channels, encoding: SampleEncoding::Pcm16 }
+    }
+
     /// Bytes per interleaved frame.
     pub(crate) fn block_align(&self) -> u16 {
         // validate() guarantees this does not overflow.
-        self.channels * 2
+        self.channels * self.encoding.bytes()
+    }
+
+    /// Appends `interleaved` in this spec's sample encoding.
+    pub(crate) fn encode_into(&self, interleaved: &[i16], out: &mut Vec<u8>) {
+        match self.encoding {
+            SampleEncoding::Pcm16 => {
+                out.reserve(interleaved.len() * 2);
+                for s in interleaved {
+                    out.extend_from_slice(&s.to_le_bytes());
+                }
+            }
+            SampleEncoding::Ulaw => out.extend(interleaved.iter().map(|&s| crate::core::g711::linear_to_ulaw(s))),
+            SampleEncoding::Alaw => out.extend(interleaved.iter().map(|&s| crate::core::g711::linear_to_alaw(s))),
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), WavError> {
@@ -266,10 +315,7 @@ impl<W: Write + Seek> WavWriter<W> {
             return Ok(());
         }
         self.buf.clear();
-        self.buf.resize(interleaved.len() * 2, 0);
-        for (dst, s) in self.buf.chunks_exact_mut(2).zip(interleaved) {
-            dst.copy_from_slice(&s.to_le_bytes());
-        }
+        self.spec.encode_into(interleaved, &mut self.buf);
         if let Err(e) = self.inner.write_all(&self.buf) {
             self.failed = true;
             return Err(self.io_err("write samples to", e));
@@ -436,12 +482,12 @@ pub(crate) fn build_header(spec: &WavSpec, data_bytes: u64, rf64: bool) -> [u8; 
     }
     put(&mut h, 48, b"fmt ");
     put(&mut h, 52, &16u32.to_le_bytes());
-    put(&mut h, 56, &1u16.to_le_bytes()); // WAVE_FORMAT_PCM
+    put(&mut h, 56, &spec.encoding.tag().to_le_bytes()); // PCM, or G.711 µ-law/A-law
     put(&mut h, 58, &spec.channels.to_le_bytes());
     put(&mut h, 60, &spec.sample_rate.to_le_bytes());
     put(&mut h, 64, &(spec.sample_rate * u32::from(block_align)).to_le_bytes());
     put(&mut h, 68, &block_align.to_le_bytes());
-    put(&mut h, 70, &16u16.to_le_bytes());
+    put(&mut h, 70, &(spec.encoding.bytes() * 8).to_le_bytes());
     put(&mut h, 72, b"data");
     let data32 = if rf64 { SIZE_IN_DS64 } else { data_bytes as u32 };
     put(&mut h, 76, &data32.to_le_bytes());
@@ -643,23 +689,22 @@ fn parse_fmt<R: Read + Seek>(r: &mut R, payload: u64, size: u32, path: &Path) ->
     let sample_rate = le_u32(&f, 4);
     let block_align = le_u16(&f, 12);
     let bits = le_u16(&f, 14);
-    let is_pcm = match tag {
-        1 => true,
-        0xFFFE => n >= 40 && f[24..40] == PCM_SUBFORMAT_GUID,
-        _ => false,
+    let encoding = match (tag, bits) {
+        (1, 16) => SampleEncoding::Pcm16,
+        (0xFFFE, 16) if n >= 40 && f[24..40] == PCM_SUBFORMAT_GUID => SampleEncoding::Pcm16,
+        (7, 8) => SampleEncoding::Ulaw,
+        (6, 8) => SampleEncoding::Alaw,
+        (1 | 0xFFFE, _) => {
+            return Err(unsupported(path, format!("{bits}-bit samples; only 16-bit PCM and 8-bit G.711 are handled")));
+        }
+        _ => return Err(unsupported(path, format!("format tag {tag:#06x} is neither integer PCM nor G.711"))),
     };
-    if !is_pcm {
-        return Err(unsupported(path, format!("format tag {tag:#06x} is not integer PCM")));
-    }
-    if bits != 16 {
-        return Err(unsupported(path, format!("{bits}-bit samples; only 16-bit PCM is handled")));
-    }
-    let spec = WavSpec { sample_rate, channels };
+    let spec = WavSpec { sample_rate, channels, encoding };
     spec.validate().map_err(|e| not_wav(path, format!("bad fmt chunk: {e}")))?;
     if block_align != spec.block_align() {
         return Err(not_wav(
             path,
-            format!("block align {block_align} does not match {channels} channels of 16-bit samples"),
+            format!("block align {block_align} does not match {channels} channels of {bits}-bit samples"),
         ));
     }
     Ok((spec, u64::from(block_align)))
@@ -816,7 +861,7 @@ mod tests {
     use std::process::Command;
 
     fn spec(sample_rate: u32, channels: u16) -> WavSpec {
-        WavSpec { sample_rate, channels }
+        WavSpec::pcm(sample_rate, channels)
     }
 
     /// Deterministic samples that include both extremes.

@@ -111,6 +111,10 @@ pub enum Container {
     Wav,
     /// JSON text, no head.
     Json,
+    /// Ogg/Opus: the head is the OpusHead and OpusTags pages; any prefix of whole pages plays.
+    Ogg,
+    /// MP3 frames, no head; any prefix of whole frames plays.
+    Mp3,
 }
 
 impl Container {
@@ -118,12 +122,16 @@ impl Container {
         match self {
             Container::Wav => 1,
             Container::Json => 2,
+            Container::Ogg => 3,
+            Container::Mp3 => 4,
         }
     }
     fn from_code(c: u8) -> Option<Container> {
         match c {
             1 => Some(Container::Wav),
             2 => Some(Container::Json),
+            3 => Some(Container::Ogg),
+            4 => Some(Container::Mp3),
             _ => None,
         }
     }
@@ -132,6 +140,8 @@ impl Container {
         match self {
             Container::Wav => "wav",
             Container::Json => "json",
+            Container::Ogg => "ogg",
+            Container::Mp3 => "mp3",
         }
     }
 }
