@@ -420,7 +420,10 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
     if let (Some(rate), Some(fixed)) = (opts.sample_rate, opts.format.fixed_rate())
         && rate != fixed
     {
-        eprintln!("error: --format {} is {fixed} Hz only; drop --sample-rate {rate} or choose another format", opts.format);
+        eprintln!(
+            "error: --format {} is {fixed} Hz only; drop --sample-rate {rate} or choose another format",
+            opts.format
+        );
         return ExitCode::from(2);
     }
     let mut opts = opts;

@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::core::mixer::Layout;
 use crate::core::recording::{LegSpec, RecordingConfig};
-use crate::output::encode::Format;
 use crate::engine::ports::{PortAllocator, PortError};
 use crate::engine::{CallError, Engine, Event, LegSetup, Op, StartCall};
+use crate::output::encode::Format;
 use protocol::{Command, LegRequest, PROTOCOL_VERSION};
 
 /// How many recent events are kept for `subscribe` with `since`.
@@ -411,9 +411,9 @@ impl Control {
         let asked = s.sample_rate.as_ref().unwrap_or(&self.cfg.recording.sample_rate);
         let rate = match (s.sample_rate.as_ref().and_then(|r| r.fixed()), format.fixed_rate()) {
             (None, Some(fixed)) => fixed,
-            _ => asked.fixed().unwrap_or_else(|| {
-                crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter()))
-            }),
+            _ => asked
+                .fixed()
+                .unwrap_or_else(|| crate::core::decode::default_rate(s.legs.iter().flat_map(|l| l.declared.iter()))),
         };
         let file_channels = match layout {
             Layout::Stereo => s.channels.unwrap_or(s.legs.len().max(2) as u16),

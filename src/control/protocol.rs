@@ -202,7 +202,10 @@ fn parse_command(obj: &Map<String, Value>) -> Result<Command, CallError> {
             format: match obj.get("format") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(crate::output::encode::Format::parse(s).ok_or_else(|| {
-                    CallError::new("unsupported_format", format!("format {s:?} is not supported; use {}", format_names()))
+                    CallError::new(
+                        "unsupported_format",
+                        format!("format {s:?} is not supported; use {}", format_names()),
+                    )
                 })?),
                 Some(other) => {
                     return Err(CallError::new(

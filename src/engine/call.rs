@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::core::mixer::Layout;
 use crate::core::session::{PauseMode, Session};
-use crate::output::encode::Format;
+use crate::output::encode::{Format, is_audio_name, strip_audio_ext};
 use crate::output::sealed::{self, AudioFile, Sealing};
 use crate::output::wav::{self, WavSpec};
 
@@ -576,7 +576,7 @@ pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value>
     let sealed_partials: Vec<&PathBuf> = names
         .iter()
         .filter(|p| {
-            ends(p, ".wav.cvs.partial")
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_audio_name(n, ".cvs.partial"))
                 || (ends(p, ".wav.cvs.partial.damaged")
                     && !PathBuf::from(p.to_string_lossy().trim_end_matches(".partial.damaged")).exists())
         })
@@ -604,7 +604,9 @@ pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value>
         )),
         None => {}
     }
-    for partial in names.iter().filter(|p| ends(p, ".wav.partial")) {
+    for partial in
+        names.iter().filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_audio_name(n, ".partial")))
+    {
         changed = true;
         if let Some(summary) = recover_partial(partial) {
             // A separate-layout recording has a file per leg: one report for the recording,
@@ -654,7 +656,12 @@ fn recover_partial(partial: &Path) -> Option<Value> {
     };
     let named = summary["recording_id"].as_str().is_some_and(|s| !s.is_empty());
     let len = fs::metadata(partial).map(|m| m.len()).unwrap_or(u64::MAX);
-    let unreadable_header = len < wav::HEADER_LEN && wav::inspect(partial).is_err();
+    let stream_format = path.extension().and_then(|e| e.to_str()).and_then(|e| match e {
+        "opus" => Some(Format::Opus),
+        "mp3" => Some(Format::Mp3),
+        _ => None,
+    });
+    let unreadable_header = stream_format.is_none() && len < wav::HEADER_LEN && wav::inspect(partial).is_err();
     if len == 0 || unreadable_header {
         // Nothing to recover: its start failed, or the header never reached the disk.
         remove_if_present(partial);
@@ -682,6 +689,14 @@ fn recover_partial(partial: &Path) -> Option<Value> {
     }
     let result = if path.exists() {
         Err(wav::WavError::WouldReplace { path: path.clone() })
+    } else if let Some(format) = stream_format {
+        // Ogg/Opus and MP3: whole pages or frames play; the torn end is cut.
+        crate::output::stream::recover_plain_stream(partial, &path, format).map(|frames| wav::RepairReport {
+            frames,
+            was_finalised: false,
+            truncated_bytes: 0,
+            rf64: false,
+        })
     } else {
         wav::repair(partial).and_then(|r| {
             fs::hard_link(partial, &path).and_then(|()| fs::remove_file(partial)).map_err(|source| {
@@ -692,7 +707,10 @@ fn recover_partial(partial: &Path) -> Option<Value> {
     };
     match result {
         Ok(r) => {
-            if !known && let Ok(st) = wav::inspect(&path) {
+            if !known
+                && stream_format.is_none()
+                && let Ok(st) = wav::inspect(&path)
+            {
                 summary["sample_rate"] = json!(st.info.sample_rate);
                 summary["channels"] = json!(st.info.channels);
             }
@@ -788,6 +806,33 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
         save(&summary);
         return Some(summary);
     }
+    if !name.contains(".wav.cvs") {
+        // Ogg/Opus or MP3: the prefix of whole pages or frames is re-sealed.
+        match crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing) {
+            Ok(r) => {
+                if let Some(e) = &failed_before {
+                    summary["recovered_after_failure"] = json!(e);
+                    summary.as_object_mut().map(|o| o.remove("error"));
+                }
+                describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
+                save(&summary);
+                crate::log::warn(&format!(
+                    "recovered sealed {} ({} frames, re-sealed under a new data key{}) left unfinished by {}{}",
+                    dest.display(),
+                    r.frames,
+                    r.stopped_by.map(|s| format!("; stopped at: {s}")).unwrap_or_default(),
+                    failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
+                    if known { "" } else { "; no readable sidecar: ids taken from the file name" }
+                ));
+            }
+            Err(e) => {
+                crate::log::error(&format!("recovery: {}: {e}", partial.display()));
+                summary["error"] = json!(e.to_string());
+                summary["partial_files"] = json!([partial.display().to_string()]);
+            }
+        }
+        return Some(summary);
+    }
     match sealed::reseal_unfinished(partial, &dest, sealing) {
         Ok(r) => {
             if let Some(e) = &failed_before {
@@ -843,12 +888,13 @@ fn describe_finished(spool: &Path, rid: &str, sealing: &Arc<Sealing>, summary: &
             damaged.push(json!({"file": abs, "why": "bytes after the recovered prefix do not authenticate"}));
             continue;
         }
-        if !n.ends_with(".wav.cvs") {
+        if !is_audio_name(n, ".cvs") {
             continue;
         }
-        match sealed::verified_wav(&p, &sealing.keys) {
-            Ok((header, frames, spec, record)) => {
-                duration = duration.max(frames * 1000 / u64::from(spec.sample_rate));
+        match sealed::verified_audio(&p, &sealing.keys) {
+            Ok((header, frames, rate, record)) => {
+                let rate = rate.or(summary["sample_rate"].as_u64().map(|r| r as u32)).unwrap_or(8000).max(1);
+                duration = duration.max(frames * 1000 / u64::from(rate));
                 // The KEK that sealed this file, which after a rotation need not be the active one.
                 let mut seal = sealed::seal_summary(&record, &header.key_id);
                 seal["file"] = json!(abs);
@@ -906,7 +952,7 @@ fn reconcile_sealed_sidecars(spool: &Path, sealing: &Arc<Sealing>, reported: &[V
         }
         let audio: Vec<&String> = files
             .iter()
-            .filter(|f| f.starts_with(rid) && (f.ends_with(".wav.cvs") || f.ends_with(".wav.cvs.partial")))
+            .filter(|f| f.starts_with(rid) && (is_audio_name(f, ".cvs") || is_audio_name(f, ".cvs.partial")))
             .collect();
         let path = spool.join(name);
         let Ok(mut v) = sealed::read_sealed_json(&path, &sealing.keys) else { continue };
@@ -954,8 +1000,8 @@ fn remove_orphan_sidecars(spool: &Path) -> bool {
             continue;
         }
         let has_audio = files.iter().any(|f| {
-            (f.ends_with(".wav") || f.ends_with(".wav.partial"))
-                && f.strip_prefix(stem).is_some_and(|rest| rest.starts_with(".wav") || rest.starts_with('-'))
+            (is_audio_name(f, "") || is_audio_name(f, ".partial"))
+                && f.strip_prefix(stem).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('-'))
         });
         if !has_audio {
             crate::log::warn(&format!(
@@ -983,7 +1029,7 @@ struct SpoolName {
 
 impl SpoolName {
     fn parse(wav: &Path) -> Option<SpoolName> {
-        let name = wav.file_name()?.to_str()?.strip_suffix(".wav")?;
+        let name = strip_audio_ext(wav.file_name()?.to_str()?)?;
         let parts: Vec<&str> = name.split('-').collect();
         // The last segment that is a ULID followed by nothing or by `<n>-<label>`.
         (1..parts.len()).rev().find_map(|i| {
@@ -1008,7 +1054,7 @@ impl SpoolName {
 
 /// The sidecar of a recording file: the longest `<prefix>.json` that exists.
 fn sidecar_for(wav: &Path) -> Option<PathBuf> {
-    let name = wav.file_name()?.to_str()?.strip_suffix(".wav")?;
+    let name = strip_audio_ext(wav.file_name()?.to_str()?)?;
     let dir = wav.parent()?;
     let mut prefix = name;
     loop {
@@ -1162,14 +1208,9 @@ mod tests {
         let s = test_sealing();
         let rid = "01M8YXH0ZYKXEV8NV6Y8M3A525";
         let audio = spool.path().join(format!("{rid}.wav.cvs"));
-        let mut w = sealed::SealedWavWriter::create(
-            &audio,
-            WavSpec::pcm(8000, 2),
-            &s,
-            rid,
-            sealed::clear_index(rid, "t"),
-        )
-        .unwrap();
+        let mut w =
+            sealed::SealedWavWriter::create(&audio, WavSpec::pcm(8000, 2), &s, rid, sealed::clear_index(rid, "t"))
+                .unwrap();
         w.write_samples(&[1i16; 16000]).unwrap();
         w.finalize(8000).unwrap();
         let meta = spool.path().join(format!("{rid}.{}", sealed::META_EXT));

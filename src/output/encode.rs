@@ -104,6 +104,20 @@ impl Format {
     }
 }
 
+/// The extensions of audio files, in every format.
+pub const AUDIO_EXTS: [&str; 3] = ["wav", "opus", "mp3"];
+
+/// `name` without its audio extension (`.wav`, `.opus`, `.mp3`), if it has one.
+pub fn strip_audio_ext(name: &str) -> Option<&str> {
+    AUDIO_EXTS.iter().find_map(|e| name.strip_suffix(e)?.strip_suffix('.'))
+}
+
+/// Whether `name` ends in an audio extension followed by `suffix` (`""`, `".partial"`, `".cvs"`,
+/// `".cvs.partial"`).
+pub fn is_audio_name(name: &str, suffix: &str) -> bool {
+    name.strip_suffix(suffix).and_then(strip_audio_ext).is_some()
+}
+
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

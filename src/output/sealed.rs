@@ -426,7 +426,11 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
             let mut whole = rec.head.clone().unwrap_or_default();
             reader.write_body_prefix(&rec, rec.body_len, &mut whole)?;
             let (frames, keep) = super::stream::playable_frames(container, &whole);
-            out.write_all(&whole[..keep]).map_err(|e| SealError::Io { action: "write", path: Default::default(), source: e })?;
+            out.write_all(&whole[..keep]).map_err(|e| SealError::Io {
+                action: "write",
+                path: Default::default(),
+                source: e,
+            })?;
             Ok(Recovered { bytes: keep as u64, frames, spec: None, stopped_by: rec.stopped_by })
         }
     }
@@ -470,6 +474,36 @@ pub fn verified_wav(path: &Path, keys: &Keyring) -> Result<(crate::seal::Header,
         .ok_or_else(|| SealError::Invalid(format!("{}: its WAV header is not callvault's", path.display())))?;
     let data = v.record.plaintext_len.saturating_sub(HEADER_LEN);
     Ok((r.header().clone(), data / u64::from(spec.block_align()), spec, v.record))
+}
+
+/// A finished sealed audio file of any format, verified in full: its header, frames, the rate
+/// those frames are at where the file says (WAV, Ogg/Opus), and its seal record.
+pub fn verified_audio(
+    path: &Path,
+    keys: &Keyring,
+) -> Result<(crate::seal::Header, u64, Option<u32>, SealRecord), SealError> {
+    let mut r = SealedReader::open(File::open(path).map_err(|e| SealError::io("open", path, e))?, keys)?;
+    match r.header().container {
+        Container::Wav => {
+            drop(r);
+            verified_wav(path, keys).map(|(h, frames, spec, record)| (h, frames, Some(spec.sample_rate), record))
+        }
+        c @ (Container::Ogg | Container::Mp3) => {
+            let mut plain = Vec::new();
+            let v = r.verify(keys.trusted(), Some(&mut plain))?;
+            let (frames, _) = super::stream::playable_frames(c, &plain);
+            // OpusHead: the input rate 12 bytes after its magic.
+            let rate = plain
+                .windows(8)
+                .position(|w| w == b"OpusHead")
+                .filter(|_| c == Container::Ogg)
+                .and_then(|at| plain.get(at + 12..at + 16))
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .filter(|r| *r > 0);
+            Ok((r.header().clone(), frames, rate, v.record))
+        }
+        Container::Json => Err(SealError::Invalid(format!("{}: not a sealed audio recording", path.display()))),
+    }
 }
 
 /// [`verified_wav`] of recording `rid`, or `None`.
@@ -660,14 +694,7 @@ mod tests {
 
     fn partial_with(dir: &Path, s: &Arc<Sealing>, samples: usize) -> PathBuf {
         let partial = dir.join(format!("{RID}.wav.cvs.partial"));
-        let mut w = SealedWavWriter::create(
-            &partial,
-            WavSpec::pcm(8000, 1),
-            s,
-            RID,
-            clear_index(RID, "t"),
-        )
-        .unwrap();
+        let mut w = SealedWavWriter::create(&partial, WavSpec::pcm(8000, 1), s, RID, clear_index(RID, "t")).unwrap();
         w.write_samples(&vec![7i16; samples]).unwrap();
         std::mem::forget(w);
         partial
@@ -711,14 +738,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = sealing();
         let partial = dir.path().join(format!("{RID}.wav.cvs.partial"));
-        let mut w = SealedWavWriter::create(
-            &partial,
-            WavSpec::pcm(8000, 1),
-            &s,
-            RID,
-            clear_index(RID, "t"),
-        )
-        .unwrap();
+        let mut w = SealedWavWriter::create(&partial, WavSpec::pcm(8000, 1), &s, RID, clear_index(RID, "t")).unwrap();
         w.write_samples(&[5i16; 1700]).unwrap();
         w.finalize(1700).unwrap();
         let before = fs::read(&partial).unwrap();

@@ -89,9 +89,11 @@ impl StreamFile {
             return Ok(());
         }
         match &mut self.out {
-            Sink::Plain(w) => w
-                .write_all(&self.buf)
-                .map_err(|source| WavError::File { path: self.path.clone(), action: "write", source })?,
+            Sink::Plain(w) => w.write_all(&self.buf).map_err(|source| WavError::File {
+                path: self.path.clone(),
+                action: "write",
+                source,
+            })?,
             Sink::Sealed { w, .. } => w.write(&self.buf).map_err(|e| seal_err(&self.path, e))?,
         }
         self.bytes += self.buf.len() as u64;
@@ -111,7 +113,9 @@ impl StreamFile {
 
     pub fn flush(&mut self) -> Result<(), WavError> {
         match &mut self.out {
-            Sink::Plain(w) => w.flush().map_err(|source| WavError::File { path: self.path.clone(), action: "flush", source }),
+            Sink::Plain(w) => {
+                w.flush().map_err(|source| WavError::File { path: self.path.clone(), action: "flush", source })
+            }
             Sink::Sealed { w, .. } => w.flush().map_err(|e| seal_err(&self.path, e)),
         }
     }
@@ -286,7 +290,8 @@ pub fn reseal_stream_unfinished(
     let mut w = SealWriter::create(out, &params, kek, &head).map_err(|e| seal_err(&tmp, e))?;
     w.write(&body[..body_keep]).map_err(|e| seal_err(&tmp, e))?;
     let signer = sealing.keys.signing().map_err(|e| seal_err(&tmp, e))?;
-    let (out, record) = w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| seal_err(&tmp, e))?;
+    let (out, record) =
+        w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| seal_err(&tmp, e))?;
     out.sync_all().map_err(io("fsync", &tmp))?;
     fs::rename(&tmp, dest).map_err(io("rename into", dest))?;
     wav::sync_parent_dir(dest)?;

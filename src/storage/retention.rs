@@ -298,17 +298,19 @@ pub fn actor() -> String {
 fn expected_names(summary: &Value) -> Vec<String> {
     let rid = summary["recording_id"].as_str().unwrap_or_default();
     let sealed = summary["encrypted"].as_bool().unwrap_or(true);
+    // Recordings from before formats existed say none: WAV.
+    let ext = summary["format"].as_str().and_then(crate::output::encode::Format::parse).unwrap_or_default().ext();
     let mut out = Vec::new();
     if summary["layout"].as_str() == Some("separate") {
         for (i, leg) in summary["legs"].as_array().into_iter().flatten().enumerate() {
             out.push(if sealed {
-                format!("{rid}-{i}.wav.cvs")
+                format!("{rid}-{i}.{ext}.cvs")
             } else {
-                format!("{rid}-{i}-{}.wav", crate::import::sanitise(leg["label"].as_str().unwrap_or_default()))
+                format!("{rid}-{i}-{}.{ext}", crate::import::sanitise(leg["label"].as_str().unwrap_or_default()))
             });
         }
     } else {
-        out.push(format!("{rid}.{}", if sealed { "wav.cvs" } else { "wav" }));
+        out.push(if sealed { format!("{rid}.{ext}.cvs") } else { format!("{rid}.{ext}") });
     }
     out.push(format!("{rid}.{}", if sealed { "meta.cvs" } else { "json" }));
     out

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Role, Storage, StorageError, Target, file_sha256};
+use crate::output::encode::strip_audio_ext;
 use crate::seal::format::hex;
 
 /// Counters and gauges for `/metrics`, updated by the shipper's thread only.
@@ -99,8 +100,8 @@ impl ScanState {
 
 /// What a spool file is to recording `rid`, by the names serve gives: sealed `<rid>.wav.cvs`,
 /// `<rid>-<n>.wav.cvs`, `<rid>.meta.cvs`; plain `<call>-<rid>.wav`,
-/// `<call>-<rid>-<n>-<label>.wav`, `<call>-<rid>.json`. Anything else is not the recording's,
-/// whatever it contains.
+/// `<call>-<rid>-<n>-<label>.wav`, `<call>-<rid>.json` (`.opus` or `.mp3` for those formats).
+/// Anything else is not the recording's, whatever it contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Own {
     Audio,
@@ -112,10 +113,11 @@ fn own_file(name: &str, rid: &str) -> Option<Own> {
     if let Some(rest) = name.strip_prefix(rid) {
         return match rest {
             ".meta.cvs" => Some(Own::Sidecar),
-            ".wav.cvs" => Some(Own::Audio),
+            _ if rest.strip_suffix(".cvs").and_then(strip_audio_ext) == Some("") => Some(Own::Audio),
             _ => rest
                 .strip_prefix('-')
-                .and_then(|r| r.strip_suffix(".wav.cvs"))
+                .and_then(|r| r.strip_suffix(".cvs"))
+                .and_then(strip_audio_ext)
                 .filter(|n| digits(n))
                 .map(|_| Own::Audio),
         };
@@ -124,9 +126,9 @@ fn own_file(name: &str, rid: &str) -> Option<Own> {
     let rest = &name[at + 1 + rid.len()..];
     match rest {
         ".json" => Some(Own::Sidecar),
-        ".wav" => Some(Own::Audio),
+        _ if strip_audio_ext(rest) == Some("") => Some(Own::Audio),
         _ => {
-            let leg = rest.strip_prefix('-')?.strip_suffix(".wav")?;
+            let leg = strip_audio_ext(rest.strip_prefix('-')?)?;
             let (n, label) = leg.split_once('-')?;
             (digits(n) && !label.is_empty()).then_some(Own::Audio)
         }
@@ -680,6 +682,12 @@ mod tests {
         for (name, own) in [
             (format!("{rid}.wav.cvs"), Some(Own::Audio)),
             (format!("{rid}-3.wav.cvs"), Some(Own::Audio)),
+            (format!("{rid}.opus.cvs"), Some(Own::Audio)),
+            (format!("{rid}-1.mp3.cvs"), Some(Own::Audio)),
+            (format!("c-1-{rid}.opus"), Some(Own::Audio)),
+            (format!("c-1-{rid}-0-agent.mp3"), Some(Own::Audio)),
+            (format!("{rid}.flac.cvs"), None),
+            (format!("{rid}.opus.cvs.partial"), None),
             (format!("{rid}.meta.cvs"), Some(Own::Sidecar)),
             (format!("c-1-{rid}.wav"), Some(Own::Audio)),
             (format!("c-1-{rid}-0-customer.wav"), Some(Own::Audio)),
