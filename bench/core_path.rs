@@ -179,7 +179,69 @@ fn main() {
     );
     let per_core_streams = 1e9 / (all * 50.0);
     println!("one core could record ~{per_core_streams:.0} streams (50 packets/s each) on this path alone");
-    codec_costs(g711_cost(&pkts));
+    let g711 = g711_cost(&pkts);
+    codec_costs(g711);
+    encoder_costs();
+}
+
+/// Encoding alone, per 20 ms of stereo audio (one packet of each leg), for each output format.
+fn encoder_costs() {
+    use callvault::output::encode::{Format, StreamEncoder};
+    let frames = (CALL_SECONDS * 50) as usize / 2;
+    for rate in [8000u32, 16000] {
+        let per = rate as usize / 50;
+        let pcm: Vec<i16> = (0..per * 2 * 50)
+            .map(|i| (6000.0 * ((i / 2) as f64 * 2.0 * std::f64::consts::PI * 300.0 / f64::from(rate)).sin()) as i16)
+            .collect();
+        let chunks: Vec<&[i16]> = pcm.chunks(per * 2).collect();
+        let mut results = Vec::new();
+        for format in [Format::Opus, Format::Mp3] {
+            let label = format!("encode {format} stereo {} kHz (20 ms)", rate / 1000);
+            let ns = time(&label, frames, || {
+                let mut e = StreamEncoder::new(format, rate, 2).expect("encoder");
+                let mut out = Vec::with_capacity(1 << 16);
+                for i in 0..frames {
+                    e.write(chunks[i % chunks.len()], &mut out).expect("encode");
+                    out.clear();
+                }
+                e.finish(&mut out).expect("finish");
+                out.len() as u64
+            });
+            results.push((format, ns));
+        }
+        let wav = time(&format!("encode wav stereo {} kHz (20 ms)", rate / 1000), frames, || {
+            let mut out = Vec::with_capacity(4096);
+            let mut n = 0u64;
+            for i in 0..frames {
+                out.clear();
+                pcm_le(chunks[i % chunks.len()], &mut out);
+                n += out.len() as u64;
+            }
+            n
+        });
+        let ulaw = time(&format!("encode wav-ulaw stereo {} kHz (20 ms)", rate / 1000), frames, || {
+            let mut out = Vec::with_capacity(4096);
+            let mut n = 0u64;
+            for i in 0..frames {
+                out.clear();
+                out.extend(chunks[i % chunks.len()].iter().map(|&s| callvault::core::g711::linear_to_ulaw(s)));
+                n += out.len() as u64;
+            }
+            n
+        });
+        println!("encoder cost per 20 ms stereo at {} kHz, as a ratio to 16-bit WAV ({wav:.0} ns):", rate / 1000);
+        println!("  wav-ulaw {:>8.1}x", ulaw / wav);
+        for (f, ns) in results {
+            println!("  {:<8} {:>8.1}x", f.name(), ns / wav);
+        }
+    }
+}
+
+/// 16-bit WAV's sample encoding, as the WAV writer does it.
+fn pcm_le(samples: &[i16], out: &mut Vec<u8>) {
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
 }
 
 /// Decoding alone, per 20 ms packet, against G.711's: one 10-minute leg of each codec.

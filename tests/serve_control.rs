@@ -39,7 +39,7 @@ fn bad_requests_get_error_replies_and_the_connection_lives_on() {
     assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!([1, 2]), json!("unknown_call")));
     assert_eq!(c.request(json!({"cmd": "start", "call_id": "x", "legs": []}))["error"]["code"], "bad_request");
     assert_eq!(
-        c.request(json!({"cmd": "start", "call_id": "x", "format": "mp3", "legs": [{"label": "a"}]}))["error"]["code"],
+        c.request(json!({"cmd": "start", "call_id": "x", "format": "flac", "legs": [{"label": "a"}]}))["error"]["code"],
         "unsupported_format"
     );
     assert_eq!(c.request(json!({"cmd": "pause", "call_id": "nope"}))["error"]["code"], "unknown_call");
