@@ -37,9 +37,13 @@ pub fn rtp_parse(data: &[u8]) {
 pub fn timeline(data: &[u8]) {
     let mut map = PayloadMap::default();
     map.insert(101, PayloadFormat::new("telephone-event", 8000, None));
+    map.insert(96, PayloadFormat::new("opus", 48000, Some(2)));
     let specs =
         vec![LegSpec { label: "a".into(), payload_map: map.clone() }, LegSpec { label: "b".into(), payload_map: map }];
-    let mut rec = Recording::new(RecordingConfig::default(), specs, Some(0));
+    // The recording's rate from the input's length: every rate, and so every resampler, is run.
+    let mut cfg = RecordingConfig::default();
+    cfg.timeline.sample_rate = crate::core::decode::RECORDING_RATES[data.len() / 8 % 3];
+    let mut rec = Recording::new(cfg, specs, Some(0));
     let mut planes = vec![Vec::new(), Vec::new()];
     let mut now: u64 = 0;
     let mut seq = [0u16; 8];
@@ -60,7 +64,9 @@ pub fn timeline(data: &[u8]) {
         now += if r[4] == 0xff { 120_000_000_000 } else { u64::from(r[4]) * 1_000_000 };
         let len = usize::from(r[5]);
         let pt = match kind {
-            0..=2 => 0,
+            0 | 1 => 0,
+            // Opus: arbitrary payloads, mostly not valid Opus (the decoder must refuse or conceal).
+            2 => 96,
             3 => 8,
             4 => 101,
             5 => 13,
