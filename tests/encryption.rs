@@ -133,9 +133,7 @@ fn first_start_generates_keys_and_says_to_back_them_up() {
     assert_eq!(mode(&keys.join("signing.key")), 0o600);
     // The second start finds them and says nothing of generating.
     assert_eq!(d.terminate(), Some(0));
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let d2 = Daemon::spawn(dir, &cfg);
+    let d2 = d.respawn();
     assert!(!d2.log().contains("generated KEK"), "{}", d2.log());
     assert!(d2.log().contains("sealing recordings with KEK"), "{}", d2.log());
 }
@@ -277,9 +275,7 @@ fn after_rotation_old_and_new_recordings_both_decrypt() {
     let o = callvault(&["key", "rotate", "--dir", keys.to_str().unwrap(), "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let new_kek = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let d2 = Daemon::spawn(dir, &cfg);
+    let d2 = d.respawn();
     let mut c = d2.client().unwrap();
     let (new_file, kek_used) = record(&mut c, "after");
     assert_eq!(kek_used, new_kek);
@@ -352,9 +348,7 @@ fn kill_9_leaves_a_file_whose_prefix_decrypt_recovers() {
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), (samples.len() / 2).to_string(), "sox agrees");
     }
     // The next start re-seals it and reports it, pause included.
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let d2 = Daemon::spawn(dir, &cfg);
+    let d2 = d.respawn();
     let mut c = d2.client().unwrap();
     assert_eq!(c.request(json!({"cmd": "subscribe", "since": 0}))["replayed"], 1);
     let e = c.next_line().unwrap();

@@ -227,9 +227,7 @@ fn kill_9_mid_call_in_opus_or_mp3_is_recovered_to_a_playable_file() {
         child.wait().unwrap();
         let partial = d.spool().join(format!("{rid}.{format}.cvs.partial"));
         assert!(partial.exists(), "{format}: {partial:?}");
-        let cfg = d.dir.path().join("callvault.toml");
-        let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-        let d2 = Daemon::spawn(dir, &cfg);
+        let d2 = d.respawn();
         let mut c = d2.client().unwrap();
         assert_eq!(c.request(json!({"cmd": "subscribe", "since": 0}))["replayed"], 1);
         let e = c.next_line().unwrap();

@@ -330,9 +330,7 @@ fn a_quick_restart_gets_the_same_ports_and_socket() {
     let (p0, _, _) = start_two_legs(&mut c, "x");
     assert_eq!(d.terminate(), Some(0));
     // Immediately: the control socket and the RTP ports are free again.
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let d2 = Daemon::spawn(dir, &cfg);
+    let d2 = d.respawn();
     let mut c = d2.client().unwrap();
     let (q0, _, _) = start_two_legs(&mut c, "x");
     assert_eq!(p0, q0, "the first port of the range binds again at once");
@@ -431,9 +429,7 @@ fn after_kill_9_the_next_start_recovers_the_unfinished_recording() {
         .expect("an unfinished recording");
     assert!(partial.to_string_lossy().contains(&rid));
     // Restart on the same data directory: the file is repaired and reported.
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let d2 = Daemon::spawn(dir, &cfg);
+    let d2 = d.respawn();
     let mut c = d2.client().unwrap();
     let r = c.request(json!({"cmd": "subscribe", "since": 0}));
     assert_eq!(r["replayed"], 1, "{r}");
@@ -610,9 +606,7 @@ fn a_restart_cleans_up_after_failed_starts_and_never_reports_empty_ids() {
     );
     // Not one of ours, and empty.
     put("junk.wav.partial", b"");
-    let cfg = d.dir.path().join("callvault.toml");
-    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
-    let mut d2 = Daemon::spawn(dir, &cfg);
+    let mut d2 = d.respawn();
     let mut c = d2.client().unwrap();
     let r = c.request(json!({"cmd": "subscribe", "since": 0}));
     assert_eq!(r["replayed"], 2, "{r}\n{}", d2.log());
@@ -639,8 +633,7 @@ fn a_restart_cleans_up_after_failed_starts_and_never_reports_empty_ids() {
     assert_eq!(samples.len(), 4000);
     // The next restart has nothing left to report.
     assert_eq!(d2.terminate(), Some(0));
-    let dir = std::mem::replace(&mut d2.dir, tempfile::tempdir().unwrap());
-    let d3 = Daemon::spawn(dir, &cfg);
+    let d3 = d2.respawn();
     let r = d3.client().unwrap().request(json!({"cmd": "subscribe", "since": 0}));
     assert_eq!(r["replayed"], 0, "{r}\n{}", d3.log());
 }

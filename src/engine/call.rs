@@ -806,39 +806,8 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
         save(&summary);
         return Some(summary);
     }
-    if !name.contains(".wav.cvs") {
-        // Ogg/Opus or MP3: the prefix of whole pages or frames is re-sealed.
-        match crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing) {
-            Ok(r) => {
-                if let Some(e) = &failed_before {
-                    summary["recovered_after_failure"] = json!(e);
-                    summary.as_object_mut().map(|o| o.remove("error"));
-                }
-                describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
-                save(&summary);
-                crate::log::warn(&format!(
-                    "recovered sealed {} ({} frames, re-sealed under a new data key{}) left unfinished by {}{}",
-                    dest.display(),
-                    r.frames,
-                    r.stopped_by.map(|s| format!("; stopped at: {s}")).unwrap_or_default(),
-                    failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
-                    if known { "" } else { "; no readable sidecar: ids taken from the file name" }
-                ));
-            }
-            Err(e) => {
-                crate::log::error(&format!("recovery: {}: {e}", partial.display()));
-                summary["error"] = json!(e.to_string());
-                summary["partial_files"] = json!([partial.display().to_string()]);
-            }
-        }
-        return Some(summary);
-    }
-    match sealed::reseal_unfinished(partial, &dest, sealing) {
-        Ok(r) => {
-            if let Some(e) = &failed_before {
-                summary["recovered_after_failure"] = json!(e);
-                summary.as_object_mut().map(|o| o.remove("error"));
-            }
+    let resealed = if name.contains(".wav.cvs") {
+        sealed::reseal_unfinished(partial, &dest, sealing).map(|r| {
             summary["sample_rate"] = json!(r.spec.sample_rate);
             summary["channels"] = json!(r.spec.channels);
             if let Some(kept) = &r.kept_damaged {
@@ -849,13 +818,28 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
                     kept.display()
                 ));
             }
+            let how =
+                if r.was_complete { "complete: only its rename was missing" } else { "re-sealed under a new data key" };
+            (r.frames, how.to_string())
+        })
+    } else {
+        // Ogg/Opus or MP3: the prefix of whole pages or frames is re-sealed.
+        crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing).map(|r| {
+            let stopped = r.stopped_by.map(|s| format!("; stopped at: {s}")).unwrap_or_default();
+            (r.frames, format!("re-sealed under a new data key{stopped}"))
+        })
+    };
+    match resealed {
+        Ok((frames, how)) => {
+            if let Some(e) = &failed_before {
+                summary["recovered_after_failure"] = json!(e);
+                summary.as_object_mut().map(|o| o.remove("error"));
+            }
             describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
             save(&summary);
             crate::log::warn(&format!(
-                "recovered sealed {} ({} frames, {}) left unfinished by {}{}",
+                "recovered sealed {} ({frames} frames, {how}) left unfinished by {}{}",
                 dest.display(),
-                r.frames,
-                if r.was_complete { "complete: only its rename was missing" } else { "re-sealed under a new data key" },
                 failed_before.as_deref().map_or("a crash".to_string(), |e| format!("an earlier failure ({e})")),
                 if known { "" } else { "; no readable sidecar: ids taken from the file name" }
             ));

@@ -117,6 +117,14 @@ impl Daemon {
         }
     }
 
+    /// A new daemon on this one's data directory and configuration (after it was killed or
+    /// stopped); this one keeps an empty directory.
+    pub fn respawn(&mut self) -> Daemon {
+        let cfg = self.dir.path().join("callvault.toml");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Daemon::spawn(dir, &cfg)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
