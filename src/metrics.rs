@@ -419,6 +419,20 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut e,
+            "callvault_packets_concealed",
+            "Lost packets filled by the codec (Opus FEC or packet-loss concealment) instead of silence, per worker.",
+            None,
+            &legs(&|t| t.concealed),
+        )?;
+        counter(
+            &mut e,
+            "callvault_decode_errors",
+            "RTP payloads the codec could not decode (their time is concealed or kept as silence), per worker.",
+            None,
+            &legs(&|t| t.decode_errors),
+        )?;
+        counter(
+            &mut e,
             "callvault_datagrams_wrong_source",
             "Datagrams refused because of their source address (a leg's source check), per worker.",
             None,

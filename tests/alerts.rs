@@ -36,6 +36,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("callvault_packets_malformed_total", "counter"),
     ("callvault_rtcp_packets_received_total", "counter"),
     ("callvault_dtmf_events_total", "counter"),
+    ("callvault_packets_concealed_total", "counter"),
+    ("callvault_decode_errors_total", "counter"),
     ("callvault_datagrams_wrong_source_total", "counter"),
     ("callvault_datagrams_stale_total", "counter"),
     ("callvault_datagrams_truncated_total", "counter"),

@@ -215,6 +215,10 @@ pub struct LegTotals {
     pub rtcp: u64,
     /// DTMF events recorded.
     pub dtmf_events: u64,
+    /// Lost packets filled by the codec (Opus FEC or concealment).
+    pub concealed: u64,
+    /// Payloads the codec refused.
+    pub decode_errors: u64,
 }
 
 impl LegTotals {
@@ -230,6 +234,8 @@ impl LegTotals {
         self.malformed += s.malformed;
         self.rtcp += s.rtcp_packets;
         self.dtmf_events += leg.events().len() as u64;
+        self.concealed += s.concealed;
+        self.decode_errors += s.decode_errors;
     }
 
     /// The sum of two.
@@ -244,6 +250,8 @@ impl LegTotals {
             malformed: self.malformed + o.malformed,
             rtcp: self.rtcp + o.rtcp,
             dtmf_events: self.dtmf_events + o.dtmf_events,
+            concealed: self.concealed + o.concealed,
+            decode_errors: self.decode_errors + o.decode_errors,
         }
     }
 }
@@ -251,13 +259,25 @@ impl LegTotals {
 /// [`LegTotals`] published by a worker for scrapes (stored whole each round, never per packet).
 #[derive(Debug, Default)]
 pub struct LegTotalsAtomic {
-    fields: [AtomicU64; 9],
+    fields: [AtomicU64; 11],
 }
 
 impl LegTotalsAtomic {
     /// Publishes `t`.
     pub fn store(&self, t: LegTotals) {
-        let v = [t.packets, t.lost, t.late, t.ahead, t.duplicates, t.reordered, t.malformed, t.rtcp, t.dtmf_events];
+        let v = [
+            t.packets,
+            t.lost,
+            t.late,
+            t.ahead,
+            t.duplicates,
+            t.reordered,
+            t.malformed,
+            t.rtcp,
+            t.dtmf_events,
+            t.concealed,
+            t.decode_errors,
+        ];
         for (a, v) in self.fields.iter().zip(v) {
             a.store(v, Ordering::Relaxed);
         }
@@ -276,6 +296,8 @@ impl LegTotalsAtomic {
             malformed: f(6),
             rtcp: f(7),
             dtmf_events: f(8),
+            concealed: f(9),
+            decode_errors: f(10),
         }
     }
 }
