@@ -374,6 +374,18 @@ fn ctl_reports_and_exit_codes() {
     assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"], 5);
     let o = ctl(&["stop", "k-1"]);
     assert_eq!(o.status.code(), Some(0));
+    // Format and rate from the command line; the daemon judges the values.
+    let o = ctl(&["start", "k-2", "--leg", "a", "--format", "opus", "--sample-rate", "16000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let stop: Value = serde_json::from_slice(&ctl(&["stop", "k-2"]).stdout).unwrap();
+    assert_eq!((stop["format"].as_str(), stop["sample_rate"].as_u64()), (Some("opus"), Some(16000)), "{stop}");
+    let o = ctl(&["start", "k-3", "--leg", "a", "--sample-rate", "auto", "--format", "wav-alaw"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let stop: Value = serde_json::from_slice(&ctl(&["stop", "k-3"]).stdout).unwrap();
+    assert_eq!((stop["format"].as_str(), stop["sample_rate"].as_u64()), (Some("wav-alaw"), Some(8000)), "{stop}");
+    let o = ctl(&["start", "k-4", "--leg", "a", "--sample-rate", "fast"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sample_rate"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = std::process::Command::new(live::bin())
         .args(["ctl", "--socket", "/nonexistent/control.sock", "health"])
         .output()

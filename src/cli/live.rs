@@ -26,6 +26,7 @@ pub const CTL_EXAMPLES: &str = "\
 Examples:
   callvault ctl health
   callvault ctl start c-1 --leg customer --leg agent --meta agent=1001 --pt customer:101=telephone-event/8000
+  callvault ctl start c-2 --leg customer --leg agent --pt customer:9=G722/8000 --format opus
   callvault ctl status c-1
   callvault ctl pause c-1 --cut && callvault ctl resume c-1
   callvault ctl add-leg c-1 supervisor --channel 1
@@ -98,6 +99,12 @@ pub enum CtlCommand {
         /// Keep DTMF digits for this call.
         #[arg(long)]
         dtmf_digits: bool,
+        /// File format: wav, wav-ulaw, wav-alaw, opus or mp3 (default from the config).
+        #[arg(long)]
+        format: Option<String>,
+        /// Sample rate: 8000, 16000, 48000 or auto (default from the config).
+        #[arg(long = "sample-rate", value_name = "HZ|auto")]
+        sample_rate: Option<String>,
     },
     /// Stop and finalise a call's recording.
     Stop { call_id: String },
@@ -209,7 +216,7 @@ pub fn ctl_cmd(args: CtlArgs) -> ExitCode {
         CtlCommand::List => json!({"cmd": "list"}),
         CtlCommand::Stats => json!({"cmd": "stats"}),
         CtlCommand::Drain => json!({"cmd": "drain"}),
-        CtlCommand::Start { call_id, legs, pts, layout, meta, dtmf_digits } => {
+        CtlCommand::Start { call_id, legs, pts, layout, meta, dtmf_digits, format, sample_rate } => {
             let legs: Result<Vec<Value>, String> = legs.iter().map(|l| ctl::leg_object(l, pts)).collect();
             let legs = match legs {
                 Ok(l) => l,
@@ -225,6 +232,16 @@ pub fn ctl_cmd(args: CtlArgs) -> ExitCode {
             }
             if *dtmf_digits {
                 r["dtmf_digits"] = json!(true);
+            }
+            if let Some(f) = format {
+                r["format"] = json!(f);
+            }
+            // A number goes as a number; anything else ("auto", a typo) as text, for the daemon
+            // to accept or refuse with its own message.
+            match sample_rate.as_deref().map(|s| (s, s.parse::<u64>())) {
+                Some((_, Ok(n))) => r["sample_rate"] = json!(n),
+                Some((s, Err(_))) => r["sample_rate"] = json!(s),
+                None => {}
             }
             r
         }
