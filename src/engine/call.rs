@@ -577,7 +577,7 @@ pub fn recover_spool(spool: &Path, sealing: Option<&Arc<Sealing>>) -> Vec<Value>
         .iter()
         .filter(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_audio_name(n, ".cvs.partial"))
-                || (ends(p, ".wav.cvs.partial.damaged")
+                || (p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_audio_name(n, ".cvs.partial.damaged"))
                     && !PathBuf::from(p.to_string_lossy().trim_end_matches(".partial.damaged")).exists())
         })
         .collect();
@@ -691,11 +691,25 @@ fn recover_partial(partial: &Path) -> Option<Value> {
         Err(wav::WavError::WouldReplace { path: path.clone() })
     } else if let Some(format) = stream_format {
         // Ogg/Opus and MP3: whole pages or frames play; the torn end is cut.
-        crate::output::stream::recover_plain_stream(partial, &path, format).map(|frames| wav::RepairReport {
-            frames,
-            was_finalised: false,
-            truncated_bytes: 0,
-            rf64: false,
+        crate::output::stream::recover_plain_stream(partial, &path, format).map(|p| {
+            if !known {
+                summary["format"] = json!(format.name());
+                if let Some(r) = p.rate {
+                    summary["sample_rate"] = json!(r);
+                }
+                if let Some(c) = p.channels {
+                    summary["channels"] = json!(c);
+                }
+            }
+            if p.damaged_bytes > 0 {
+                crate::log::error(&format!(
+                    "recovery: {}: {} damaged bytes skipped (kept in the file; players skip them)",
+                    partial.display(),
+                    p.damaged_bytes
+                ));
+                summary["damaged_bytes"] = json!(p.damaged_bytes);
+            }
+            wav::RepairReport { frames: p.frames, was_finalised: false, truncated_bytes: 0, rf64: false }
         })
     } else {
         wav::repair(partial).and_then(|r| {
@@ -706,6 +720,23 @@ fn recover_partial(partial: &Path) -> Option<Value> {
         })
     };
     match result {
+        Ok(r) if stream_format.is_some() && !path.exists() => {
+            // Only the stream's heads reached the disk: nothing to play, removed.
+            crate::log::warn(&format!("recovery: removed {} (no audio before the crash)", partial.display()));
+            summary["state"] = json!("finished");
+            summary["end_reason"] = json!("crash_recovered");
+            summary["error"] = json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+            summary["partial_files"] = json!([]);
+            if summary["recovered_files"].as_array().is_none_or(|f| f.is_empty()) {
+                summary["duration_ms"] = json!(r.frames);
+            }
+            if let Some(p) = &sidecar
+                && named
+                && let Err(e) = write_atomically(p, &summary)
+            {
+                crate::log::warn(&format!("recovery: cannot update {}: {e}", p.display()));
+            }
+        }
         Ok(r) => {
             if !known
                 && stream_format.is_none()
@@ -824,10 +855,38 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
         })
     } else {
         // Ogg/Opus or MP3: the prefix of whole pages or frames is re-sealed.
-        crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing).map(|r| {
-            let stopped = r.stopped_by.map(|s| format!("; stopped at: {s}")).unwrap_or_default();
-            (r.frames, format!("re-sealed under a new data key{stopped}"))
-        })
+        match crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing) {
+            Ok(r) => {
+                if let Some(kept) = &r.kept_damaged {
+                    crate::log::error(&format!(
+                        "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
+                        partial.display(),
+                        r.stopped_by.as_deref().unwrap_or("bytes that do not authenticate"),
+                        kept.display()
+                    ));
+                }
+                if r.empty {
+                    crate::log::warn(&format!("recovery: {}: no audio before the crash", partial.display()));
+                    summary["error"] =
+                        json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+                    summary["partial_files"] = json!([]);
+                    describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
+                    summary["error"] =
+                        json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+                    save(&summary);
+                    return Some(summary);
+                }
+                let how = match (r.was_complete, r.stopped_by) {
+                    (true, _) => "complete: only its rename was missing".to_string(),
+                    (false, s) => format!(
+                        "re-sealed under a new data key{}",
+                        s.map(|s| format!("; stopped at: {s}")).unwrap_or_default()
+                    ),
+                };
+                Ok((r.playable.frames, how))
+            }
+            Err(e) => Err(e),
+        }
     };
     match resealed {
         Ok((frames, how)) => {

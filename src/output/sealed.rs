@@ -255,7 +255,9 @@ impl AudioFile {
                     SealParams {
                         content: Content::Audio,
                         container: super::stream::container(format),
-                        chunk_size: s.chunk_size,
+                        // Compressed audio fills a chunk many times slower than PCM: smaller
+                        // chunks keep what a crash can lose to a fraction of a second.
+                        chunk_size: s.chunk_size.min(super::stream::STREAM_CHUNK),
                         recording_id: parse_ulid(path, recording_id)?,
                         created_ms: crate::seal::now_ms(),
                         index: index(),
@@ -425,7 +427,7 @@ pub fn write_recovered(reader: &mut SealedReader<File>, out: &mut dyn Write) -> 
             // Whole pages or frames only: a torn last one would make some players stop there.
             let mut whole = rec.head.clone().unwrap_or_default();
             reader.write_body_prefix(&rec, rec.body_len, &mut whole)?;
-            let (frames, keep) = super::stream::playable_frames(container, &whole);
+            let super::stream::Playable { frames, keep, .. } = super::stream::playable_frames(container, &whole);
             out.write_all(&whole[..keep]).map_err(|e| SealError::Io {
                 action: "write",
                 path: Default::default(),
@@ -491,16 +493,8 @@ pub fn verified_audio(
         c @ (Container::Ogg | Container::Mp3) => {
             let mut plain = Vec::new();
             let v = r.verify(keys.trusted(), Some(&mut plain))?;
-            let (frames, _) = super::stream::playable_frames(c, &plain);
-            // OpusHead: the input rate 12 bytes after its magic.
-            let rate = plain
-                .windows(8)
-                .position(|w| w == b"OpusHead")
-                .filter(|_| c == Container::Ogg)
-                .and_then(|at| plain.get(at + 12..at + 16))
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .filter(|r| *r > 0);
-            Ok((r.header().clone(), frames, rate, v.record))
+            let p = super::stream::playable_frames(c, &plain);
+            Ok((r.header().clone(), p.frames, p.rate, v.record))
         }
         Container::Json => Err(SealError::Invalid(format!("{}: not a sealed audio recording", path.display()))),
     }

@@ -17,6 +17,11 @@ use super::wav::{self, WavError, WavInfo, WavSpec};
 use crate::seal::format::FLAG_RECOVERED;
 use crate::seal::{Container, Content, SealError, SealParams, SealRecord, SealWriter, SealedReader};
 
+/// Plaintext bytes per sealed chunk, and per write of a plain file, for the compressed formats:
+/// about a quarter of a second of a stereo call at their bitrates (a whole chunk is the most a
+/// crash can lose, beyond the page being filled).
+pub const STREAM_CHUNK: u32 = 1024;
+
 /// The sealed container of a stream format.
 pub fn container(format: Format) -> Container {
     match format {
@@ -70,7 +75,7 @@ impl StreamFile {
         let head = enc.head().to_vec();
         let out = match sealing {
             None => {
-                let mut w = BufWriter::with_capacity(8 * 1024, file);
+                let mut w = BufWriter::with_capacity(STREAM_CHUNK as usize, file);
                 w.write_all(&head).map_err(|source| WavError::File { path: path.into(), action: "write", source })?;
                 w.flush().map_err(|source| WavError::File { path: path.into(), action: "write", source })?;
                 Sink::Plain(w)
@@ -168,109 +173,241 @@ impl StreamFile {
     }
 }
 
-/// How many whole sample frames (per channel, at the stream's own rate) a prefix of an Ogg/Opus
-/// or MP3 file holds, and how many of its bytes are whole pages or frames.
-pub fn playable_frames(container: Container, bytes: &[u8]) -> (u64, usize) {
+/// What a walk over an Ogg/Opus or MP3 file (or a prefix of one) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Playable {
+    /// Sample frames (per channel) in the whole pages or frames, at `rate`.
+    pub frames: u64,
+    /// Bytes up to the end of the last whole page or frame: what follows is a torn tail.
+    pub keep: usize,
+    /// The stream's rate (the OpusHead's input rate; the MP3 frames' rate), when seen.
+    pub rate: Option<u32>,
+    /// The stream's channels, when seen.
+    pub channels: Option<u16>,
+    /// Bytes skipped as damaged between whole pages or frames (a bad header or checksum).
+    pub damaged_bytes: u64,
+}
+
+/// Walks the whole Ogg pages or MP3 frames of `bytes`, resynchronising past damage the way a
+/// player does, so that one bad byte costs its page or frame, not the rest of the recording.
+pub fn playable_frames(container: Container, bytes: &[u8]) -> Playable {
     match container {
         Container::Ogg => ogg_playable(bytes),
         Container::Mp3 => mp3_playable(bytes),
-        _ => (0, 0),
+        _ => Playable::default(),
     }
 }
 
-/// Walks whole Ogg pages: the last one's granule position less the pre-skip is the length, at
-/// 48 kHz; the OpusHead's input rate scales it back.
-fn ogg_playable(b: &[u8]) -> (u64, usize) {
+/// The Ogg page CRC (RFC 3533: polynomial 0x04c11db7, no reflection, computed with the CRC
+/// field zeroed).
+fn ogg_crc(page: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for (i, &b) in page.iter().enumerate() {
+        let b = if (22..26).contains(&i) { 0 } else { b };
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// Whole Ogg pages: the length is the highest granule position less the pre-skip, at 48 kHz,
+/// scaled back to the OpusHead's input rate.
+fn ogg_playable(b: &[u8]) -> Playable {
+    let mut p = Playable::default();
     let (mut at, mut granule, mut pre_skip, mut rate) = (0usize, 0u64, 0u64, 48_000u64);
-    while b.len() >= at + 27 && &b[at..at + 4] == b"OggS" {
-        let nseg = usize::from(b[at + 26]);
-        if b.len() < at + 27 + nseg {
-            break;
+    while at + 27 <= b.len() {
+        if &b[at..at + 4] == b"OggS" && b[at + 4] == 0 {
+            let nseg = usize::from(b[at + 26]);
+            let end = b
+                .get(at + 27..at + 27 + nseg)
+                .map(|lacing| at + 27 + nseg + lacing.iter().map(|&l| usize::from(l)).sum::<usize>());
+            match end {
+                Some(end) if end <= b.len() => {
+                    let stored = u32::from_le_bytes(b[at + 22..at + 26].try_into().expect("4 bytes"));
+                    if ogg_crc(&b[at..end]) == stored {
+                        let body = &b[at + 27 + nseg..end];
+                        if body.starts_with(b"OpusHead") && body.len() >= 16 {
+                            p.channels = Some(u16::from(body[9]));
+                            pre_skip = u64::from(u16::from_le_bytes([body[10], body[11]]));
+                            rate = u64::from(u32::from_le_bytes([body[12], body[13], body[14], body[15]])).max(1);
+                            p.rate = Some(rate as u32);
+                        }
+                        let g = u64::from_le_bytes(b[at + 6..at + 14].try_into().expect("8 bytes"));
+                        if g != u64::MAX {
+                            granule = granule.max(g);
+                        }
+                        at = end;
+                        p.keep = end;
+                        continue;
+                    }
+                }
+                // Runs past the end with no page after it: the torn tail.
+                _ if !b[at + 1..].windows(4).any(|w| w == b"OggS") => break,
+                _ => {}
+            }
         }
-        let body: usize = b[at + 27..at + 27 + nseg].iter().map(|&l| usize::from(l)).sum();
-        let end = at + 27 + nseg + body;
-        if b.len() < end {
-            break;
+        // Damage (a bad header, length or checksum): resync at the next capture pattern, as a
+        // player does. The damaged bytes stay in the file; their samples are not counted.
+        match b[at + 1..].windows(4).position(|w| w == b"OggS") {
+            Some(skip) => {
+                p.damaged_bytes += skip as u64 + 1;
+                at += skip + 1;
+            }
+            None => break,
         }
-        let page = &b[at + 27 + nseg..end];
-        if page.starts_with(b"OpusHead") && page.len() >= 16 {
-            pre_skip = u64::from(u16::from_le_bytes([page[10], page[11]]));
-            rate = u64::from(u32::from_le_bytes([page[12], page[13], page[14], page[15]])).max(1);
-        }
-        let g = u64::from_le_bytes(b[at + 6..at + 14].try_into().expect("8 bytes"));
-        if g != u64::MAX {
-            granule = granule.max(g);
-        }
-        at = end;
     }
-    (granule.saturating_sub(pre_skip) * rate / 48_000, at)
+    p.frames = granule.saturating_sub(pre_skip) * rate / 48_000;
+    p
 }
 
-/// Walks whole MPEG audio layer III frames from the start.
-fn mp3_playable(b: &[u8]) -> (u64, usize) {
+/// One MPEG audio layer III frame header at the start of `h`: (length, samples, rate, channels).
+fn mp3_frame(h: &[u8]) -> Option<(usize, u64, u32, u16)> {
     // Kbit/s by bitrate index: MPEG-1 layer III, and MPEG-2/2.5 layer III.
     const V1: [u32; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
     const V2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
-    let (mut at, mut frames) = (0usize, 0u64);
-    while b.len() >= at + 4 {
-        let h = &b[at..at + 4];
-        if h[0] != 0xff || h[1] & 0xe0 != 0xe0 || (h[1] >> 1) & 3 != 1 {
-            break; // not a layer III frame header
-        }
-        let version = (h[1] >> 3) & 3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
-        let (bi, si, pad) = (usize::from(h[2] >> 4), usize::from((h[2] >> 2) & 3), usize::from((h[2] >> 1) & 1));
-        if version == 1 || bi == 0 || bi == 15 || si == 3 {
-            break;
-        }
-        let base = [44_100u32, 48_000, 32_000][si];
-        let (rate, kbps, per_frame) = match version {
-            3 => (base, V1[bi], 1152u32),
-            2 => (base / 2, V2[bi], 576),
-            _ => (base / 4, V2[bi], 576),
-        };
-        let len = (per_frame / 8 * kbps * 1000 / rate) as usize + pad;
-        if len < 4 || b.len() < at + len {
-            break;
-        }
-        frames += u64::from(per_frame);
-        at += len;
+    let h = h.get(..4)?;
+    if h[0] != 0xff || h[1] & 0xe0 != 0xe0 || (h[1] >> 1) & 3 != 1 {
+        return None;
     }
-    (frames, at)
+    let version = (h[1] >> 3) & 3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    let (bi, si, pad) = (usize::from(h[2] >> 4), usize::from((h[2] >> 2) & 3), usize::from((h[2] >> 1) & 1));
+    if version == 1 || bi == 0 || bi == 15 || si == 3 {
+        return None;
+    }
+    let base = [44_100u32, 48_000, 32_000][si];
+    let (rate, kbps, per_frame) = match version {
+        3 => (base, V1[bi], 1152u32),
+        2 => (base / 2, V2[bi], 576),
+        _ => (base / 4, V2[bi], 576),
+    };
+    let len = (per_frame / 8 * kbps * 1000 / rate) as usize + pad;
+    let channels = if h[3] >> 6 == 3 { 1 } else { 2 };
+    (len >= 4).then_some((len, u64::from(per_frame), rate, channels))
+}
+
+/// Whole MP3 frames; past a bad header, the next sync whose frame is followed by another (a
+/// player's resync, hardened against a stray 0xFF in the audio).
+fn mp3_playable(b: &[u8]) -> Playable {
+    let mut p = Playable::default();
+    let mut at = 0usize;
+    while at + 4 <= b.len() {
+        match mp3_frame(&b[at..]) {
+            Some((len, samples, rate, channels)) if at + len <= b.len() => {
+                p.frames += samples;
+                p.rate.get_or_insert(rate);
+                p.channels.get_or_insert(channels);
+                at += len;
+                p.keep = at;
+            }
+            Some(_) => break, // the torn tail
+            None => {
+                let next = (at + 1..b.len().saturating_sub(3)).find(|&i| {
+                    mp3_frame(&b[i..]).is_some_and(|(len, ..)| {
+                        i + len == b.len() || mp3_frame(&b[(i + len).min(b.len())..]).is_some()
+                    })
+                });
+                match next {
+                    Some(i) => {
+                        p.damaged_bytes += (i - at) as u64;
+                        at = i;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    p
 }
 
 /// What [`reseal_stream_unfinished`] did.
 #[derive(Debug, Clone)]
 pub struct ResealedStream {
-    pub frames: u64,
-    pub record: SealRecord,
+    pub playable: Playable,
     pub stopped_by: Option<String>,
+    /// Bytes after the recovered prefix did not authenticate: the unfinished file was kept
+    /// under this name rather than removed.
+    pub kept_damaged: Option<PathBuf>,
+    /// Nothing playable was recovered (the heads at most): no file was made and the unfinished
+    /// one is gone (kept if damaged).
+    pub empty: bool,
+    /// The re-sealed file was already in place (a crash during an earlier recovery).
+    pub was_complete: bool,
 }
 
-/// Recovers a sealed Ogg/Opus or MP3 file left unfinished by a crash: its authenticated prefix,
-/// cut to whole pages or frames, is re-sealed under a new data key into `dest` (which must not
-/// exist) with the recovered flag; then `partial` is removed.
+/// Recovers a sealed Ogg/Opus or MP3 file left unfinished by a crash: its authenticated prefix
+/// (whole pages or frames; a torn last one is cut) is re-sealed under a new data key into `dest`
+/// (which must not exist) with the recovered flag; then `partial` is removed. A file with bytes
+/// that do not authenticate is first renamed `….damaged` and kept; a finished `dest` from an
+/// earlier recovery is verified and kept.
 pub fn reseal_stream_unfinished(
     partial: &Path,
     dest: &Path,
     sealing: &Arc<Sealing>,
 ) -> Result<ResealedStream, WavError> {
-    let file = File::open(partial).map_err(|source| WavError::File { path: partial.into(), action: "open", source })?;
-    let mut reader = SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(partial, e))?;
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| WavError::File { path: p, action, source }
+    };
+    let open = |p: &Path| -> Result<SealedReader<File>, WavError> {
+        let file = File::open(p).map_err(io("open", p))?;
+        SealedReader::open(file, &sealing.keys).map_err(|e| seal_err(p, e))
+    };
+    let mut reader = open(partial)?;
     let header = reader.header().clone();
     if !matches!(header.container, Container::Ogg | Container::Mp3) {
         return Err(seal_err(partial, SealError::Invalid("not a sealed Ogg/Opus or MP3 recording".into())));
     }
-    if dest.exists() {
-        return Err(WavError::WouldReplace { path: dest.to_path_buf() });
+    let input_is_damaged = partial.to_string_lossy().ends_with(".damaged");
+    let mut rec = reader.recover();
+    let mut kept_damaged = input_is_damaged.then(|| partial.to_path_buf());
+    if rec.damaged && !input_is_damaged {
+        // Put aside first, so that a crash from here on finds it again and never deletes it.
+        let kept = super::with_suffix(partial, ".damaged");
+        fs::rename(partial, &kept).map_err(io("rename to", &kept))?;
+        wav::sync_parent_dir(&kept)?;
+        reader = open(&kept)?;
+        rec = reader.recover();
+        kept_damaged = Some(kept);
     }
-    let rec = reader.recover();
+    let source = kept_damaged.clone().unwrap_or_else(|| partial.to_path_buf());
+    let done_with_source = |kept: &Option<PathBuf>| -> Result<(), WavError> {
+        if kept.is_none() {
+            fs::remove_file(partial).map_err(io("remove", partial))?;
+        }
+        Ok(())
+    };
+    if dest.exists() {
+        // A crash during an earlier recovery, after the re-sealed file was in place.
+        let complete = super::sealed::verified_audio(dest, &sealing.keys)
+            .ok()
+            .filter(|(h, ..)| h.recording_id == header.recording_id);
+        let Some((_, frames, rate, _)) = complete else {
+            return Err(WavError::WouldReplace { path: dest.to_path_buf() });
+        };
+        done_with_source(&kept_damaged)?;
+        wav::sync_parent_dir(dest)?;
+        let playable = Playable { frames, rate, ..Playable::default() };
+        return Ok(ResealedStream { playable, stopped_by: None, kept_damaged, empty: false, was_complete: true });
+    }
     let head = rec.head.clone().unwrap_or_default();
     let mut body = Vec::new();
-    reader.write_body_prefix(&rec, rec.body_len, &mut body).map_err(|e| seal_err(partial, e))?;
+    reader.write_body_prefix(&rec, rec.body_len, &mut body).map_err(|e| seal_err(&source, e))?;
     let mut whole = head.clone();
     whole.extend_from_slice(&body);
-    let (frames, keep) = playable_frames(header.container, &whole);
-    let body_keep = keep.saturating_sub(head.len());
+    let playable = playable_frames(header.container, &whole);
+    if playable.frames == 0 {
+        done_with_source(&kept_damaged)?;
+        return Ok(ResealedStream {
+            playable,
+            stopped_by: rec.stopped_by,
+            kept_damaged,
+            empty: true,
+            was_complete: false,
+        });
+    }
+    let body_keep = playable.keep.saturating_sub(head.len());
     let tmp = super::sealed::tmp_path(dest);
     let _ = fs::remove_file(&tmp);
     let params = SealParams {
@@ -281,27 +418,24 @@ pub fn reseal_stream_unfinished(
         created_ms: crate::seal::now_ms(),
         index: header.index.clone(),
     };
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| WavError::File { path: p, action, source }
-    };
     let out = File::options().write(true).create_new(true).open(&tmp).map_err(io("create", &tmp))?;
     let kek = sealing.keys.active_kek().map_err(|e| seal_err(&tmp, e))?;
     let mut w = SealWriter::create(out, &params, kek, &head).map_err(|e| seal_err(&tmp, e))?;
     w.write(&body[..body_keep]).map_err(|e| seal_err(&tmp, e))?;
     let signer = sealing.keys.signing().map_err(|e| seal_err(&tmp, e))?;
-    let (out, record) =
-        w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| seal_err(&tmp, e))?;
+    let (out, _) = w.finish(&head, FLAG_RECOVERED, signer, crate::seal::now_ms()).map_err(|e| seal_err(&tmp, e))?;
     out.sync_all().map_err(io("fsync", &tmp))?;
     fs::rename(&tmp, dest).map_err(io("rename into", dest))?;
     wav::sync_parent_dir(dest)?;
-    fs::remove_file(partial).map_err(io("remove", partial))?;
-    Ok(ResealedStream { frames, record, stopped_by: rec.stopped_by })
+    done_with_source(&kept_damaged)?;
+    Ok(ResealedStream { playable, stopped_by: rec.stopped_by, kept_damaged, empty: false, was_complete: false })
 }
 
-/// Recovers a plain Ogg/Opus or MP3 file left unfinished: cut to whole pages or frames and
-/// renamed to `dest`. Returns the frames it holds.
-pub fn recover_plain_stream(partial: &Path, dest: &Path, format: Format) -> Result<u64, WavError> {
+/// Recovers a plain Ogg/Opus or MP3 file left unfinished: renamed to `dest` with only its torn
+/// last page or frame cut (bytes before it are never removed, damaged ones included: players
+/// skip them). Returns what it holds; with nothing playable (the heads at most) the file is
+/// removed and `frames` is 0.
+pub fn recover_plain_stream(partial: &Path, dest: &Path, format: Format) -> Result<Playable, WavError> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |source| WavError::File { path: p, action, source }
@@ -310,18 +444,157 @@ pub fn recover_plain_stream(partial: &Path, dest: &Path, format: Format) -> Resu
         return Err(WavError::WouldReplace { path: dest.to_path_buf() });
     }
     let bytes = fs::read(partial).map_err(io("read", partial))?;
-    let (frames, keep) = playable_frames(container(format), &bytes);
-    let f = File::options().write(true).open(partial).map_err(io("open", partial))?;
-    f.set_len(keep as u64).map_err(io("truncate", partial))?;
-    f.sync_all().map_err(io("fsync", partial))?;
+    let playable = playable_frames(container(format), &bytes);
+    if playable.frames == 0 && playable.damaged_bytes == 0 {
+        fs::remove_file(partial).map_err(io("remove", partial))?;
+        return Ok(playable);
+    }
+    if playable.keep < bytes.len() {
+        let f = File::options().write(true).open(partial).map_err(io("open", partial))?;
+        f.set_len(playable.keep as u64).map_err(io("truncate", partial))?;
+        f.sync_all().map_err(io("fsync", partial))?;
+    }
     fs::rename(partial, dest).map_err(io("rename into", dest))?;
     wav::sync_parent_dir(dest)?;
-    Ok(frames)
+    Ok(playable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seal::{Kek, Keyring, SigningKey};
+
+    const RID: &str = "01M8YXH0ZYKXEV8NV6Y8M3A525";
+
+    fn sealing() -> Arc<Sealing> {
+        let ring = Keyring::from_keys(vec![Kek::generate("k1").unwrap()], Some(SigningKey::generate("s1").unwrap()));
+        Sealing::new(ring, 1024).unwrap()
+    }
+
+    /// A stream file of `secs` seconds at 16 kHz stereo, left unfinished (flushed, never
+    /// finalised), sealed or plain; returns its path.
+    fn unfinished(dir: &Path, format: Format, sealed: Option<&Arc<Sealing>>, secs: usize) -> PathBuf {
+        let ext = if sealed.is_some() { format!("{}.cvs", format.ext()) } else { format.ext().to_string() };
+        let path = dir.join(format!("{RID}.{ext}.partial"));
+        let params = sealed.map(|s| {
+            (
+                s,
+                SealParams {
+                    content: Content::Audio,
+                    container: container(format),
+                    chunk_size: STREAM_CHUNK,
+                    recording_id: ulid::Ulid::from_string(RID).unwrap(),
+                    created_ms: 0,
+                    index: String::new(),
+                },
+            )
+        });
+        let mut f = StreamFile::create(&path, format, WavSpec::pcm(16000, 2), params).unwrap();
+        let pcm: Vec<i16> = (0..16000 * secs * 2).map(|i| ((i % 89) * 250) as i16).collect();
+        f.write_samples(&pcm).unwrap();
+        f.flush().unwrap();
+        std::mem::forget(f); // a crash: never finalised
+        path
+    }
+
+    // Found when tried to break: one bad byte in a sealed Opus/MP3 file lost the rest of the
+    // recording and the file itself.
+    #[test]
+    fn a_damaged_sealed_stream_keeps_its_prefix_and_the_file() {
+        for format in [Format::Opus, Format::Mp3] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = sealing();
+            let partial = unfinished(dir.path(), format, Some(&s), 6);
+            let mut bytes = fs::read(&partial).unwrap();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 1;
+            fs::write(&partial, &bytes).unwrap();
+            let dest = dir.path().join(format!("{RID}.{}.cvs", format.ext()));
+            let r = reseal_stream_unfinished(&partial, &dest, &s).unwrap();
+            let kept = r.kept_damaged.clone().expect("kept as damaged");
+            assert!(kept.exists() && !partial.exists(), "{format}");
+            assert!(!r.empty && r.playable.frames > 16000, "{format}: {:?}", r.playable);
+            assert!(crate::output::sealed::verified_audio(&dest, &s.keys).is_ok(), "{format}");
+            // Run again (a crash after the re-seal): the finished file stands, the damaged one stays.
+            let again = reseal_stream_unfinished(&kept, &dest, &s).unwrap();
+            assert!(again.was_complete && kept.exists(), "{format}");
+        }
+    }
+
+    // Found when tried to break: a crash between the re-sealed file's rename and the removal of
+    // the unfinished one failed the recording at every later start.
+    #[test]
+    fn a_recovery_cut_short_after_its_rename_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let partial = unfinished(dir.path(), Format::Opus, Some(&s), 3);
+        let copy = fs::read(&partial).unwrap();
+        let dest = dir.path().join(format!("{RID}.opus.cvs"));
+        let first = reseal_stream_unfinished(&partial, &dest, &s).unwrap();
+        fs::write(&partial, copy).unwrap();
+        let r = reseal_stream_unfinished(&partial, &dest, &s).unwrap();
+        assert!(r.was_complete && !partial.exists());
+        assert_eq!(r.playable.frames, first.playable.frames);
+    }
+
+    // Found when tried to break: one bad byte in a plain Opus/MP3 file truncated everything
+    // after it; and a page with a bad checksum was counted as good.
+    #[test]
+    fn a_damaged_plain_stream_is_walked_past_its_damage_and_nothing_before_the_torn_end_is_cut() {
+        for format in [Format::Opus, Format::Mp3] {
+            let dir = tempfile::tempdir().unwrap();
+            let partial = unfinished(dir.path(), format, None, 6);
+            let clean = playable_frames(container(format), &fs::read(&partial).unwrap());
+            let mut bytes = fs::read(&partial).unwrap();
+            // A header byte of a page or frame about a third in.
+            let at = match format {
+                Format::Opus => {
+                    bytes.windows(4).enumerate().filter(|(_, w)| *w == b"OggS").map(|(i, _)| i).nth(3).unwrap() + 26
+                }
+                _ => {
+                    // The 30th frame's header.
+                    let mut at = 0;
+                    for _ in 0..30 {
+                        at += mp3_frame(&bytes[at..]).unwrap().0;
+                    }
+                    at + 1
+                }
+            };
+            bytes[at] ^= 0xff;
+            let len = bytes.len();
+            fs::write(&partial, &bytes).unwrap();
+            let dest = dir.path().join(format!("{RID}.{}", format.ext()));
+            let p = recover_plain_stream(&partial, &dest, format).unwrap();
+            assert!(p.damaged_bytes > 0, "{format}: {p:?}");
+            assert!(p.frames >= clean.frames * 2 / 3, "{format}: {} of {}", p.frames, clean.frames);
+            assert!(fs::metadata(&dest).unwrap().len() as usize >= len - 2048, "{format}: only a torn tail is cut");
+        }
+        // A flipped byte inside a page's audio: the page's checksum fails.
+        let dir = tempfile::tempdir().unwrap();
+        let partial = unfinished(dir.path(), Format::Opus, None, 3);
+        let mut bytes = fs::read(&partial).unwrap();
+        let clean = playable_frames(Container::Ogg, &bytes);
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        let damaged = playable_frames(Container::Ogg, &bytes);
+        assert!(damaged.damaged_bytes > 0 && damaged.keep == clean.keep, "{damaged:?} vs {clean:?}");
+    }
+
+    // Found when tried to break: a recovery that found only the heads was reported as a
+    // recording of 0 ms whose file no tool opens.
+    #[test]
+    fn a_stream_with_no_audio_is_no_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealing();
+        let partial = unfinished(dir.path(), Format::Opus, Some(&s), 0);
+        let dest = dir.path().join(format!("{RID}.opus.cvs"));
+        let r = reseal_stream_unfinished(&partial, &dest, &s).unwrap();
+        assert!(r.empty && !dest.exists() && !partial.exists());
+        let plain = unfinished(dir.path(), Format::Opus, None, 0);
+        let dest = dir.path().join(format!("{RID}.opus"));
+        assert_eq!(recover_plain_stream(&plain, &dest, Format::Opus).unwrap().frames, 0);
+        assert!(!dest.exists() && !plain.exists());
+    }
 
     #[test]
     fn a_cut_stream_keeps_its_whole_pages_and_frames() {
@@ -335,7 +608,7 @@ mod tests {
             let (info, _) = f.finalize(48000).unwrap();
             assert_eq!(info.frames, 48000);
             let bytes = fs::read(&path).unwrap();
-            let (frames, keep) = playable_frames(container(format), &bytes);
+            let Playable { frames, keep, .. } = playable_frames(container(format), &bytes);
             assert_eq!(keep, bytes.len(), "{format}: the whole file walks");
             match format {
                 Format::Opus => assert_eq!(frames, 48000, "the granule gives the exact length"),
@@ -343,13 +616,13 @@ mod tests {
             }
             // Cut in the middle: whole pages/frames only, fewer samples, and it still walks.
             let cut = &bytes[..bytes.len() * 2 / 3 + 5];
-            let (frames2, keep2) = playable_frames(container(format), cut);
+            let Playable { frames: frames2, keep: keep2, .. } = playable_frames(container(format), cut);
             assert!(keep2 <= cut.len() && keep2 > bytes.len() / 4, "{format}: {keep2}");
             assert!(frames2 < frames && frames2 > 15000, "{format}: {frames2}");
             let partial = dir.path().join("cut.partial");
             fs::write(&partial, cut).unwrap();
             let dest = dir.path().join(format!("cut.{}", format.ext()));
-            assert_eq!(recover_plain_stream(&partial, &dest, format).unwrap(), frames2);
+            assert_eq!(recover_plain_stream(&partial, &dest, format).unwrap().frames, frames2);
             assert_eq!(fs::metadata(&dest).unwrap().len(), keep2 as u64);
         }
     }
