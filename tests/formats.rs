@@ -1,7 +1,8 @@
 //! Every output format, read back by independent tools from Debian's packages: `soxi` (sox) for
 //! WAV and MP3, `ffprobe` (ffmpeg) for all, `opusinfo` (opus-tools) for Ogg/Opus. Rate, channels
-//! and duration must match the recording (within one frame of the format; MP3 also carries the
-//! encoder's delay, see docs/codecs.md). Sealed recordings of each format decrypt to the same.
+//! and duration must match the recording (within one frame of the format; for MP3, what ffmpeg
+//! plays, while the header figures also count the Info frame, delay and padding, see
+//! docs/codecs.md). Sealed recordings of each format decrypt to the same.
 //! Under CI a missing tool is a failure; elsewhere the test says so and skips.
 
 mod captures;
@@ -101,12 +102,20 @@ fn check(format: &str, path: &Path, rate: u32, channels: u16, duration_ms: u64) 
             assert_eq!(codec, "mp3", "{what}");
             assert_eq!(got_rate, rate, "{what}: rate");
             let frame = if rate >= 32000 { 1152.0 } else { 576.0 } / f64::from(rate);
-            let delay = 1105.0 / f64::from(rate);
+            // What a player plays: ffmpeg honours the Info frame's delay and padding.
+            let o = Command::new("ffmpeg")
+                .args(["-v", "error", "-i", path.to_str().unwrap(), "-f", "s16le", "-"])
+                .output()
+                .unwrap();
+            let played = o.stdout.len() as f64 / 2.0 / f64::from(channels) / f64::from(rate);
+            assert!((played - want).abs() <= frame, "{what}: ffmpeg plays {played} s of {want} s recorded");
+            // The tools' header figures count whole frames (the Info frame, the encoder's delay
+            // and the last frame's padding, about three frames at most).
             let d: f64 = run("soxi", &["-D", path.to_str().unwrap()]).trim().parse().unwrap();
             for (by, got) in [("ffprobe", got_dur), ("soxi", d)] {
                 assert!(
-                    got >= want - frame && got <= want + delay + frame,
-                    "{what}: {by} {got} s for {want} s recorded (frame {frame} s, encoder delay {delay} s)"
+                    got >= want - frame && got <= want + 1105.0 / f64::from(rate) + 2.0 * frame,
+                    "{what}: {by} {got} s for {want} s recorded (frame {frame} s)"
                 );
             }
         }
@@ -243,5 +252,47 @@ fn kill_9_mid_call_in_opus_or_mp3_is_recovered_to_a_playable_file() {
         let (codec, _, channels, dur) = ffprobe(&plain);
         assert_eq!((codec.as_str(), channels), (format, 2), "stereo: at least two channels");
         assert!((dur - ms as f64 / 1000.0).abs() < 0.2, "{format}: ffprobe {dur} s, reported {ms} ms");
+    }
+}
+
+/// MP3 carries an Info frame (frames, encoder delay, padding), so ffmpeg plays exactly the
+/// samples given: a click stays at its sample, and the length is the recording's.
+#[test]
+fn mp3_plays_back_the_samples_given_at_their_positions() {
+    if !tool("ffmpeg") {
+        return;
+    }
+    use callvault::output::encode::{Format, StreamEncoder};
+    let dir = tempfile::tempdir().unwrap();
+    for (rate, channels) in [(8000u32, 1u16), (16000, 2), (48000, 2)] {
+        let n = rate as usize * 2 + 123;
+        let click = rate as usize / 2 + 17;
+        let mut pcm = vec![0i16; n * usize::from(channels)];
+        for c in 0..usize::from(channels) {
+            pcm[click * usize::from(channels) + c] = 20000;
+        }
+        let mut e = StreamEncoder::new(Format::Mp3, rate, channels).unwrap();
+        let mut out = e.head().to_vec();
+        for piece in pcm.chunks(320 * usize::from(channels)) {
+            e.write(piece, &mut out).unwrap();
+        }
+        let head = e.finish(&mut out).unwrap();
+        out[..head.len()].copy_from_slice(&head);
+        let path = dir.path().join(format!("c{rate}.mp3"));
+        std::fs::write(&path, &out).unwrap();
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-i", path.to_str().unwrap(), "-f", "s16le", "-ac", "1", "-"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let decoded: Vec<i16> = o.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        let frame = if rate >= 32000 { 1152 } else { 576 };
+        assert!(
+            decoded.len().abs_diff(n) <= frame,
+            "{rate} Hz: {} samples decoded for {n} given (one frame is {frame})",
+            decoded.len()
+        );
+        let peak = (0..decoded.len()).max_by_key(|&i| decoded[i].unsigned_abs()).unwrap();
+        assert!(peak.abs_diff(click) <= 4, "{rate} Hz: the click is at {peak}, was given at {click}");
     }
 }

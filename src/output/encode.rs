@@ -13,9 +13,10 @@
 //! trims the padding of the final frame, so decoders give back exactly the samples recorded.
 //!
 //! MP3 (LAME 3.100, LGPL-3.0: see `docs/codecs.md`): constant bitrate, stereo (never joint
-//! stereo, which codes the channels' sum and difference), no Xing/Info tag (it would need the
-//! first frame rewritten), so players also play LAME's encoder delay (1,105 samples) and the
-//! last frame's padding.
+//! stereo, which codes the channels' sum and difference). The head is an Info (Xing/LAME) frame
+//! written by callvault: provisional at creation (the encoder delay only), final at the end
+//! (frames, bytes, delay, padding), so players that read it (ffmpeg and everything built on it)
+//! play exactly the samples given, at their positions.
 
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 
@@ -183,6 +184,80 @@ struct OggOpus {
 
 struct Mp3 {
     lame: mp3lame_encoder::Encoder,
+    info: InfoFrame,
+    /// Bytes of the stream not yet walked as whole frames (at most one frame).
+    tail: Vec<u8>,
+    /// Audio frames LAME has produced.
+    frames: u64,
+    /// Bytes LAME has produced.
+    bytes: u64,
+}
+
+/// LAME 3.100's encoder delay at constant bitrate without resampling, in samples: what a
+/// decoder must skip (with its own 529) to start at the first sample given.
+pub const MP3_ENCODER_DELAY: u32 = 576;
+
+/// The Info (Xing/LAME) frame at the head of an MP3 file: how many frames and bytes follow, the
+/// encoder delay and the padding, so players cut both and play exactly the samples recorded.
+#[derive(Debug, Clone, Copy)]
+struct InfoFrame {
+    header: [u8; 4],
+    len: usize,
+    side_info: usize,
+    samples_per_frame: u32,
+}
+
+impl InfoFrame {
+    /// The frame layout for this rate, bitrate and channel count (matches LAME's frames).
+    fn new(rate: u32, kbps: u32, channels: u16) -> Option<InfoFrame> {
+        const V1: [u32; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+        const V2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+        let (version, table, base, spf): (u8, &[u32; 15], u32, u32) = match rate {
+            32000 | 44100 | 48000 => (3, &V1, rate, 1152),
+            16000 | 22050 | 24000 => (2, &V2, rate * 2, 576),
+            _ => (0, &V2, rate * 4, 576),
+        };
+        let sr_index = [44_100u32, 48_000, 32_000].iter().position(|&b| b == base)? as u8;
+        let br_index = table.iter().position(|&k| k == kbps).filter(|&i| i > 0)? as u8;
+        let mono = channels == 1;
+        let header = [
+            0xff,
+            0xe0 | (version << 3) | (1 << 1) | 1, // layer III, no CRC
+            (br_index << 4) | (sr_index << 2),
+            if mono { 0xc0 } else { 0x00 }, // single channel, or stereo (never joint)
+        ];
+        let side_info = match (version == 3, mono) {
+            (true, true) => 17,
+            (true, false) => 32,
+            (false, true) => 9,
+            (false, false) => 17,
+        };
+        let len = (spf / 8 * kbps * 1000 / rate) as usize;
+        Some(InfoFrame { header, len, side_info, samples_per_frame: spf })
+    }
+
+    /// The frame's bytes: with `frames` and `bytes` once known (0: not yet), and the padding
+    /// the last frame carries.
+    fn bytes(&self, frames: u32, bytes: u32, padding: u32) -> Vec<u8> {
+        let mut f = vec![0u8; self.len];
+        f[..4].copy_from_slice(&self.header);
+        let mut at = 4 + self.side_info;
+        f[at..at + 4].copy_from_slice(b"Info");
+        let flags: u32 = if frames > 0 { 0x03 } else { 0 };
+        f[at + 4..at + 8].copy_from_slice(&flags.to_be_bytes());
+        at += 8;
+        if frames > 0 {
+            f[at..at + 4].copy_from_slice(&frames.to_be_bytes());
+            f[at + 4..at + 8].copy_from_slice(&bytes.to_be_bytes());
+            at += 8;
+        }
+        // The LAME extension: version, then (at +21) 12 bits of delay and 12 of padding.
+        f[at..at + 9].copy_from_slice(b"LAME3.100");
+        f[at + 9] = 0x01; // tag revision 0, constant bitrate
+        let v = (MP3_ENCODER_DELAY.min(4095) << 12) | padding.min(4095);
+        f[at + 21..at + 24].copy_from_slice(&v.to_be_bytes()[1..]);
+        f
+    }
 }
 
 enum Kind {
@@ -263,10 +338,18 @@ impl StreamEncoder {
                 b.set_mode(if channels == 1 { mp3lame_encoder::Mode::Mono } else { mp3lame_encoder::Mode::Stereo })
                     .map_err(lame_err)?;
                 b.set_quality(mp3lame_encoder::Quality::Good).map_err(lame_err)?;
-                // No Info tag: LAME fills it in only by rewriting the first frame, which a sealed
-                // file never does. Decoders then play the encoder delay too (docs/codecs.md).
+                // LAME's own Info tag would need its first frame rewritten, which a sealed file
+                // never does: callvault writes the Info frame as the file's head instead, once
+                // provisional (delay only) and once final.
                 b.set_to_write_vbr_tag(false).map_err(lame_err)?;
-                (Kind::Mp3(Box::new(Mp3 { lame: b.build().map_err(lame_err)? })), Vec::new())
+                let kbps = mp3_bitrate(rate, channels) as u32;
+                let info = InfoFrame::new(rate, kbps, channels).ok_or_else(|| EncodeError::Codec {
+                    codec: "MP3",
+                    reason: format!("no MP3 frame layout for {rate} Hz at {kbps} kbit/s"),
+                })?;
+                let head = info.bytes(0, 0, 0);
+                let mp3 = Mp3 { lame: b.build().map_err(lame_err)?, info, tail: Vec::new(), frames: 0, bytes: 0 };
+                (Kind::Mp3(Box::new(mp3)), head)
             }
             other => return Err(EncodeError::Unsupported(format!("{other} is not a stream format"))),
         };
@@ -315,12 +398,14 @@ impl StreamEncoder {
                 // LAME writes past what it was given when the buffer is short (and crashes on an
                 // empty one): always reserve its documented worst case.
                 out.reserve(mp3lame_encoder::max_required_buffer_size(interleaved.len() / ch));
+                let start = out.len();
                 let r = if ch == 1 {
                     m.lame.encode_to_vec(mp3lame_encoder::MonoPcm(interleaved), out)
                 } else {
                     m.lame.encode_to_vec(mp3lame_encoder::InterleavedPcm(interleaved), out)
                 };
                 r.map_err(|e| EncodeError::Codec { codec: "MP3", reason: e.to_string() })?;
+                m.count(&out[start..]);
                 Ok(())
             }
         }
@@ -358,13 +443,39 @@ impl StreamEncoder {
             Kind::Mp3(_) if self.frames_in == 0 => Ok(self.head.clone()),
             Kind::Mp3(m) => {
                 out.reserve(2 * 7200);
+                let start = out.len();
                 // FlushGap: pad and emit the last frame (FlushNoGap keeps it for a next file).
                 m.lame
                     .flush_to_vec::<mp3lame_encoder::FlushGap>(out)
                     .map_err(|e| EncodeError::Codec { codec: "MP3", reason: e.to_string() })?;
-                Ok(self.head.clone())
+                m.count(&out[start..]);
+                let total = m.frames * u64::from(m.info.samples_per_frame);
+                let padding = total.saturating_sub(self.frames_in + u64::from(MP3_ENCODER_DELAY));
+                let bytes = m.bytes + self.head.len() as u64;
+                Ok(m.info.bytes(
+                    u32::try_from(m.frames).unwrap_or(u32::MAX),
+                    u32::try_from(bytes).unwrap_or(u32::MAX),
+                    padding as u32,
+                ))
             }
         }
+    }
+}
+
+impl Mp3 {
+    /// Counts the whole frames in LAME's output so far (for the Info frame).
+    fn count(&mut self, new: &[u8]) {
+        self.bytes += new.len() as u64;
+        self.tail.extend_from_slice(new);
+        let mut at = 0;
+        while let Some((len, ..)) = super::stream::mp3_frame(&self.tail[at..]) {
+            if at + len > self.tail.len() {
+                break;
+            }
+            self.frames += 1;
+            at += len;
+        }
+        self.tail.drain(..at);
     }
 }
 

@@ -263,7 +263,7 @@ fn ogg_playable(b: &[u8]) -> Playable {
 }
 
 /// One MPEG audio layer III frame header at the start of `h`: (length, samples, rate, channels).
-fn mp3_frame(h: &[u8]) -> Option<(usize, u64, u32, u16)> {
+pub(crate) fn mp3_frame(h: &[u8]) -> Option<(usize, u64, u32, u16)> {
     // Kbit/s by bitrate index: MPEG-1 layer III, and MPEG-2/2.5 layer III.
     const V1: [u32; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
     const V2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
@@ -295,7 +295,11 @@ fn mp3_playable(b: &[u8]) -> Playable {
     while at + 4 <= b.len() {
         match mp3_frame(&b[at..]) {
             Some((len, samples, rate, channels)) if at + len <= b.len() => {
-                p.frames += samples;
+                // The Info frame at the head carries no audio.
+                let info = at == 0 && b[4..len.min(48)].windows(4).any(|w| w == b"Info" || w == b"Xing");
+                if !info {
+                    p.frames += samples;
+                }
                 p.rate.get_or_insert(rate);
                 p.channels.get_or_insert(channels);
                 at += len;
