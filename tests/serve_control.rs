@@ -850,3 +850,57 @@ fn a_g722_leg_and_a_pcmu_leg_record_at_16_khz_with_equal_channels() {
     let stop = c.request(json!({"cmd": "stop", "call_id": "nb"}));
     assert_eq!(stop["sample_rate"], 8000, "{stop}");
 }
+
+/// Unmounts a test's tmpfs when dropped (after the daemon on it, declared later, is gone).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+// Found when tried to break: a recording the recorder ended because its disk was full said
+// `end_reason: "stopped"`, as if the ACD had stopped it.
+#[test]
+fn a_full_disk_ends_the_recording_as_write_failed_and_keeps_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs", data.to_str().unwrap()])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _unmount = Tmpfs(data.clone());
+    let (min, max) = live::port_range(4);
+    let cfg = dir.path().join("callvault.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[engine]\nbackend = \"epoll\"\nworkers = 1\n\
+             pin_threads = false\n[metrics]\nlisten = \"\"\n[storage]\nship = false\n[limits]\nmin_spool_free_mb = 0\n\
+             [recording]\nencryption = \"off\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::spawn(dir, &cfg);
+    let mut c = d.client().unwrap();
+    assert_eq!(c.request(json!({"cmd": "subscribe"}))["ok"], true);
+    // 48 kHz stereo WAV: 192 KB a second fills 600 KiB in about three.
+    let r = c.request(json!({"cmd": "start", "call_id": "full", "sample_rate": 48000, "legs": [{"label": "a"}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let port = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    send_pcmu(&UdpSocket::bind("127.0.0.1:0").unwrap(), ("127.0.0.1", port), 1, 250, 0x80);
+    let failed = c.wait_event("recording_failed", Some("full"), Duration::from_secs(10));
+    assert_eq!(failed["end_reason"], "write_failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("No space left"), "{failed}");
+    let partials = failed["partial_files"].as_array().unwrap();
+    assert_eq!(partials.len(), 1, "{failed}");
+    let kept = std::fs::metadata(partials[0].as_str().unwrap()).unwrap().len();
+    assert!(kept > 200_000, "what was written is kept: {kept} bytes");
+}

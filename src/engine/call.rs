@@ -57,6 +57,8 @@ pub enum EndReason {
     SilenceTimeout,
     /// The daemon is shutting down (SIGTERM).
     Shutdown,
+    /// Writing the recording failed (disk full, I/O error): ended by the recorder, not the ACD.
+    WriteFailed,
 }
 
 impl EndReason {
@@ -67,6 +69,7 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::SilenceTimeout => "silence_timeout",
             EndReason::Shutdown => "shutdown",
+            EndReason::WriteFailed => "write_failed",
         }
     }
 }

@@ -388,7 +388,7 @@ impl Worker {
             let Some(owned) = owned else { continue };
             let call = &mut owned.call;
             if call.failure.is_some() {
-                ending.push((slot, EndReason::Stopped));
+                ending.push((slot, EndReason::WriteFailed));
                 continue;
             }
             let age = now.saturating_sub(call.started_ns);
