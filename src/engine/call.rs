@@ -785,7 +785,10 @@ fn recover_partial(partial: &Path) -> Option<Value> {
         Err(e) => {
             crate::log::error(&format!("recovery: {}: {e}", partial.display()));
             summary["error"] = json!(e.to_string());
-            summary["partial_files"] = json!([partial.display().to_string()]);
+            // A stream with nothing playable was put aside as `….damaged`, never removed.
+            let damaged = crate::output::with_suffix(partial, ".damaged");
+            let kept = if damaged.exists() { damaged } else { partial.to_path_buf() };
+            summary["partial_files"] = json!([kept.display().to_string()]);
         }
     }
     named.then_some(summary)
@@ -869,13 +872,19 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
                     ));
                 }
                 if r.empty {
-                    crate::log::warn(&format!("recovery: {}: no audio before the crash", partial.display()));
-                    summary["error"] =
-                        json!(format!("{}: no audio was written before the crash; removed", partial.display()));
-                    summary["partial_files"] = json!([]);
+                    let error = match &r.kept_damaged {
+                        Some(kept) => format!(
+                            "{}: damaged before any audio authenticated; kept as {}",
+                            partial.display(),
+                            kept.display()
+                        ),
+                        None => format!("{}: no audio was written before the crash; removed", partial.display()),
+                    };
+                    crate::log::warn(&format!("recovery: {error}"));
+                    summary["partial_files"] =
+                        json!(r.kept_damaged.iter().map(|k| k.display().to_string()).collect::<Vec<_>>());
                     describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
-                    summary["error"] =
-                        json!(format!("{}: no audio was written before the crash; removed", partial.display()));
+                    summary["error"] = json!(error);
                     save(&summary);
                     return Some(summary);
                 }

@@ -217,6 +217,11 @@ fn ogg_crc(page: &[u8]) -> u32 {
 fn ogg_playable(b: &[u8]) -> Playable {
     let mut p = Playable::default();
     let (mut at, mut granule, mut pre_skip, mut rate) = (0usize, 0u64, 0u64, 48_000u64);
+    let mut head_ok = false;
+    // A page whose header or lacing is broken stops players there (libogg waits for a page that
+    // never ends): what comes after it stays in the file but is not counted as playable. A page
+    // with only a bad checksum is skipped by players, which play on.
+    let mut counting = true;
     while at + 27 <= b.len() {
         if &b[at..at + 4] == b"OggS" && b[at + 4] == 0 {
             let nseg = usize::from(b[at + 26]);
@@ -229,36 +234,52 @@ fn ogg_playable(b: &[u8]) -> Playable {
                     if ogg_crc(&b[at..end]) == stored {
                         let body = &b[at + 27 + nseg..end];
                         if body.starts_with(b"OpusHead") && body.len() >= 16 {
+                            head_ok = true;
                             p.channels = Some(u16::from(body[9]));
                             pre_skip = u64::from(u16::from_le_bytes([body[10], body[11]]));
                             rate = u64::from(u32::from_le_bytes([body[12], body[13], body[14], body[15]])).max(1);
                             p.rate = Some(rate as u32);
                         }
                         let g = u64::from_le_bytes(b[at + 6..at + 14].try_into().expect("8 bytes"));
-                        if g != u64::MAX {
+                        if g != u64::MAX && counting {
                             granule = granule.max(g);
                         }
                         at = end;
                         p.keep = end;
                         continue;
                     }
+                    // A bad checksum on a page that ends where the next begins: skipped, no more.
+                    if !(end == b.len() || b[end..].starts_with(b"OggS")) {
+                        counting = false;
+                    }
                 }
                 // Runs past the end with no page after it: the torn tail.
                 _ if !b[at + 1..].windows(4).any(|w| w == b"OggS") => break,
-                _ => {}
+                // Runs past a page that follows: a broken lacing, where players stop.
+                _ => counting = false,
             }
         }
-        // Damage (a bad header, length or checksum): resync at the next capture pattern, as a
-        // player does. The damaged bytes stay in the file; their samples are not counted.
+        // Damage (a bad header, length or checksum): resync at the next capture pattern. The
+        // damaged bytes stay in the file; their samples are not counted.
+        if &b[at..at + 4] != b"OggS" || b[at + 4] != 0 {
+            counting = false;
+        }
         match b[at + 1..].windows(4).position(|w| w == b"OggS") {
             Some(skip) => {
                 p.damaged_bytes += skip as u64 + 1;
                 at += skip + 1;
             }
-            None => break,
+            None => {
+                // Bytes that are no page at all (not a torn page) count as damage.
+                if &b[at..at + 4] != b"OggS" {
+                    p.damaged_bytes += (b.len() - at) as u64;
+                }
+                break;
+            }
         }
     }
-    p.frames = granule.saturating_sub(pre_skip) * rate / 48_000;
+    // Without a readable OpusHead nothing plays and no length can be known.
+    p.frames = if head_ok { granule.saturating_sub(pre_skip) * rate / 48_000 } else { 0 };
     p
 }
 
@@ -317,7 +338,10 @@ fn mp3_playable(b: &[u8]) -> Playable {
                         p.damaged_bytes += (i - at) as u64;
                         at = i;
                     }
-                    None => break,
+                    None => {
+                        p.damaged_bytes += (b.len() - at) as u64;
+                        break;
+                    }
                 }
             }
         }
@@ -403,6 +427,17 @@ pub fn reseal_stream_unfinished(
     let playable = playable_frames(header.container, &whole);
     if playable.frames == 0 {
         done_with_source(&kept_damaged)?;
+        // Damaged before any audio authenticated: kept under a name recovery does not take up
+        // again (`<rid>.<ext>.cvs.damaged`), so it is reported once.
+        let kept_damaged = match kept_damaged {
+            Some(k) => {
+                let settled = super::with_suffix(dest, ".damaged");
+                fs::rename(&k, &settled).map_err(io("rename to", &settled))?;
+                wav::sync_parent_dir(&settled)?;
+                Some(settled)
+            }
+            None => None,
+        };
         return Ok(ResealedStream {
             playable,
             stopped_by: rec.stopped_by,
@@ -452,6 +487,22 @@ pub fn recover_plain_stream(partial: &Path, dest: &Path, format: Format) -> Resu
     if playable.frames == 0 && playable.damaged_bytes == 0 {
         fs::remove_file(partial).map_err(io("remove", partial))?;
         return Ok(playable);
+    }
+    if playable.frames == 0 {
+        // Bytes, but nothing that plays: kept aside for whoever can do better, never removed.
+        let kept = super::with_suffix(partial, ".damaged");
+        fs::rename(partial, &kept).map_err(io("rename to", &kept))?;
+        wav::sync_parent_dir(&kept)?;
+        return Err(WavError::File {
+            path: kept.clone(),
+            action: "recover",
+            source: std::io::Error::other(format!(
+                "no playable {} audio in it ({} damaged bytes); kept as {}",
+                format.name(),
+                playable.damaged_bytes,
+                kept.display()
+            )),
+        });
     }
     if playable.keep < bytes.len() {
         let f = File::options().write(true).open(partial).map_err(io("open", partial))?;
@@ -570,7 +621,15 @@ mod tests {
             let dest = dir.path().join(format!("{RID}.{}", format.ext()));
             let p = recover_plain_stream(&partial, &dest, format).unwrap();
             assert!(p.damaged_bytes > 0, "{format}: {p:?}");
-            assert!(p.frames >= clean.frames * 2 / 3, "{format}: {} of {}", p.frames, clean.frames);
+            match format {
+                // A broken Ogg lacing stops players there (found on re-check): only what plays
+                // before it counts; the bytes after it stay.
+                Format::Opus => {
+                    assert!(p.frames > 0 && p.frames < clean.frames / 2, "{} of {}", p.frames, clean.frames)
+                }
+                // MP3 decoders resync at the next frame and play on.
+                _ => assert!(p.frames >= clean.frames * 2 / 3, "{format}: {} of {}", p.frames, clean.frames),
+            }
             assert!(fs::metadata(&dest).unwrap().len() as usize >= len - 2048, "{format}: only a torn tail is cut");
         }
         // A flipped byte inside a page's audio: the page's checksum fails.
@@ -582,6 +641,41 @@ mod tests {
         bytes[at] ^= 0x10;
         let damaged = playable_frames(Container::Ogg, &bytes);
         assert!(damaged.damaged_bytes > 0 && damaged.keep == clean.keep, "{damaged:?} vs {clean:?}");
+    }
+
+    // Found on re-check: damage in the OpusHead page made a wrong length (the rate unknown), a
+    // file of garbage was removed as if empty, and a sealed file damaged in its first chunk was
+    // reported "removed" (it was kept) and again at every start.
+    #[test]
+    fn what_cannot_play_is_kept_and_never_taken_for_an_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = unfinished(dir.path(), Format::Opus, None, 3);
+        let mut bytes = fs::read(&partial).unwrap();
+        bytes[40] ^= 1; // inside the OpusHead page
+        fs::write(&partial, &bytes).unwrap();
+        let dest = dir.path().join(format!("{RID}.opus"));
+        let e = recover_plain_stream(&partial, &dest, Format::Opus).unwrap_err().to_string();
+        assert!(e.contains("no playable opus audio"), "{e}");
+        let kept = super::super::with_suffix(&partial, ".damaged");
+        assert_eq!(fs::read(&kept).unwrap(), bytes, "kept byte for byte");
+        let garbage = dir.path().join(format!("{RID}-1.mp3.partial"));
+        let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        fs::write(&garbage, &noise).unwrap();
+        let e = recover_plain_stream(&garbage, &dir.path().join(format!("{RID}-1.mp3")), Format::Mp3).unwrap_err();
+        assert!(e.to_string().contains("damaged bytes"), "{e}");
+        assert!(super::super::with_suffix(&garbage, ".damaged").exists());
+        // Sealed, damaged in its first chunk: kept once under a name recovery leaves alone.
+        let s = sealing();
+        let sealed = unfinished(dir.path(), Format::Opus, Some(&s), 3);
+        let mut b = fs::read(&sealed).unwrap();
+        b[700] ^= 1;
+        fs::write(&sealed, &b).unwrap();
+        let dest = dir.path().join(format!("{RID}.opus.cvs"));
+        let r = reseal_stream_unfinished(&sealed, &dest, &s).unwrap();
+        assert!(r.empty && !dest.exists());
+        let kept = r.kept_damaged.unwrap();
+        assert!(kept.ends_with(format!("{RID}.opus.cvs.damaged")) && kept.exists(), "{kept:?}");
+        assert!(!super::super::with_suffix(&sealed, ".damaged").exists(), "not taken up again at the next start");
     }
 
     // Found when tried to break: a recovery that found only the heads was reported as a
