@@ -43,6 +43,7 @@ pub fn timeline(data: &[u8]) {
     // The recording's rate from the input's length: every rate, and so every resampler, is run.
     let mut cfg = RecordingConfig::default();
     cfg.timeline.sample_rate = crate::core::decode::RECORDING_RATES[data.len() / 8 % 3];
+    let cfg_rate = cfg.timeline.sample_rate;
     let mut rec = Recording::new(cfg, specs, Some(0));
     let mut planes = vec![Vec::new(), Vec::new()];
     let mut now: u64 = 0;
@@ -60,8 +61,11 @@ pub fn timeline(data: &[u8]) {
         } else {
             ts[src].wrapping_add((step * 8) as u32)
         };
-        // Steps of 0-254 ms; 0xff is a 2-minute hold (well past every tolerance, yet cheap to run).
-        now += if r[4] == 0xff { 120_000_000_000 } else { u64::from(r[4]) * 1_000_000 };
+        // Steps of 0-254 ms; 0xff is a hold well past every tolerance, yet cheap to run: 2 minutes
+        // at 8 kHz, as many samples at the higher rates (20 s at 48 kHz), since every sample of it
+        // is rendered (comfort noise included).
+        let hold_ns = 120_000_000_000 * 8000 / u64::from(cfg_rate);
+        now += if r[4] == 0xff { hold_ns } else { u64::from(r[4]) * 1_000_000 };
         let len = usize::from(r[5]);
         let pt = match kind {
             0 | 1 => 0,

@@ -99,3 +99,13 @@ fn write_sealed_file_seeds() {
     std::fs::write(dir.join("finalised"), fuzz_targets::sealed_file_seed(true)).unwrap();
     std::fs::write(dir.join("unfinished"), fuzz_targets::sealed_file_seed(false)).unwrap();
 }
+
+#[test]
+#[ignore = "replays one input from $FUZZ_INPUT through the timeline target"]
+fn replay_one_timeline_input() {
+    let path = std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT");
+    let data = std::fs::read(path).unwrap();
+    let t = std::time::Instant::now();
+    fuzz_targets::timeline(&data);
+    eprintln!("{} bytes in {:?}", data.len(), t.elapsed());
+}

@@ -260,6 +260,39 @@ fn telephone_events_are_recorded_not_decoded() {
     }
 }
 
+/// Found by the fuzzer: a telephone-event whose timestamp says it starts hours after it arrived
+/// stretched the recording by those hours of silence. It is placed by arrival instead.
+#[test]
+fn an_event_timestamped_hours_ahead_cannot_stretch_the_recording() {
+    let mut map = callvault::core::payload::PayloadMap::default();
+    map.insert(101, callvault::core::payload::PayloadFormat::new("telephone-event", 8000, None));
+    let sent = pcmu_stream(50, 0, 1, 1, 9, 6);
+    let mut fed = sent[..25].to_vec();
+    // Digit 1, its timestamp ten hours past the audio's, arriving with the 26th packet's time.
+    let mut p = vec![1u8, 0x80 | 10];
+    p.extend_from_slice(&160u16.to_be_bytes());
+    fed.push(Sent { at: 25 * 20 * MS, bytes: rtp(101, 26, 1 + 10 * 3600 * 8000, 9, &p) });
+    fed.extend(sent[25..].iter().map(|s| {
+        // Audio continues with the next sequence numbers.
+        let mut b = s.bytes.clone();
+        let seq = u16::from_be_bytes([b[2], b[3]]) + 1;
+        b[2..4].copy_from_slice(&seq.to_be_bytes());
+        Sent { at: s.at, bytes: b }
+    }));
+    let specs = vec![callvault::core::recording::LegSpec { label: "a".into(), payload_map: map }];
+    let mut rec = callvault::core::recording::Recording::new(config(), specs, None);
+    let mut planes = vec![Vec::new()];
+    for s in &fed {
+        rec.handle_datagram(s.at, 0, &s.bytes);
+        while rec.poll_audio(s.at, 4096, &mut planes) > 0 {}
+    }
+    rec.finish();
+    while rec.poll_audio(0, 4096, &mut planes) > 0 {}
+    assert_eq!(planes[0].len(), 50 * 160, "the call's second, not ten hours");
+    let e = &rec.legs()[0].events()[0];
+    assert!((25 * 160..=26 * 160).contains(&e.start), "placed by arrival: {}", e.start);
+}
+
 /// A sender ten times faster than real time (a burst, a replay at speed) cannot stretch the
 /// recording past the wall clock: what would sit more than 5 s ahead of its arrival is dropped
 /// and counted in `ahead`. (Once, 200,000 packets sent in a second made a 66-minute file.)

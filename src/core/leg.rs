@@ -678,21 +678,27 @@ impl Leg {
         let rms = 32767.0 / 2f32.sqrt() * 10f32.powf(-f32::from(level_dbov.min(127)) / 20.0);
         // Uniform noise of that RMS; below 2 dBov it would pass full scale, so it is capped there.
         let peak = (rms * 3f32.sqrt()).min(32767.0);
-        match self.noise.last_mut() {
-            // A CN update while one period runs only changes its level.
-            Some(last) if last.end == i64::MAX && last.start <= pos => last.peak = peak,
-            _ => self.noise.push(NoiseSpan { start: pos.max(self.written_end), end: i64::MAX, peak }),
+        let start = pos.max(self.written_end);
+        match self.noise.iter_mut().find(|s| s.end == i64::MAX) {
+            // One period runs at a time: a CN update (or a late CN packet) only changes its
+            // level, or moves its start earlier (found by the fuzzer: periods piling up made
+            // rendering quadratic).
+            Some(open) => {
+                open.peak = peak;
+                open.start = open.start.min(start);
+            }
+            None => self.noise.push(NoiseSpan { start, end: i64::MAX, peak }),
         }
     }
 
     /// Audio written from `pos` on ends a noise period that began before it.
     fn end_noise(&mut self, pos: i64) {
-        if let Some(last) = self.noise.last_mut()
-            && last.end == i64::MAX
-            && last.start <= pos
+        if let Some(open) = self.noise.iter_mut().find(|s| s.end == i64::MAX)
+            && open.start <= pos
         {
-            last.end = pos;
+            open.end = pos;
         }
+        self.noise.retain(|s| s.end > s.start);
     }
 
     /// Handles a telephone-event packet (RFC 4733). Events never touch the audio timeline; an
@@ -751,7 +757,14 @@ impl Leg {
             None => (seg.anchor_ext_ts, seg.first_ts),
         };
         let ext_ts = ref_ext_ts + i64::from(ts.wrapping_sub(ref_ts) as i32);
-        let start = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, clock_rate);
+        let mut start = seg.anchor_pos + self.scale_ts(ext_ts - seg.anchor_ext_ts, clock_rate);
+        // An event cannot start far after it arrived: a timestamp that says so is a broken
+        // clock, and believing it would stretch the recording by hours of silence (found by
+        // the fuzzer). Placed by arrival instead, like audio that runs ahead.
+        let now_pos = self.cfg.ns_to_samples(now_ns);
+        if start > now_pos + self.cfg.ms_to_samples(self.cfg.max_ahead_ms) {
+            start = now_pos.max(cursor);
+        }
         self.active_event = Some(ActiveEvent { ssrc, ts, start, clock_rate, duration, code });
         self.event_end = self.event_end.max(start + self.scale_ts(i64::from(duration), clock_rate));
         Placement::Event
