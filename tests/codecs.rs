@@ -2,11 +2,13 @@
 //! a mid-call codec change, and legs at different rates in one recording.
 
 mod captures;
+mod common;
 
 use callvault::capture::CaptureReader;
 use callvault::core::leg::TimelineConfig;
 use callvault::core::payload::{PayloadFormat, PayloadMap};
 use callvault::core::recording::{LegSpec, Recording, RecordingConfig};
+use common::rtp;
 
 fn recording(rate: u32, maps: Vec<PayloadMap>) -> Recording {
     let cfg =
@@ -25,15 +27,6 @@ fn run(mut rec: Recording, input: &[(u64, usize, Vec<u8>)]) -> (Recording, Vec<V
     rec.finish();
     while rec.poll_audio(u64::MAX, 4096, &mut planes) > 0 {}
     (rec, planes)
-}
-
-fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, pt];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&ts.to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
 }
 
 fn snr_db(reference: &[i16], got: &[i16]) -> f64 {

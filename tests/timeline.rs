@@ -236,16 +236,8 @@ fn telephone_events_are_recorded_not_decoded() {
     // Audio resumes with the next sequence number (events and audio share one sequence space).
     fed.extend(sent[13..].iter().cloned());
     for keep in [true, false] {
-        let specs = vec![callvault::core::recording::LegSpec { label: "a".into(), payload_map: map.clone() }];
         let cfg = callvault::core::recording::RecordingConfig { keep_dtmf_digits: keep, ..config() };
-        let mut rec = callvault::core::recording::Recording::new(cfg, specs, None);
-        let mut planes = vec![Vec::new()];
-        for s in &fed {
-            rec.handle_datagram(s.at, 0, &s.bytes);
-            while rec.poll_audio(s.at, 4096, &mut planes) > 0 {}
-        }
-        rec.finish();
-        while rec.poll_audio(0, 4096, &mut planes) > 0 {}
+        let Output { planes, rec } = run_with_map(cfg, &map, &[fed.clone()], None);
         let leg = &rec.legs()[0];
         assert_eq!(leg.events().len(), 1);
         let e = &leg.events()[0];
@@ -279,15 +271,7 @@ fn an_event_timestamped_hours_ahead_cannot_stretch_the_recording() {
         b[2..4].copy_from_slice(&seq.to_be_bytes());
         Sent { at: s.at, bytes: b }
     }));
-    let specs = vec![callvault::core::recording::LegSpec { label: "a".into(), payload_map: map }];
-    let mut rec = callvault::core::recording::Recording::new(config(), specs, None);
-    let mut planes = vec![Vec::new()];
-    for s in &fed {
-        rec.handle_datagram(s.at, 0, &s.bytes);
-        while rec.poll_audio(s.at, 4096, &mut planes) > 0 {}
-    }
-    rec.finish();
-    while rec.poll_audio(0, 4096, &mut planes) > 0 {}
+    let Output { planes, rec } = run_with_map(config(), &map, &[fed], None);
     assert_eq!(planes[0].len(), 50 * 160, "the call's second, not ten hours");
     let e = &rec.legs()[0].events()[0];
     assert!((25 * 160..=26 * 160).contains(&e.start), "placed by arrival: {}", e.start);

@@ -91,7 +91,7 @@ pub struct LegDecoder {
     native: Vec<i16>,
     opus_buf: Vec<i16>,
     /// Sequence numbers of the last packets decoded from this source, to skip duplicates.
-    recent: [u16; 16],
+    recent: [Option<u16>; 16],
     recent_at: usize,
 }
 
@@ -105,7 +105,7 @@ impl LegDecoder {
             last: None,
             native: Vec::new(),
             opus_buf: Vec::new(),
-            recent: [0; 16],
+            recent: [None; 16],
             recent_at: 0,
         }
     }
@@ -125,9 +125,8 @@ impl LegDecoder {
         if fresh {
             self.active = Some((codec, ssrc, self.build(codec, &format.encoding)?));
             self.last = None;
-            // Nothing decoded from the new source yet: a number it shares with the old one
-            // is no repeat.
-            self.recent = [seq.wrapping_sub(1000); 16];
+            // Nothing decoded from the new source yet.
+            self.recent = [None; 16];
             let native = match codec {
                 Codec::Opus => self.rate,
                 other => audio_rate(other).unwrap_or(self.rate),
@@ -137,7 +136,7 @@ impl LegDecoder {
                     .map_err(|e| DecodeError::Corrupt { codec: "resampler", reason: e.to_string() })?,
             );
         }
-        if !fresh && self.recent.contains(&seq) {
+        if self.recent.contains(&Some(seq)) {
             return Err(DecodeError::Repeat);
         }
         let in_order = self.last.is_some_and(|l| seq == l.seq.wrapping_add(1));
@@ -154,6 +153,12 @@ impl LegDecoder {
         let mut result = Decoded::default();
         self.native.clear();
         let ts_len = match active {
+            // The common case, G.711 at 8 kHz: straight into the output, no copy.
+            Active::G711(table) if resampler.is_identity() => {
+                g711::decode(table, payload, out);
+                self.note(seq, ts, payload.len() as u32, newer);
+                return Ok(result);
+            }
             Active::G711(table) => {
                 g711::decode(table, payload, &mut self.native);
                 payload.len() as u32
@@ -210,12 +215,9 @@ impl LegDecoder {
                 nb as u32
             }
         };
-        let before = out.len();
+        // Opus decodes at the recording's rate (its resampler is the identity), so the lead
+        // counted above is already in output samples.
         resampler.process(&self.native, out);
-        if result.lead > 0 {
-            // The lead was counted at the decoder's rate; Opus decodes at the recording's.
-            result.lead = result.lead.min(out.len() - before);
-        }
         self.note(seq, ts, ts_len, newer);
         Ok(result)
     }
@@ -224,7 +226,7 @@ impl LegDecoder {
         if newer {
             self.last = Some(Last { seq, ts, ts_len });
         }
-        self.recent[self.recent_at] = seq;
+        self.recent[self.recent_at] = Some(seq);
         self.recent_at = (self.recent_at + 1) % self.recent.len();
     }
 

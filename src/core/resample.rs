@@ -23,8 +23,6 @@ pub struct RatioError {
 /// A resampler from one rate to another; the identity when they are equal.
 #[derive(Debug, Clone)]
 pub struct Resampler {
-    from: u32,
-    to: u32,
     up: usize,
     down: usize,
     /// Per output phase, the taps that meet the window (oldest input first): `up` rows when
@@ -70,15 +68,7 @@ impl Resampler {
             let gain = up as f32;
             phases = (0..up).map(|p| (0..n).map(|j| h[(n - 1 - j) * up + p] * gain).collect()).collect();
         }
-        Ok(Resampler { from, to, up, down, phases, ring: vec![0.0; 2 * n], at: 0, phase: 0 })
-    }
-
-    pub fn from_rate(&self) -> u32 {
-        self.from
-    }
-
-    pub fn to_rate(&self) -> u32 {
-        self.to
+        Ok(Resampler { up, down, phases, ring: vec![0.0; 2 * n], at: 0, phase: 0 })
     }
 
     /// Whether output equals input.

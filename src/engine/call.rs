@@ -843,65 +843,52 @@ fn recover_sealed_partial(partial: &Path, sealing: &Arc<Sealing>) -> Option<Valu
         save(&summary);
         return Some(summary);
     }
+    // (frames, complete before, where it stopped, kept as damaged, nothing playable)
     let resealed = if name.contains(".wav.cvs") {
         sealed::reseal_unfinished(partial, &dest, sealing).map(|r| {
             summary["sample_rate"] = json!(r.spec.sample_rate);
             summary["channels"] = json!(r.spec.channels);
-            if let Some(kept) = &r.kept_damaged {
-                crate::log::error(&format!(
-                    "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
-                    partial.display(),
-                    r.stopped_by.as_deref().unwrap_or("bytes that do not authenticate"),
-                    kept.display()
-                ));
-            }
-            let how =
-                if r.was_complete { "complete: only its rename was missing" } else { "re-sealed under a new data key" };
-            (r.frames, how.to_string())
+            (r.frames, r.was_complete, r.stopped_by, r.kept_damaged, false)
         })
     } else {
         // Ogg/Opus or MP3: the prefix of whole pages or frames is re-sealed.
-        match crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing) {
-            Ok(r) => {
-                if let Some(kept) = &r.kept_damaged {
-                    crate::log::error(&format!(
-                        "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
-                        partial.display(),
-                        r.stopped_by.as_deref().unwrap_or("bytes that do not authenticate"),
-                        kept.display()
-                    ));
-                }
-                if r.empty {
-                    let error = match &r.kept_damaged {
-                        Some(kept) => format!(
-                            "{}: damaged before any audio authenticated; kept as {}",
-                            partial.display(),
-                            kept.display()
-                        ),
-                        None => format!("{}: no audio was written before the crash; removed", partial.display()),
-                    };
-                    crate::log::warn(&format!("recovery: {error}"));
-                    summary["partial_files"] =
-                        json!(r.kept_damaged.iter().map(|k| k.display().to_string()).collect::<Vec<_>>());
-                    describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
-                    summary["error"] = json!(error);
-                    save(&summary);
-                    return Some(summary);
-                }
-                let how = match (r.was_complete, r.stopped_by) {
-                    (true, _) => "complete: only its rename was missing".to_string(),
-                    (false, s) => format!(
-                        "re-sealed under a new data key{}",
-                        s.map(|s| format!("; stopped at: {s}")).unwrap_or_default()
-                    ),
-                };
-                Ok((r.playable.frames, how))
-            }
-            Err(e) => Err(e),
-        }
+        crate::output::stream::reseal_stream_unfinished(partial, &dest, sealing)
+            .map(|r| (r.playable.frames, r.was_complete, r.stopped_by, r.kept_damaged, r.empty))
     };
+    let resealed = resealed.map(|(frames, was_complete, stopped_by, kept_damaged, empty)| {
+        if let Some(kept) = &kept_damaged {
+            crate::log::error(&format!(
+                "recovery: {} is damaged ({}); its authenticated prefix is recovered, the file is kept as {}",
+                partial.display(),
+                stopped_by.as_deref().unwrap_or("bytes that do not authenticate"),
+                kept.display()
+            ));
+        }
+        let how = match (was_complete, stopped_by) {
+            (true, _) => "complete: only its rename was missing".to_string(),
+            (false, s) => {
+                format!("re-sealed under a new data key{}", s.map(|s| format!("; stopped at: {s}")).unwrap_or_default())
+            }
+        };
+        (frames, how, kept_damaged, empty)
+    });
+    if let Ok((_, _, kept_damaged, true)) = &resealed {
+        // Nothing playable: no file was made.
+        let error = match kept_damaged {
+            Some(kept) => {
+                format!("{}: damaged before any audio authenticated; kept as {}", partial.display(), kept.display())
+            }
+            None => format!("{}: no audio was written before the crash; removed", partial.display()),
+        };
+        crate::log::warn(&format!("recovery: {error}"));
+        summary["partial_files"] = json!(kept_damaged.iter().map(|k| k.display().to_string()).collect::<Vec<_>>());
+        describe_finished(partial.parent().unwrap_or(Path::new(".")), &rid, sealing, &mut summary);
+        summary["error"] = json!(error);
+        save(&summary);
+        return Some(summary);
+    }
     match resealed {
-        Ok((frames, how)) => {
+        Ok((frames, how, ..)) => {
             if let Some(e) = &failed_before {
                 summary["recovered_after_failure"] = json!(e);
                 summary.as_object_mut().map(|o| o.remove("error"));

@@ -103,9 +103,11 @@ impl WavSpec {
     pub(crate) fn encode_into(&self, interleaved: &[i16], out: &mut Vec<u8>) {
         match self.encoding {
             SampleEncoding::Pcm16 => {
-                out.reserve(interleaved.len() * 2);
-                for s in interleaved {
-                    out.extend_from_slice(&s.to_le_bytes());
+                // Sized once and filled in place: this is on the per-packet path.
+                let start = out.len();
+                out.resize(start + interleaved.len() * 2, 0);
+                for (dst, s) in out[start..].chunks_exact_mut(2).zip(interleaved) {
+                    dst.copy_from_slice(&s.to_le_bytes());
                 }
             }
             SampleEncoding::Ulaw => out.extend(interleaved.iter().map(|&s| crate::core::g711::linear_to_ulaw(s))),

@@ -76,8 +76,12 @@ pub fn config() -> RecordingConfig {
 /// Runs legs (each a list of arrivals) through a recording, interleaving by arrival time and
 /// polling after every datagram the way a live driver does.
 pub fn run(cfg: RecordingConfig, legs: &[Vec<Sent>], origin: Option<u64>) -> Output {
-    let specs =
-        (0..legs.len()).map(|i| LegSpec { label: format!("leg{i}"), payload_map: PayloadMap::default() }).collect();
+    run_with_map(cfg, &PayloadMap::default(), legs, origin)
+}
+
+/// [`run`] with every leg using `map`.
+pub fn run_with_map(cfg: RecordingConfig, map: &PayloadMap, legs: &[Vec<Sent>], origin: Option<u64>) -> Output {
+    let specs = (0..legs.len()).map(|i| LegSpec { label: format!("leg{i}"), payload_map: map.clone() }).collect();
     let mut rec = Recording::new(cfg, specs, origin);
     let mut all: Vec<(u64, usize, usize)> = Vec::new();
     for (l, sent) in legs.iter().enumerate() {
