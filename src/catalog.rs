@@ -213,6 +213,17 @@ pub struct Query {
     pub limit: Option<u32>,
     /// Where the previous page ended (its `next_cursor`).
     pub cursor: Option<String>,
+    /// Only recordings of these queues or teams (metadata `queue`, `team`): what an API
+    /// caller may see. `None`: every recording.
+    pub scope: Option<ScopeFilter>,
+}
+
+/// The recordings a caller may see: those whose queue is one of `queues` or whose metadata
+/// `team` is one of `teams` (both empty: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeFilter {
+    pub queues: Vec<String>,
+    pub teams: Vec<String>,
 }
 
 impl Query {
@@ -258,6 +269,7 @@ impl Query {
             meta,
             limit,
             cursor: s("cursor")?,
+            scope: None,
         };
         q.check()?;
         Ok(q)
@@ -362,6 +374,28 @@ pub fn search(path: &Path, q: &Query) -> Result<Page, CatalogError> {
             args.len() - 1,
             args.len()
         ));
+    }
+    if let Some(scope) = &q.scope {
+        let mut any = Vec::new();
+        let list = |vals: &[String], args: &mut Vec<String>| {
+            vals.iter()
+                .map(|v| {
+                    args.push(v.clone());
+                    format!("?{}", args.len())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !scope.queues.is_empty() {
+            any.push(format!("queue IN ({})", list(&scope.queues, &mut args)));
+        }
+        if !scope.teams.is_empty() {
+            any.push(format!(
+                "recording_id IN (SELECT recording_id FROM metadata WHERE key = 'team' AND value IN ({}))",
+                list(&scope.teams, &mut args)
+            ));
+        }
+        clauses.push(if any.is_empty() { "0".to_string() } else { format!("({})", any.join(" OR ")) });
     }
     if let Some((t, r)) = q.cursor.as_deref().and_then(decode_cursor) {
         args.push(t);
@@ -632,6 +666,26 @@ mod tests {
         assert_eq!(search(&path, &q).unwrap().recordings.len(), 2);
         assert!(Query::from_json(&json!({"limit": 0})).is_err());
         assert!(Query::from_json(&json!({"agent": 5})).is_err());
+        // Scope: queue or team; an empty scope sees nothing, and it pages like any filter.
+        c.upsert(&summary(&rid(30), "2026-12-05T10:00:00.000Z", json!({"queue": "billing", "team": "north"}))).unwrap();
+        let scoped = |queues: &[&str], teams: &[&str]| {
+            let scope = Some(ScopeFilter {
+                queues: queues.iter().map(|s| s.to_string()).collect(),
+                teams: teams.iter().map(|s| s.to_string()).collect(),
+            });
+            all(Query { scope, limit: Some(3), ..Query::default() })
+        };
+        assert_eq!(scoped(&["support"], &[]), vec![rid(0)]);
+        assert_eq!(scoped(&[], &["north"]), vec![rid(30)]);
+        assert_eq!(scoped(&["support"], &["north"]), vec![rid(30), rid(0)]);
+        assert_eq!(scoped(&["sales"], &[]).len(), 24);
+        assert!(scoped(&[], &[]).is_empty());
+        let q = Query {
+            agent: Some("alice".into()),
+            scope: Some(ScopeFilter { queues: vec!["support".into()], teams: vec![] }),
+            ..Query::default()
+        };
+        assert_eq!(all(q), vec![rid(0)]);
     }
 
     #[test]

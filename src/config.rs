@@ -79,6 +79,54 @@ pub struct Config {
     pub storage: StorageConfig,
     /// How long recordings are kept.
     pub retention: RetentionConfig,
+    /// The search and playback API (docs/api.md).
+    pub api: ApiConfig,
+    /// The audit trail (docs/audit.md).
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit trail's anchors (docs/audit.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Seconds between anchors of the audit chain's head (to the storage targets and the
+    /// journal); 0: only at shutdown. Entries cut off after the last anchor cannot be detected,
+    /// so this bounds what could be lost unnoticed.
+    pub anchor_interval_s: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { anchor_interval_s: 60 }
+    }
+}
+
+/// `[api]`: the HTTP API and web page for search and playback (docs/api.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address; empty turns the API off. Any address that is not loopback needs TLS.
+    pub listen: String,
+    /// PEM certificate chain for TLS (with `tls_key`); required unless `listen` is loopback.
+    pub tls_cert: PathBuf,
+    /// PEM private key for TLS.
+    pub tls_key: PathBuf,
+    /// Longest lifetime of a signed playback link, seconds.
+    pub link_max_ttl_s: u64,
+    /// Bytes of transcoded audio kept in memory for seeking (all recordings together).
+    pub transcode_cache_mib: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            link_max_ttl_s: 86_400,
+            transcode_cache_mib: 256,
+        }
+    }
 }
 
 /// `[storage]`: see `docs/storage.md`. With nothing set, finished recordings move to the local
@@ -349,6 +397,8 @@ impl Default for Config {
             keys: KeysConfig::default(),
             storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
+            api: ApiConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -416,6 +466,44 @@ impl Default for RecordingDefaults {
             comfort_noise: true,
             format: "wav".into(),
         }
+    }
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+            ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+        }
+        if self.listen.is_empty() {
+            return Ok(());
+        }
+        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+            return Err(invalid("api.listen", &self.listen, "must be IP:PORT (or empty to turn the API off)"));
+        };
+        let (cert, key) = (!self.tls_cert.as_os_str().is_empty(), !self.tls_key.as_os_str().is_empty());
+        if cert != key {
+            let (k, v) = if cert { ("api.tls_key", "\"\"") } else { ("api.tls_cert", "\"\"") };
+            return Err(invalid(k, v, "set api.tls_cert and api.tls_key together"));
+        }
+        if !addr.ip().is_loopback() && !cert {
+            return Err(invalid(
+                "api.listen",
+                &self.listen,
+                "an address other than loopback needs TLS: set api.tls_cert and api.tls_key (docs/api.md)",
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&self.link_max_ttl_s) {
+            return Err(invalid("api.link_max_ttl_s", self.link_max_ttl_s, "must be 60 to 604800"));
+        }
+        if self.transcode_cache_mib > 65_536 {
+            return Err(invalid("api.transcode_cache_mib", self.transcode_cache_mib, "must be at most 65536"));
+        }
+        Ok(())
+    }
+
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty()
     }
 }
 
@@ -621,6 +709,14 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("metrics.listen", &self.metrics.listen, "must be IP:PORT (or empty to turn it off)"));
         }
+        self.api.validate()?;
+        if self.audit.anchor_interval_s > 86_400 {
+            return Err(invalid(
+                "audit.anchor_interval_s",
+                self.audit.anchor_interval_s,
+                "must be at most 86400 (0: only at shutdown); a long interval leaves more entries that could be cut off unnoticed",
+            ));
+        }
         let st = &self.storage;
         if !(1..=64).contains(&st.concurrency) {
             return Err(invalid("storage.concurrency", st.concurrency, "must be 1 to 64"));
@@ -775,6 +871,7 @@ mod tests {
         assert_eq!(c.limits.silence_timeout_s, 1800);
         assert_eq!(c.limits.max_duration_s, 0);
         assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.audit.anchor_interval_s, 60);
     }
 
     #[test]
@@ -845,6 +942,7 @@ mod tests {
             ("[storage]\nverify = \"md5\"\n", "storage.verify"),
             ("[[retention.policy]]\nname = \"x\"\nmatch = {}\ndays = 3\n", "retention.policy.match"),
             ("[[retention.policy]]\nname = \"x\"\nmatch = { queue = \"a\" }\ndays = 0\n", "retention.policy.days"),
+            ("[audit]\nanchor_interval_s = 100000\n", "audit.anchor_interval_s"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");

@@ -6,6 +6,8 @@
 //! - [`import`]: the `callvault import` job: a capture in, recordings out.
 //! - [`replay`]: the `callvault replay` job: a capture's RTP streams sent to live addresses.
 
+pub mod api;
+pub mod audit;
 pub mod capture;
 pub mod catalog;
 pub mod config;

@@ -30,6 +30,10 @@ macro_rules! out {
     }};
 }
 
+#[path = "cli/access.rs"]
+mod access;
+#[path = "cli/audit.rs"]
+mod audit;
 #[path = "cli/catalog.rs"]
 mod catalog;
 #[path = "cli/keys.rs"]
@@ -42,8 +46,10 @@ mod storage;
 #[derive(Parser)]
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
 #[command(
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay),\n\
-4 control socket unreachable (ctl), or some recordings kept by a hold or still in the spool (erase),\n\
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay)\n\
+or audit trail unreadable (audit), 1 tampering found (audit verify),\n\
+4 control socket unreachable (ctl), some recordings kept by a hold or still in the spool (erase),\n\
+or no such user or token (user, token),\n\
 5 keys unloadable (verify, decrypt, catalog rebuild).\n\
 Run `callvault help <command>` for each command's options and examples."
 )]
@@ -96,6 +102,15 @@ enum Command {
     /// Apply the retention policies now (serve does it every [retention] interval_s).
     #[command(after_help = storage::RETENTION_EXAMPLES)]
     Retention(storage::RetentionArgs),
+    /// Manage the users of the HTTP API: roles (admin, supervisor, qa, auditor) and scopes.
+    #[command(after_help = access::USER_EXAMPLES)]
+    User(access::UserArgs),
+    /// Create, list and revoke the API tokens users authenticate with.
+    #[command(after_help = access::TOKEN_EXAMPLES)]
+    Token(access::TokenArgs),
+    /// Verify the audit trail's chain and anchors, or list its entries (who did what, when).
+    #[command(after_help = audit::AUDIT_EXAMPLES)]
+    Audit(audit::AuditArgs),
 }
 
 const IMPORT_EXAMPLES: &str = "\
@@ -298,6 +313,9 @@ fn main() -> ExitCode {
         Command::Erase(args) => storage::erase_cmd(args),
         Command::Retention(args) => storage::retention_cmd(args),
         Command::Fetch(args) => storage::fetch_cmd(args),
+        Command::User(args) => access::user_cmd(args),
+        Command::Token(args) => access::token_cmd(args),
+        Command::Audit(args) => audit::audit_cmd(args),
     }
 }
 

@@ -639,6 +639,15 @@ impl Collector for Scrape {
             None,
             &series,
         )?;
+        if let Some(audit) = control.audit_log() {
+            counter(
+                &mut e,
+                "callvault_audit_write_errors",
+                "Audit trail entries that could not be written (the request they describe went on).",
+                None,
+                &[(none.clone(), audit.write_errors())],
+            )?;
+        }
         Ok(())
     }
 }

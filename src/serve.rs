@@ -97,6 +97,12 @@ pub enum ServeError {
     /// Signal handling.
     #[error("cannot set up signal handling: {0}")]
     Signals(io::Error),
+    /// The search and playback API.
+    #[error(transparent)]
+    Api(#[from] crate::api::server::ApiStartError),
+    /// The audit trail.
+    #[error("{0}; the daemon does not run without its audit trail (docs/audit.md)")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns after every recording is finalised.
@@ -108,6 +114,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     // Held until `run` returns: a second daemon on this data directory is refused here, before
     // its recovery could take the running daemon's live `.partial` files for a crash's.
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    // Opened before anything it records can happen; shared by the control socket, the HTTP API
+    // and the anchoring below.
+    let audit = std::sync::Arc::new(crate::audit::AuditLog::open(&cfg.data_dir)?);
     crate::output::ensure_dir(&spool).map_err(|source| ServeError::Dir { path: spool.clone(), source })?;
     let sealing = open_sealing(&cfg)?;
     // Before anything new is recorded: finish what a crash left behind.
@@ -155,9 +164,20 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
                 .map_err(|source| ServeError::Metrics { addr: cfg.metrics.listen.clone(), source })?,
         )
     };
+    let api = if cfg.api.listen.is_empty() { None } else { Some(crate::api::server::bind(&cfg)?) };
     let control = Control::new(cfg.clone(), engine);
     let (catalog, fresh_catalog) = open_catalog(&cfg, &spool, sealing.as_deref())?;
     control.set_catalog(catalog.clone());
+    control.set_audit(audit.clone());
+    let api = match api {
+        Some(bound) => {
+            let addr = bound.addr;
+            let ctx = crate::api::server::ApiContext::new(&cfg, audit.clone(), sealing.clone(), Some(catalog.clone()))?;
+            crate::api::server::spawn(bound, ctx)?;
+            Some(format!("{}://{addr}", if cfg.api.tls() { "https" } else { "http" }))
+        }
+        None => None,
+    };
     // Set up now (refused like any other configuration error), used from its own thread.
     let storage = if cfg.storage.ship {
         Some(crate::storage::Storage::open(&cfg).map_err(|e| ServeError::Storage(Box::new(e)))?)
@@ -204,7 +224,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         Some(storage) => {
             let targets: Vec<String> = storage.targets().map(|t| format!("{} {}", t.role.name(), t.describe)).collect();
             crate::log::info(&format!("shipping finished recordings to {}", targets.join(", ")));
-            Some(start_shipper(&cfg, spool.clone(), storage, sealing.clone(), catalog, control.clone())?)
+            Some(start_shipper(&cfg, spool.clone(), storage, sealing.clone(), catalog, control.clone(), audit.clone())?)
         }
         None => {
             crate::log::warn("[storage] ship = false: finished recordings stay in the spool");
@@ -219,7 +239,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             .map_err(ServeError::Signals)?;
     }
     crate::log::info(&format!(
-        "callvault {} serving: {} worker(s) on {}, control socket {}, RTP {}:{}-{}, spool {}, metrics {}",
+        "callvault {} serving: {} worker(s) on {}, control socket {}, RTP {}:{}-{}, spool {}, metrics {}, API {}",
         env!("CARGO_PKG_VERSION"),
         workers,
         backend.name(),
@@ -229,6 +249,13 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         cfg.rtp.port_max,
         spool.display(),
         if cfg.metrics.listen.is_empty() { "off" } else { &cfg.metrics.listen },
+        api.as_deref().unwrap_or("off"),
+    ));
+    // Without storage, the journal alone keeps the anchors.
+    let journal_anchors = if shipper.is_none() { start_journal_anchors(&cfg, audit.clone())? } else { None };
+    audit.record(daemon_entry(
+        "serve.start",
+        serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
     ));
     notify(&format!("READY=1\nSTATUS=recording; {workers} worker(s) on {}", backend.name()));
 
@@ -255,13 +282,65 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     // sender is gone, so wait (bounded) for it to have published them.
     drop(control);
     let _ = join_timeout(dispatcher, Duration::from_secs(10));
+    // Before the last anchor (the storage thread's as it ends, or the journal's below).
+    audit.record(daemon_entry("serve.stop", serde_json::json!({"signal": name})));
+    if let Some((stop, handle)) = journal_anchors {
+        drop(stop);
+        let _ = join_timeout(handle, Duration::from_secs(5));
+    }
     if let Some((stop, handle)) = shipper {
         // It finishes the upload in hand (bounded); whatever is left ships at the next start.
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = join_timeout(handle, Duration::from_secs(5));
     }
+    // The shutdown anchor: already made by the storage thread unless it did not end in time
+    // (then the journal has it).
+    if let Err(e) = crate::audit::anchor_to_journal(&audit, &crate::audit::node_name()) {
+        crate::log::warn(&format!("audit trail: no anchor at shutdown: {e}"));
+    }
+    // Everything in audit.db itself, so a copy of that one file is the whole trail.
+    audit.checkpoint();
     crate::log::info("stopped");
     Ok(())
+}
+
+/// An entry for what the daemon itself does.
+fn daemon_entry(action: &str, detail: serde_json::Value) -> crate::audit::Entry {
+    crate::audit::Entry {
+        actor: "daemon".into(),
+        action: action.into(),
+        target: String::new(),
+        source: "serve".into(),
+        result: "ok".into(),
+        detail,
+    }
+}
+
+type JournalAnchors = (mpsc::Sender<()>, std::thread::JoinHandle<()>);
+
+/// Anchors the audit trail's head to the journal every `[audit] anchor_interval_s` (none with
+/// 0), until the returned sender is dropped.
+fn start_journal_anchors(
+    cfg: &Config,
+    audit: std::sync::Arc<crate::audit::AuditLog>,
+) -> Result<Option<JournalAnchors>, ServeError> {
+    if cfg.audit.anchor_interval_s == 0 {
+        return Ok(None);
+    }
+    let every = Duration::from_secs(cfg.audit.anchor_interval_s);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("audit-anchor".into())
+        .spawn(move || {
+            let node = crate::audit::node_name();
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                if let Err(e) = crate::audit::anchor_to_journal(&audit, &node) {
+                    crate::log::warn(&format!("audit trail: anchor skipped: {e}"));
+                }
+            }
+        })
+        .map_err(ServeError::Signals)?;
+    Ok(Some((stop, handle)))
 }
 
 type ShipperHandle = (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
@@ -275,6 +354,7 @@ fn start_shipper(
     sealing: Option<std::sync::Arc<crate::output::sealed::Sealing>>,
     catalog: crate::catalog::Writer,
     control: std::sync::Arc<Control>,
+    audit: std::sync::Arc<crate::audit::AuditLog>,
 ) -> Result<ShipperHandle, ServeError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut shipper = crate::storage::ship::Shipper::new(spool, storage, &cfg.storage, Some(catalog.clone()))
@@ -293,6 +373,15 @@ fn start_shipper(
             let sweep_every = cfg.retention.enforce.then(|| Duration::from_secs(cfg.retention.interval_s));
             let (mut polled, mut swept) = (None::<std::time::Instant>, None::<std::time::Instant>);
             let mut poll_state = crate::storage::index::PollState::default();
+            let anchor_every =
+                (cfg.audit.anchor_interval_s > 0).then(|| Duration::from_secs(cfg.audit.anchor_interval_s));
+            let mut anchored = None::<std::time::Instant>;
+            let node = crate::audit::node_name();
+            let anchor = |storage: &crate::storage::Storage| {
+                if let Err(e) = crate::audit::anchor_to_store(storage, &audit, &node) {
+                    crate::log::warn(&format!("audit trail: anchor not stored (tried again later): {e}"));
+                }
+            };
             while !stopping.load(Ordering::Relaxed) {
                 // A panic in a pass (a client library's, say) must not end shipping for good
                 // while the daemon goes on taking calls: it is logged, counted and retried.
@@ -306,6 +395,12 @@ fn start_shipper(
                     });
                 }
                 let due = |last: Option<std::time::Instant>, every: Duration| last.is_none_or(|t| t.elapsed() >= every);
+                if let Some(every) = anchor_every
+                    && due(anchored, every)
+                {
+                    anchored = Some(std::time::Instant::now());
+                    anchor(shipper.storage());
+                }
                 if let Some(every) = poll_every
                     && due(polled, every)
                 {
@@ -369,6 +464,8 @@ fn start_shipper(
                     while woken.try_recv().is_ok() {}
                 }
             }
+            // The shutdown anchor: the daemon's last entry is written before it stops this thread.
+            anchor(shipper.storage());
         })
         .map_err(ServeError::Signals)?;
     Ok((stop, handle))

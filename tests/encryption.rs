@@ -174,7 +174,7 @@ fn a_key_file_others_can_read_is_refused_with_its_path_and_mode() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[metrics]\nlisten = \"\"\n[keys]\nkek_file = \"{}\"\n",
+            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n[keys]\nkek_file = \"{}\"\n",
             dir.path().join("data").display(),
             kek.display()
         ),
@@ -235,7 +235,7 @@ fn credentials_without_the_active_kek_refuse_to_start() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[metrics]\nlisten = \"\"\n",
+            "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n",
             dir.path().join("data").display()
         ),
     )

@@ -509,7 +509,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused_before_it_touches_the_spool()
         &b,
         format!(
             "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n\
-             [engine]\nbackend = \"epoll\"\nworkers = 1\npin_threads = false\n[metrics]\nlisten = \"\"\n",
+             [engine]\nbackend = \"epoll\"\nworkers = 1\npin_threads = false\n[metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n",
             data.display(),
             d.dir.path().join("b.sock").display()
         ),
@@ -549,7 +549,7 @@ fn an_rtp_bind_address_of_another_host_is_refused_at_start() {
         &cfg,
         format!(
             "data_dir = \"{}\"\n[rtp]\nbind = \"10.255.255.1\"\n[engine]\nbackend = \"epoll\"\nworkers = 1\n\
-             [metrics]\nlisten = \"\"\n",
+             [metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n",
             dir.path().join("data").display()
         ),
     )
@@ -882,7 +882,7 @@ fn a_full_disk_ends_the_recording_as_write_failed_and_keeps_what_was_written() {
         &cfg,
         format!(
             "data_dir = \"{}\"\n[rtp]\nport_min = {min}\nport_max = {max}\n[engine]\nbackend = \"epoll\"\nworkers = 1\n\
-             pin_threads = false\n[metrics]\nlisten = \"\"\n[storage]\nship = false\n[limits]\nmin_spool_free_mb = 0\n\
+             pin_threads = false\n[metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n[storage]\nship = false\n[limits]\nmin_spool_free_mb = 0\n\
              [recording]\nencryption = \"off\"\n",
             data.display()
         ),

@@ -663,7 +663,7 @@ impl Daemon {
         // figures are those of the receive path (shipping runs on its own thread after a call).
         let port_max = 60998;
         let config = format!(
-            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n[recording]\nencryption = \"{encryption}\"\n[storage]\nship = false\n",
+            "data_dir = \"{dir}\"\n[control]\nsocket = \"{sock}\"\n[rtp]\nport_min = {PORT_BASE}\nport_max = {port_max}\nrtcp_mux = true\nreceive_buffer_bytes = {RCVBUF}\n[engine]\nworkers = {workers}\nbackend = \"{backend}\"\n[limits]\nmax_calls = {max_calls}\n[metrics]\nlisten = \"\"\n[api]\nlisten = \"\"\n[recording]\nencryption = \"{encryption}\"\n[storage]\nship = false\n",
             dir = dir.display(),
             sock = socket.display(),
             backend = backend.name(),

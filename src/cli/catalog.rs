@@ -141,8 +141,20 @@ pub fn catalog_cmd(args: CatalogArgs) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let q =
-                Query { call_id, agent, queue, caller, called, direction, from, to, meta, limit: Some(limit), cursor };
+            let q = Query {
+                call_id,
+                agent,
+                queue,
+                caller,
+                called,
+                direction,
+                from,
+                to,
+                meta,
+                limit: Some(limit),
+                cursor,
+                scope: None,
+            };
             match catalog::search(&catalog::path_in(&cfg.data_dir), &q) {
                 Ok(page) => {
                     if json {

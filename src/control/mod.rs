@@ -125,6 +125,9 @@ pub struct Control {
     shipping: Mutex<Option<Shipping>>,
     /// When the disk guard last logged a refusal (ms since the epoch).
     spool_low_logged: std::sync::atomic::AtomicI64,
+    /// Where requests that change or search recordings are recorded (`None`: not audited, as in
+    /// unit tests).
+    audit: Mutex<Option<Arc<crate::audit::AuditLog>>>,
 }
 
 /// What the control plane knows of the shipper.
@@ -156,6 +159,7 @@ impl Control {
             catalog: Mutex::new(None),
             shipping: Mutex::new(None),
             spool_low_logged: std::sync::atomic::AtomicI64::new(0),
+            audit: Mutex::new(None),
         })
     }
 
@@ -172,6 +176,91 @@ impl Control {
     /// Indexes every recording that ends (finished, failed or recovered) from now on.
     pub fn set_catalog(&self, writer: crate::catalog::Writer) {
         *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    }
+
+    /// Records every start, stop, pause, resume and other change (refused ones too) in the
+    /// audit trail from now on.
+    pub fn set_audit(&self, log: Arc<crate::audit::AuditLog>) {
+        *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// The audit trail, when requests are audited.
+    pub fn audit_log(&self) -> Option<Arc<crate::audit::AuditLog>> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the audit trail records of a request, before it runs: (action, target, detail).
+    /// Reads of the recorder's own state (status, list, stats, health, subscribe) are not
+    /// recorded.
+    fn audited(&self, cmd: &Command) -> Option<(&'static str, String, Value)> {
+        let call = |call_id: &str| {
+            let rid = self.lock_registry().calls.get(call_id).and_then(|e| e.recording_id.clone());
+            rid.map_or_else(|| json!({}), |r| json!({"recording_id": r}))
+        };
+        Some(match cmd {
+            Command::Start(s) => {
+                let legs: Vec<&str> = s.legs.iter().map(|l| l.label.as_str()).collect();
+                ("start", s.call_id.clone(), json!({"legs": legs}))
+            }
+            Command::Stop { call_id } => ("stop", call_id.clone(), call(call_id)),
+            Command::Pause { call_id, mode } => {
+                let mut d = call(call_id);
+                d["mode"] = json!(mode.name());
+                ("pause", call_id.clone(), d)
+            }
+            Command::Resume { call_id } => ("resume", call_id.clone(), call(call_id)),
+            Command::Update { call_id, metadata } => {
+                let mut d = call(call_id);
+                d["keys"] = json!(metadata.keys().collect::<Vec<_>>());
+                ("update", call_id.clone(), d)
+            }
+            Command::AddLeg { call_id, leg } => {
+                let mut d = call(call_id);
+                d["leg"] = json!(leg.label);
+                ("leg.add", call_id.clone(), d)
+            }
+            Command::RemoveLeg { call_id, label } => {
+                let mut d = call(call_id);
+                d["leg"] = json!(label);
+                ("leg.remove", call_id.clone(), d)
+            }
+            Command::Drain => ("drain", String::new(), json!({})),
+            Command::Find { query } => ("search", String::new(), json!({"query": query})),
+            Command::Status { .. } | Command::List | Command::Stats | Command::Health | Command::Subscribe { .. } => {
+                return None;
+            }
+        })
+    }
+
+    /// Appends a request and its outcome to the audit trail; a failure there is logged and
+    /// counted but never fails the request (recording goes on).
+    fn audit_request(
+        &self,
+        conn: &ConnContext,
+        (action, target, mut detail): (&'static str, String, Value),
+        result: &Result<Value, CallError>,
+    ) {
+        let Some(log) = self.audit_log() else { return };
+        let outcome = match result {
+            Ok(v) => {
+                if let Some(rid) = v["recording_id"].as_str() {
+                    detail["recording_id"] = json!(rid);
+                }
+                "ok".to_string()
+            }
+            Err(e) => {
+                detail["error"] = json!(e.message);
+                if e.code == "unknown_call" { "not_found".to_string() } else { format!("error: {}", e.code) }
+            }
+        };
+        log.record(crate::audit::Entry {
+            actor: control_actor(conn.peer_uid),
+            action: action.into(),
+            target,
+            source: "control socket".into(),
+            result: outcome,
+            detail,
+        });
     }
 
     fn find(&self, query: &Value) -> Result<Value, CallError> {
@@ -225,7 +314,11 @@ impl Control {
     pub fn handle_line(&self, line: &[u8], conn: &ConnContext) -> Value {
         let (id, parsed) = protocol::parse_line(line);
         let name = parsed.as_ref().map_or("invalid", protocol::Command::name);
+        let audited = parsed.as_ref().ok().and_then(|cmd| self.audited(cmd));
         let result = parsed.and_then(|cmd| self.execute(cmd, conn));
+        if let Some(what) = audited {
+            self.audit_request(conn, what, &result);
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code,
@@ -737,6 +830,13 @@ pub struct ConnContext {
     pub pending_events: Mutex<Vec<Value>>,
     /// A new subscription's writer, to start once the reply and the replay are written.
     pub event_writer: Mutex<Option<EventWriter>>,
+    /// The peer's uid (SO_PEERCRED), for the audit trail; `None` when unknown.
+    pub peer_uid: Option<u32>,
+}
+
+/// Who a control socket client is in the audit trail: `control:uid=N`, or `control`.
+pub fn control_actor(uid: Option<u32>) -> String {
+    uid.map_or_else(|| "control".to_string(), |u| format!("control:uid={u}"))
 }
 
 /// Builds a reply line's object.

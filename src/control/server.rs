@@ -129,6 +129,16 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
     let cfg = &control.cfg.control;
     if !permitted(cred, me, &cfg.allow_uids, &cfg.allow_gids) {
         crate::log::warn(&format!("control socket: refused uid {} gid {} (pid {})", cred.uid, cred.gid, cred.pid));
+        if let Some(log) = control.audit_log() {
+            log.record(crate::audit::Entry {
+                actor: super::control_actor(Some(cred.uid)),
+                action: "connect".into(),
+                target: String::new(),
+                source: "control socket".into(),
+                result: "denied".into(),
+                detail: json!({"gid": cred.gid, "pid": cred.pid}),
+            });
+        }
         let msg = format!(
             "uid {} (gid {}) may not use this socket; add it to [control] allow_uids or allow_gids",
             cred.uid, cred.gid
@@ -151,8 +161,13 @@ fn connection(stream: UnixStream, id: u64, me: u32, control: &Control) -> io::Re
             &json!({"id": null, "ok": false, "error": {"code": "too_many_clients", "message": msg}}),
         );
     }
-    let ctx =
-        ConnContext { id, out: out.clone(), pending_events: Mutex::new(Vec::new()), event_writer: Mutex::new(None) };
+    let ctx = ConnContext {
+        id,
+        out: out.clone(),
+        pending_events: Mutex::new(Vec::new()),
+        event_writer: Mutex::new(None),
+        peer_uid: Some(cred.uid),
+    };
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut line = Vec::new();
     loop {

@@ -436,6 +436,12 @@ impl Target {
         Ok(got.bytes().await.map_err(self.store_err("reading", key))?.to_vec())
     }
 
+    /// Reads `range` of an object (playback seeks without fetching the whole recording).
+    pub async fn get_range(&self, key: &ObjectPath, range: std::ops::Range<u64>) -> Result<Vec<u8>, StorageError> {
+        let got = self.store.get_range(key, range).await.map_err(self.store_err("reading", key))?;
+        Ok(got.to_vec())
+    }
+
     /// Writes a small object (holds, deletion log entries).
     pub async fn put(&self, key: &ObjectPath, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.store.put(key, PutPayload::from(bytes)).await.map_err(self.store_err("writing", key))?;

@@ -58,6 +58,8 @@ impl Daemon {
             opts.backend,
             if opts.extra.contains("[metrics]") { "" } else { "[metrics]\nlisten = \"\"\n" },
         );
+        // The API's default port is one for all: tests that want it configure [api].
+        let config = if opts.extra.contains("[api]") { config } else { format!("{config}[api]\nlisten = \"\"\n") };
         // Recordings stay in the spool, where most tests read them, unless a test configures
         // [storage] (the storage tests do).
         let config =

@@ -1,0 +1,1304 @@
+//! The listener, the routes and their handlers. Every request, allowed or refused, is one audit
+//! entry; a request whose entry cannot be written is answered 503 rather than served unrecorded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::access::{AccessStore, AuthError, Permission, Principal, Via};
+use super::media::{self, MediaError, ReadAt};
+use super::range::{self, Wanted};
+use super::sample;
+use crate::audit::{AuditLog, Entry};
+use crate::catalog::{self, Query as CatalogQuery, ScopeFilter};
+use crate::config::Config;
+use crate::output::encode::Format;
+use crate::output::sealed::Sealing;
+use crate::storage::Storage;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("cannot listen for the API on {addr}: {source}; set [api] listen to another address or \"\"")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("[api] TLS: {0}")]
+    Tls(String),
+    #[error("the API's access store: {0}")]
+    Access(String),
+    #[error("the API's QA sampling store: {0}")]
+    Sampling(String),
+    #[error("the API's storage client: {0}")]
+    Storage(String),
+    #[error("cannot start the API's threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs store operations on a thread of its own: `Storage` drives its client on its own
+/// runtime, which cannot be entered from the API's.
+#[derive(Clone)]
+pub struct StorageThread {
+    tx: std::sync::mpsc::Sender<Box<dyn FnOnce(&Storage) + Send>>,
+}
+
+impl StorageThread {
+    fn spawn(cfg: &Config) -> Result<(StorageThread, [Option<PathBuf>; 2]), ApiStartError> {
+        let storage = Storage::open(cfg).map_err(|e| ApiStartError::Storage(e.to_string()))?;
+        let root =
+            |t: Option<&crate::storage::Target>| t.and_then(|t| t.local_path(&object_store::path::Path::from("")));
+        let roots = [root(Some(&storage.primary)), root(storage.backup.as_ref())];
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce(&Storage) + Send>>();
+        std::thread::Builder::new()
+            .name("api-storage".into())
+            .spawn(move || {
+                for job in rx {
+                    job(&storage);
+                }
+            })
+            .map_err(ApiStartError::Thread)?;
+        Ok((StorageThread { tx }, roots))
+    }
+
+    /// Runs `f` on the storage thread and waits (from a blocking context).
+    pub fn call<T: Send + 'static>(&self, f: impl FnOnce(&Storage) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            }))
+            .ok()?;
+        rx.recv().ok()
+    }
+}
+
+/// What the handlers share.
+pub struct ApiContext {
+    pub cfg: Config,
+    pub access: AccessStore,
+    pub audit: Arc<AuditLog>,
+    pub sealing: Option<Arc<Sealing>>,
+    pub catalog_writer: Option<catalog::Writer>,
+    storage: Option<StorageThread>,
+    local_roots: [Option<PathBuf>; 2],
+    cache: media::TranscodeCache,
+    sampling: sample::Samples,
+}
+
+impl ApiContext {
+    /// Sets up what the API needs (access store, sampling store, a storage client when
+    /// `[storage] ship` is on).
+    pub fn new(
+        cfg: &Config,
+        audit: Arc<AuditLog>,
+        sealing: Option<Arc<Sealing>>,
+        catalog_writer: Option<catalog::Writer>,
+    ) -> Result<ApiContext, ApiStartError> {
+        let access = AccessStore::open(&cfg.data_dir).map_err(|e| ApiStartError::Access(e.to_string()))?;
+        let sampling = sample::Samples::open(&cfg.data_dir).map_err(|e| ApiStartError::Sampling(e.to_string()))?;
+        let (storage, local_roots) = if cfg.storage.ship {
+            let (s, roots) = StorageThread::spawn(cfg)?;
+            (Some(s), roots)
+        } else {
+            (None, [None, None])
+        };
+        Ok(ApiContext {
+            cfg: cfg.clone(),
+            access,
+            audit,
+            sealing,
+            catalog_writer,
+            storage,
+            local_roots,
+            cache: media::TranscodeCache::new((cfg.api.transcode_cache_mib * 1024 * 1024) as usize),
+            sampling,
+        })
+    }
+}
+
+/// An API refusal: HTTP status, a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    /// The one answer for "no such recording" and "not yours to see".
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such recording")
+    }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"callvault\""));
+        }
+        r
+    }
+}
+
+/// The peer's address, set per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+type Ctx = Arc<ApiContext>;
+type ApiResult = Result<Response, ApiError>;
+
+/// Runs blocking work (SQLite, files, decryption) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a worker failed: {e}")))
+}
+
+/// One request's audit entry, filled in as the request is understood.
+struct Audited {
+    ctx: Ctx,
+    peer: SocketAddr,
+    action: &'static str,
+    target: String,
+    actor: String,
+    detail: Value,
+}
+
+impl Audited {
+    fn new(ctx: &Ctx, peer: Peer, action: &'static str, target: impl Into<String>) -> Audited {
+        Audited {
+            ctx: ctx.clone(),
+            peer: peer.0,
+            action,
+            target: target.into(),
+            actor: "unauthenticated".into(),
+            detail: json!({}),
+        }
+    }
+
+    fn note(&mut self, key: &str, v: impl Into<Value>) {
+        self.detail[key] = v.into();
+    }
+
+    /// The caller from `Authorization: Bearer …`, allowed `perm`: 401 without a valid token,
+    /// 403 when the role lacks the permission altogether.
+    async fn auth(&mut self, headers: &HeaderMap, perm: Permission) -> Result<Principal, ApiError> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|s| s.trim().to_string());
+        let ctx = self.ctx.clone();
+        let got = blocking(move || match bearer {
+            None => Err(AuthError::Missing),
+            Some(b) => ctx.access.authenticate(&b, SystemTime::now()),
+        })
+        .await?;
+        let p = got.map_err(auth_refusal)?;
+        self.actor = actor_of(&p);
+        self.note("via", via_of(&p));
+        if !p.allows(perm) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("role {} may not {}", p.role.name(), permission_text(perm)),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Writes the entry, then answers. A refusal is answered even if the entry cannot be
+    /// written; an allowed request is not served unrecorded.
+    async fn finish(self, result: ApiResult) -> Response {
+        let outcome = match &result {
+            Ok(r) if r.status().is_success() => "ok".to_string(),
+            Ok(r) => format!("http {}", r.status().as_u16()),
+            Err(e) => e.code.to_string(),
+        };
+        let entry = Entry {
+            actor: self.actor,
+            action: self.action.to_string(),
+            target: self.target,
+            source: self.peer.to_string(),
+            result: outcome,
+            detail: self.detail,
+        };
+        let audit = self.ctx.audit.clone();
+        let written = blocking(move || audit.append(entry)).await;
+        match (result, written) {
+            (Ok(r), Ok(Ok(_))) => r,
+            (Ok(_), Ok(Err(e))) => {
+                crate::log::warn(&format!("api: audit trail not written, request refused: {e}"));
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    format!("the audit trail cannot be written: {e}"),
+                )
+                .into_response()
+            }
+            (Ok(_), Err(e)) => e.into_response(),
+            (Err(e), _) => e.into_response(),
+        }
+    }
+}
+
+/// The audit actor is the user; how they proved it goes in the entry's detail.
+fn actor_of(p: &Principal) -> String {
+    p.user.clone()
+}
+
+fn via_of(p: &Principal) -> String {
+    match &p.via {
+        Via::Token(id) => format!("token:{id}"),
+        Via::Link { .. } => "link".into(),
+    }
+}
+
+fn auth_refusal(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Store(_) => ApiError::internal(e.to_string()),
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+    }
+}
+
+fn permission_text(p: Permission) -> &'static str {
+    match p {
+        Permission::Search => "search recordings",
+        Permission::Read => "read recordings' metadata",
+        Permission::Play => "play recordings",
+        Permission::Download => "download recordings",
+        Permission::Sample => "draw QA samples",
+        Permission::Verify => "verify recordings",
+        Permission::Hold => "place or release legal holds",
+        Permission::Delete => "delete recordings",
+        Permission::AuditRead => "read the audit trail",
+        Permission::Link => "create playback links",
+    }
+}
+
+fn scope_filter(p: &Principal) -> Option<ScopeFilter> {
+    (p.role.scoped() && !p.scope.all)
+        .then(|| ScopeFilter { queues: p.scope.queues.clone(), teams: p.scope.teams.clone() })
+}
+
+fn may_see(p: &Principal, summary: &Value) -> bool {
+    let rid = summary["recording_id"].as_str().unwrap_or_default();
+    if p.role.scoped() { p.covers(rid, summary) } else { matches!(p.via, Via::Token(_)) || p.covers(rid, summary) }
+}
+
+/// A recording id is a ULID; anything else (`..`, `%2F`, a path) is a missing recording.
+fn valid_id(id: &str) -> bool {
+    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) && ulid::Ulid::from_string(id).is_ok()
+}
+
+/// The recording if it exists and the caller may see it; 404 for both other cases.
+async fn recording(ctx: &Ctx, p: &Principal, id: &str) -> Result<Value, ApiError> {
+    if !valid_id(id) {
+        return Err(ApiError::not_found());
+    }
+    let path = catalog::path_in(&ctx.cfg.data_dir);
+    let id = id.to_string();
+    let found = blocking(move || catalog::get(&path, &id)).await?.map_err(|e| ApiError::internal(e.to_string()))?;
+    match found {
+        Some(s) if may_see(p, &s) => Ok(s),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// A summary without this host's file paths.
+fn public_summary(mut s: Value) -> Value {
+    if let Some(o) = s.as_object_mut() {
+        o.remove("file");
+        o.remove("partial_files");
+    }
+    for leg in s["legs"].as_array_mut().into_iter().flatten() {
+        if let Some(o) = leg.as_object_mut() {
+            o.remove("file");
+        }
+    }
+    for seal in s["seals"].as_array_mut().into_iter().flatten() {
+        if let Some(o) = seal.as_object_mut() {
+            o.remove("file");
+        }
+    }
+    // Where it landed, without the local archive's directory.
+    if let Some(stored) = s["stored"].as_object_mut() {
+        for target in stored.values_mut() {
+            if let Some(o) = target.as_object_mut() {
+                o.remove("target");
+            }
+            for obj in target["objects"].as_array_mut().into_iter().flatten() {
+                if let Some(o) = obj.as_object_mut() {
+                    o.remove("path");
+                }
+            }
+        }
+    }
+    s
+}
+
+fn brief(s: &Value) -> Value {
+    json!({
+        "recording_id": s["recording_id"], "call_id": s["call_id"], "started_at": s["started_at"],
+        "duration_ms": s["duration_ms"], "state": s["state"], "end_reason": s["end_reason"],
+        "format": s["format"], "sample_rate": s["sample_rate"], "channels": s["channels"],
+        "metadata": s["metadata"], "stored": !s["stored"].is_null(),
+    })
+}
+
+/// Builds the router.
+pub fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/", get(web_index))
+        .route("/app.js", get(web_js))
+        .route("/app.css", get(web_css))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/me", get(me))
+        .route("/api/recordings", get(search))
+        .route("/api/recordings/{id}", get(read).delete(delete))
+        .route("/api/recordings/{id}/audio", get(audio))
+        .route("/api/recordings/{id}/link", post(link))
+        .route("/api/recordings/{id}/verify", get(verify))
+        .route("/api/recordings/{id}/hold", put(hold_place).delete(hold_release))
+        .route("/api/samples", post(sample_draw))
+        .route("/api/samples/{id}", get(sample_get))
+        .route("/api/audit", get(audit_read))
+        .route("/api/audit/verify", get(audit_verify))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(ctx)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (GET /api/openapi.json lists them)")
+        .into_response()
+}
+
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const APP_CSS: &str = include_str!("web/app.css");
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+fn asset(body: &'static str, ty: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; media-src 'self'; object-src 'none'; frame-ancestors 'none'"),
+    );
+    r
+}
+
+async fn web_index() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+async fn web_js() -> Response {
+    asset(APP_JS, "text/javascript; charset=utf-8")
+}
+async fn web_css() -> Response {
+    asset(APP_CSS, "text/css; charset=utf-8")
+}
+async fn openapi() -> Response {
+    asset(OPENAPI, "application/json")
+}
+
+async fn me(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let mut a = Audited::new(&ctx, peer, "login", "");
+    let r = async {
+        let bearer_ok = a.auth(&headers, Permission::Search).await;
+        let p = match bearer_ok {
+            Ok(p) => p,
+            // Every role may ask who it is; only a bad token is refused.
+            Err(e) if e.status == StatusCode::FORBIDDEN => {
+                let h = headers.clone();
+                let ctx2 = ctx.clone();
+                let b = h
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default()
+                    .to_string();
+                blocking(move || ctx2.access.authenticate(&b, SystemTime::now())).await?.map_err(auth_refusal)?
+            }
+            Err(e) => return Err(e),
+        };
+        let perms: Vec<&str> = ALL_PERMISSIONS.iter().filter(|(pm, _)| p.role.allows(*pm)).map(|(_, n)| *n).collect();
+        Ok(Json(json!({
+            "user": p.user, "role": p.role.name(), "permissions": perms,
+            "scope": {"all": p.scope.all || scope_filter(&p).is_none(), "queues": p.scope.queues, "teams": p.scope.teams},
+        }))
+        .into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+const ALL_PERMISSIONS: [(Permission, &str); 10] = [
+    (Permission::Search, "search"),
+    (Permission::Read, "read"),
+    (Permission::Play, "play"),
+    (Permission::Download, "download"),
+    (Permission::Sample, "sample"),
+    (Permission::Verify, "verify"),
+    (Permission::Hold, "hold"),
+    (Permission::Delete, "delete"),
+    (Permission::AuditRead, "audit"),
+    (Permission::Link, "link"),
+];
+
+/// A catalog query from URL parameters (`meta.KEY=VALUE` for free metadata); unknown
+/// parameters are refused so a typo does not widen a search.
+fn catalog_query(params: &HashMap<String, String>) -> Result<CatalogQuery, ApiError> {
+    let mut q = CatalogQuery::default();
+    for (k, v) in params {
+        let v = v.clone();
+        match k.as_str() {
+            "call_id" => q.call_id = Some(v),
+            "agent" => q.agent = Some(v),
+            "queue" => q.queue = Some(v),
+            "caller" => q.caller = Some(v),
+            "called" => q.called = Some(v),
+            "direction" => q.direction = Some(v),
+            "from" => q.from = Some(v),
+            "to" => q.to = Some(v),
+            "cursor" => q.cursor = Some(v),
+            "limit" => {
+                q.limit = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|l| (1..=1000).contains(l))
+                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to 1000, not {v:?}")))?,
+                )
+            }
+            m if m.starts_with("meta.") && m.len() > 5 => q.meta.push((m[5..].to_string(), v)),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}: call_id, agent, queue, caller, called, direction, from, to, meta.KEY, limit, cursor"
+                )));
+            }
+        }
+    }
+    q.meta.sort();
+    Ok(q)
+}
+
+async fn search(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "search", "");
+    a.detail = json!({"query": params});
+    let r = async {
+        let p = a.auth(&headers, Permission::Search).await?;
+        let mut q = catalog_query(&params)?;
+        q.scope = scope_filter(&p);
+        let path = catalog::path_in(&ctx.cfg.data_dir);
+        let page =
+            blocking(move || catalog::search(&path, &q)).await?.map_err(|e| ApiError::bad_request(e.to_string()))?;
+        a.note("results", page.recordings.len());
+        Ok(Json(json!({
+            "recordings": page.recordings.iter().map(brief).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+        }))
+        .into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn read(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "read", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Read).await?;
+        let s = recording(&ctx, &p, &id).await?;
+        let mut out = public_summary(s);
+        out["audio"] = json!(audio_names(&ctx, &out));
+        Ok(Json(out).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+fn audio_names(ctx: &Ctx, s: &Value) -> Vec<Value> {
+    media::audio_files(s, &|role, key| local_path(ctx, role, key), &ctx.cfg.spool_dir())
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({"leg": i, "name": f.name, "sealed": f.sealed}))
+        .collect()
+}
+
+fn local_path(ctx: &ApiContext, role: &str, key: &str) -> Option<PathBuf> {
+    let i = usize::from(role == "backup");
+    ctx.local_roots[i].as_ref().map(|r| r.join(key))
+}
+
+/// What `format=` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wants {
+    Original,
+    Browser,
+    Wav,
+    Encoded(Format),
+}
+
+fn wants(params: &HashMap<String, String>) -> Result<Wants, ApiError> {
+    match params.get("format").map(String::as_str) {
+        None | Some("original") => Ok(Wants::Original),
+        Some("browser") => Ok(Wants::Browser),
+        Some("wav") => Ok(Wants::Wav),
+        Some("opus") => Ok(Wants::Encoded(Format::Opus)),
+        Some("mp3") => Ok(Wants::Encoded(Format::Mp3)),
+        Some(other) => Err(ApiError::bad_request(format!("format {other:?}: original, browser, wav, opus or mp3"))),
+    }
+}
+
+/// Opens the view of one audio file the caller asked for: its bytes and MIME type.
+fn rendition(
+    ctx: &ApiContext,
+    file: &media::AudioFile,
+    want: Wants,
+    cache_key: String,
+) -> Result<(Box<dyn ReadAt>, &'static str, &'static str), MediaError> {
+    let storage = ctx.storage.clone();
+    let remote = move |role: &'static str, key: &str, bytes: u64| {
+        let storage = storage.clone();
+        let key = key.to_string();
+        media::RemoteObject::new(
+            bytes,
+            Arc::new(move |r: std::ops::Range<u64>| {
+                let Some(st) = &storage else { return Err("storage is off ([storage] ship = false)".to_string()) };
+                let key = key.clone();
+                st.call(move |s| {
+                    let t = s.targets().find(|t| t.role.name() == role).ok_or("the target is not configured")?;
+                    s.block_on(t.get_range(&object_store::path::Path::from(key.as_str()), r)).map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|| Err("the storage thread stopped".into()))
+            }),
+        )
+    };
+    let keys = ctx.sealing.as_ref().map(|s| &s.keys);
+    let mut src = media::open(file, keys, &remote)?;
+    let stored = file.format;
+    if stored != Format::Wav {
+        return match want {
+            Wants::Original | Wants::Browser => Ok((src, media::content_type(stored), stored.ext())),
+            Wants::Encoded(f) if f == stored => Ok((src, media::content_type(stored), stored.ext())),
+            Wants::Wav | Wants::Encoded(_) => Err(MediaError::Conversion {
+                from: stored.name(),
+                to: match want {
+                    Wants::Encoded(f) => f.name().to_string(),
+                    _ => "wav".into(),
+                },
+            }),
+        };
+    }
+    let layout = media::wav_layout(&mut *src)?;
+    let g711 = layout.format_tag == 6 || layout.format_tag == 7;
+    match want {
+        Wants::Original => Ok((src, "audio/wav", "wav")),
+        Wants::Browser | Wants::Wav if g711 => Ok((Box::new(media::G711AsPcm::new(src, layout)), "audio/wav", "wav")),
+        Wants::Browser | Wants::Wav => Ok((src, "audio/wav", "wav")),
+        Wants::Encoded(f) => {
+            let data = match ctx.cache.get(&cache_key) {
+                Some(d) => d,
+                None => {
+                    let d = Arc::new(media::transcode(&mut *src, f)?);
+                    ctx.cache.put(cache_key, d.clone());
+                    d
+                }
+            };
+            Ok((Box::new(media::InMemory(data)), media::content_type(f), f.ext()))
+        }
+    }
+}
+
+fn media_refusal(e: MediaError) -> ApiError {
+    match e {
+        MediaError::Unavailable(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        MediaError::Conversion { .. } => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_conversion", e.to_string())
+        }
+        MediaError::NoKeys | MediaError::Read(_) => ApiError::new(StatusCode::BAD_GATEWAY, "unreadable", e.to_string()),
+    }
+}
+
+async fn audio(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let download = params.get("download").is_some_and(|v| v == "1" || v == "true");
+    let mut a = Audited::new(&ctx, peer, if download { "download" } else { "play" }, &id);
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(r) = &range_header {
+        a.note("range", r.as_str());
+    }
+    let r = async {
+        let p = match params.get("link") {
+            Some(link) => {
+                if download {
+                    return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a playback link only plays; it does not download"));
+                }
+                let (ctx2, id2, link) = (ctx.clone(), id.clone(), link.clone());
+                let p = blocking(move || ctx2.access.check_link(&id2, &link, SystemTime::now())).await?.map_err(auth_refusal)?;
+                a.actor = actor_of(&p);
+                a.note("via", via_of(&p));
+                if !p.allows(Permission::Play) {
+                    return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("role {} may not play recordings", p.role.name())));
+                }
+                p
+            }
+            None => a.auth(&headers, if download { Permission::Download } else { Permission::Play }).await?,
+        };
+        let want = wants(&params)?;
+        a.note("format", format!("{want:?}").to_lowercase());
+        let s = recording(&ctx, &p, &id).await?;
+        let files = media::audio_files(&s, &|role, key| local_path(&ctx, role, key), &ctx.cfg.spool_dir());
+        let leg = match params.get("leg") {
+            None => 0,
+            Some(l) => l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("leg {l:?} is not a number")))?,
+        };
+        let Some(file) = files.get(leg).cloned() else {
+            return Err(if files.is_empty() {
+                media_refusal(MediaError::Unavailable("not in the store nor in this recorder's spool".into()))
+            } else {
+                ApiError::bad_request(format!("leg {leg}: the recording has {} audio file(s)", files.len()))
+            });
+        };
+        let ctx2 = ctx.clone();
+        let cache_key = format!("{id}/{leg}/{want:?}");
+        let (view, ty, ext) = blocking(move || rendition(&ctx2, &file, want, cache_key)).await?.map_err(media_refusal)?;
+        let len = view.len();
+        let wanted = range::parse(range_header.as_deref(), len);
+        let mut b = Response::builder()
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CONTENT_TYPE, ty)
+            .header(header::CACHE_CONTROL, "private, no-store")
+            .header(header::REFERRER_POLICY, "no-referrer")
+            .header(
+                header::CONTENT_DISPOSITION,
+                format!("{}; filename=\"{id}.{ext}\"", if download { "attachment" } else { "inline" }),
+            );
+        let (start, end) = match wanted {
+            Wanted::Unsatisfiable => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{len}")), (header::ACCEPT_RANGES, "bytes".to_string())],
+                    Json(json!({"error": {"code": "range_not_satisfiable",
+                        "message": format!("Range {:?} does not fit the {len} bytes of this audio", range_header.unwrap_or_default())}})),
+                )
+                    .into_response());
+            }
+            Wanted::Whole => {
+                b = b.status(StatusCode::OK);
+                (0, len)
+            }
+            Wanted::Part { start, end } => {
+                b = b.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+                (start, end + 1)
+            }
+        };
+        b = b.header(header::CONTENT_LENGTH, end - start);
+        b.body(stream_body(view, start, end)).map_err(|e| ApiError::internal(e.to_string()))
+    }
+    .await;
+    a.finish(r).await
+}
+
+/// Streams `[start, end)` of a view, read and decrypted on a blocking thread as the client
+/// takes it (a bounded channel: a slow client holds back the reading, not memory).
+fn stream_body(mut view: Box<dyn ReadAt>, start: u64, end: u64) -> Body {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = start;
+        while pos < end {
+            let mut buf = vec![0u8; ((end - pos) as usize).min(64 * 1024)];
+            match view.read_at(pos, &mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other("the audio ended early")));
+                    return;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    pos += n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("api: playback stopped: {e}"));
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+    });
+    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+async fn link(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "link.create", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Link).await?;
+        let v = json_body(&body)?;
+        let max = ctx.cfg.api.link_max_ttl_s;
+        let ttl = match &v["ttl_s"] {
+            Value::Null => 900.min(max),
+            t => t
+                .as_u64()
+                .filter(|t| (1..=max).contains(t))
+                .ok_or_else(|| ApiError::bad_request(format!("ttl_s must be 1 to {max} ([api] link_max_ttl_s)")))?,
+        };
+        a.note("ttl_s", ttl);
+        recording(&ctx, &p, &id).await?;
+        let expires = SystemTime::now() + Duration::from_secs(ttl);
+        let (ctx2, id2, user) = (ctx.clone(), id.clone(), p.user.clone());
+        let token = blocking(move || ctx2.access.sign_link(&id2, &user, expires))
+            .await?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let url = format!("/api/recordings/{id}/audio?link={}", urlencode(&token));
+        Ok(Json(json!({"url": url, "expires_at": crate::engine::call::rfc3339(expires), "ttl_s": ttl})).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn verify(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "verify", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Verify).await?;
+        let s = recording(&ctx, &p, &id).await?;
+        let ctx2 = ctx.clone();
+        let report = blocking(move || verify_recording(&ctx2, &s)).await?;
+        a.note("ok", report["ok"].clone());
+        Ok(Json(report).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+/// Re-checks every file of a recording: sealed files against their signed digests (every chunk
+/// authenticated, the signature by a trusted key), plain files against the SHA-256 recorded
+/// when they were shipped.
+fn verify_recording(ctx: &ApiContext, s: &Value) -> Value {
+    let mut files = Vec::new();
+    let rid = s["recording_id"].as_str().unwrap_or_default();
+    let objects: Vec<Value> = ["primary", "backup"]
+        .iter()
+        .find_map(|r| s["stored"][r]["objects"].as_array().filter(|o| !o.is_empty()).map(|o| (r, o.clone())))
+        .map(|(role, objs)| {
+            objs.into_iter()
+                .map(|mut o| {
+                    o["role"] = json!(role);
+                    o
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if objects.is_empty() {
+        return json!({"recording_id": rid, "ok": false, "files": [],
+            "message": "not stored yet: verify it after it is shipped (or with `callvault verify` on the spool file)"});
+    }
+    let mut ok = true;
+    for o in &objects {
+        let key = o["key"].as_str().unwrap_or_default().to_string();
+        let role: &'static str = if o["role"] == "backup" { "backup" } else { "primary" };
+        let name = key.rsplit('/').next().unwrap_or(&key).to_string();
+        let bytes = match local_path(ctx, role, &key) {
+            Some(p) => std::fs::read(&p).map_err(|e| format!("cannot read {name}: {e}")),
+            None => match &ctx.storage {
+                Some(st) => {
+                    let k = key.clone();
+                    st.call(move |s| {
+                        let t = s
+                            .targets()
+                            .find(|t| t.role.name() == role)
+                            .ok_or("the target is not configured".to_string())?;
+                        s.block_on(t.get(&object_store::path::Path::from(k.as_str()))).map_err(|e| e.to_string())
+                    })
+                    .unwrap_or_else(|| Err("the storage thread stopped".into()))
+                }
+                None => Err("storage is off".into()),
+            },
+        };
+        let mut f = json!({"name": name});
+        let result = bytes.and_then(|b| {
+            let sha = crate::seal::format::hex(&crate::seal::sha256(&[&b]));
+            f["sha256"] = json!(sha);
+            if let Some(want) = o["sha256"].as_str()
+                && want != sha
+            {
+                return Err(format!("its SHA-256 is {sha}; {want} was recorded when it was shipped"));
+            }
+            if !name.ends_with(".cvs") {
+                f["signed"] = json!(false);
+                return Ok(());
+            }
+            let Some(sealing) = &ctx.sealing else { return Err("sealed, but this recorder has no keys".into()) };
+            let mut rd = crate::seal::reader::SealedReader::open(std::io::Cursor::new(b), &sealing.keys)
+                .map_err(|e| e.to_string())?;
+            let v = rd.verify(sealing.keys.trusted(), None).map_err(|e| e.to_string())?;
+            f["signed"] = json!(true);
+            f["signer_id"] = json!(v.signer.id);
+            f["plaintext_sha256"] = json!(crate::seal::format::hex(&v.plaintext_sha256));
+            f["body_sha256"] = json!(crate::seal::format::hex(&v.record.body_sha256));
+            f["chunks"] = json!(v.chunks);
+            Ok(())
+        });
+        match result {
+            Ok(()) => f["verified"] = json!(true),
+            Err(e) => {
+                ok = false;
+                f["verified"] = json!(false);
+                f["error"] = json!(e);
+            }
+        }
+        files.push(f);
+    }
+    let signed = files.iter().all(|f| f["signed"] == true);
+    json!({"recording_id": rid, "ok": ok, "signed": signed, "files": files,
+        "message": if !ok { "verification failed: see files[].error" }
+            else if signed { "every file authenticates and its digests are signed by a trusted key" }
+            else { "unsealed files (encryption off) match the SHA-256 recorded at shipping; that is no proof against someone who can rewrite both" }})
+}
+
+fn need_storage(ctx: &ApiContext) -> Result<StorageThread, ApiError> {
+    ctx.storage.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "storage_off", "[storage] ship = false: holds and deletions need the store")
+    })
+}
+
+async fn hold_place(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "hold.place", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Hold).await?;
+        let v = json_body(&body)?;
+        let reason = v["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("give {\"reason\": \"…\"}: a case or ticket reference, kept with the hold")
+        })?;
+        a.note("reason", reason);
+        recording(&ctx, &p, &id).await?;
+        let st = need_storage(&ctx)?;
+        let hold = crate::storage::retention::Hold {
+            kind: crate::storage::retention::HoldKind::Recording,
+            value: id.clone(),
+            reason: reason.to_string(),
+            placed_at: crate::engine::call::rfc3339(SystemTime::now()),
+            placed_by: format!("api:{}", p.user),
+        };
+        let h2 = hold.clone();
+        let placed = blocking(move || st.call(move |s| crate::storage::retention::place_hold(s, &h2)))
+            .await?
+            .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        use crate::storage::retention::Placed;
+        let (status, body) = match placed {
+            Placed::Placed => (StatusCode::CREATED, json!({"hold": hold.to_json(), "placed": true})),
+            Placed::AlreadyHeld(h) => (StatusCode::OK, json!({"hold": h.to_json(), "placed": false})),
+            Placed::Partly { written, failed } => (
+                StatusCode::CREATED,
+                json!({"hold": hold.to_json(), "placed": true, "written": written,
+                    "failed": failed.iter().map(|(t, e)| json!({"target": t, "error": e})).collect::<Vec<_>>()}),
+            ),
+        };
+        Ok((status, Json(body)).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn hold_release(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "hold.release", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Hold).await?;
+        recording(&ctx, &p, &id).await?;
+        let st = need_storage(&ctx)?;
+        let id2 = id.clone();
+        let released = blocking(move || {
+            st.call(move |s| {
+                crate::storage::retention::release_hold(s, crate::storage::retention::HoldKind::Recording, &id2)
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        if !released {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_hold",
+                "the recording has no hold of its own to release",
+            ));
+        }
+        Ok(Json(json!({"released": true})).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn delete(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "delete", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Delete).await?;
+        let v = json_body(&body)?;
+        let reason = v["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("give {\"reason\": \"…\"}: the request's reference, kept in the deletion log")
+        })?;
+        a.note("reason", reason);
+        let s = recording(&ctx, &p, &id).await?;
+        if s["stored"].is_null() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_stored",
+                "the recording is not shipped yet; delete it once it is stored",
+            ));
+        }
+        let st = need_storage(&ctx)?;
+        let data_dir = ctx.cfg.data_dir.clone();
+        let why = crate::storage::retention::Reason { kind: "erasure", detail: format!("api:{}: {reason}", p.user) };
+        let report = blocking(move || {
+            st.call(move |storage| {
+                crate::storage::retention::delete_unless_held(storage, &data_dir, vec![(s, why)], false, &mut |_| {})
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        if let Some((_, h)) = report.held.first() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "held",
+                format!("under legal hold ({} {}: {}); release the hold first", h.kind.name(), h.value, h.reason),
+            ));
+        }
+        if let Some((_, e)) = report.failed.first() {
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.clone()));
+        }
+        if let Some(w) = &ctx.catalog_writer {
+            w.remove(&id);
+        } else if let Ok(mut c) = catalog::Catalog::open(&catalog::path_in(&ctx.cfg.data_dir)) {
+            let _ = c.remove(&id);
+        }
+        Ok(Json(json!({"deleted": true, "entry": report.deleted.first()})).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn sample_draw(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "sample", "");
+    let r = async {
+        let p = a.auth(&headers, Permission::Sample).await?;
+        let v = json_body(&body)?;
+        a.detail = json!({"request": v});
+        let req = sample::Request::from_json(&v).map_err(ApiError::bad_request)?;
+        let ctx2 = ctx.clone();
+        let scope = scope_filter(&p);
+        let user = p.user.clone();
+        let drawn = blocking(move || ctx2.sampling.draw(&catalog::path_in(&ctx2.cfg.data_dir), &req, scope, &user))
+            .await?
+            .map_err(|e| match e {
+                sample::SampleError::Query(m) => ApiError::bad_request(m),
+                other => ApiError::internal(other.to_string()),
+            })?;
+        a.target = drawn["sample_id"].as_str().unwrap_or_default().to_string();
+        Ok((StatusCode::CREATED, Json(drawn)).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn sample_get(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "sample.read", &id);
+    let r = async {
+        let p = a.auth(&headers, Permission::Sample).await?;
+        let ctx2 = ctx.clone();
+        let id2 = id.clone();
+        let got = blocking(move || ctx2.sampling.get(&id2)).await?.map_err(|e| ApiError::internal(e.to_string()))?;
+        // Another's sample is theirs: a caller sees only their own (an admin's role has no sampling).
+        match got {
+            Some(s) if s["drawn_by"] == p.user.as_str() => Ok(Json(s).into_response()),
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such sample")),
+        }
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn audit_read(
+    State(ctx): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut a = Audited::new(&ctx, peer, "audit.read", "");
+    a.detail = json!({"query": params});
+    let r = async {
+        a.auth(&headers, Permission::AuditRead).await?;
+        let mut q = crate::audit::ReadQuery { limit: 100, ..Default::default() };
+        for (k, v) in &params {
+            match k.as_str() {
+                "after" => {
+                    q.after_seq = Some(
+                        v.parse()
+                            .map_err(|_| ApiError::bad_request(format!("after {v:?} is not a sequence number")))?,
+                    )
+                }
+                "limit" => {
+                    q.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=1000).contains(l))
+                        .ok_or_else(|| ApiError::bad_request("limit must be 1 to 1000"))?
+                }
+                "actor" => q.actor = Some(v.clone()),
+                "action" => q.action = Some(v.clone()),
+                "target" => q.target = Some(v.clone()),
+                "since" => q.since = Some(v.clone()),
+                "until" => q.until = Some(v.clone()),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown parameter {other:?}: after, limit, actor, action, target, since, until"
+                    )));
+                }
+            }
+        }
+        let audit = ctx.audit.clone();
+        let limit = q.limit;
+        let entries = blocking(move || audit.read(&q)).await?.map_err(|e| ApiError::internal(e.to_string()))?;
+        let next = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e["seq"].clone())).flatten();
+        Ok(Json(json!({"entries": entries, "next_after": next})).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let mut a = Audited::new(&ctx, peer, "audit.verify", "");
+    let r = async {
+        a.auth(&headers, Permission::AuditRead).await?;
+        let anchors = match &ctx.storage {
+            Some(st) => {
+                let st = st.clone();
+                blocking(move || st.call(|s| crate::audit::load_anchors(s)))
+                    .await?
+                    .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
+                    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let data_dir = ctx.cfg.data_dir.clone();
+        let report = blocking(move || crate::audit::verify(&data_dir, &anchors))
+            .await?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let v = report.to_json();
+        a.note("ok", v["ok"].clone());
+        Ok(Json(v).into_response())
+    }
+    .await;
+    a.finish(r).await
+}
+
+/// TLS from `[api] tls_cert` and `tls_key` (PEM).
+fn tls_config(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ApiStartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if !cfg.api.tls() {
+        return Ok(None);
+    }
+    let (cert, key) = (&cfg.api.tls_cert, &cfg.api.tls_key);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ApiStartError::Tls(format!("cannot read the certificate chain {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ApiStartError::Tls(format!("{} holds no PEM certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ApiStartError::Tls(format!("cannot read the private key {}: {e}", key.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut sc = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiStartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ApiStartError::Tls(format!("the certificate and key do not go together: {e}")))?;
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(sc))))
+}
+
+/// A bound listener, ready to serve.
+pub struct Bound {
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub addr: SocketAddr,
+}
+
+/// Binds `[api] listen` and loads TLS (errors here stop the daemon's start).
+pub fn bind(cfg: &Config) -> Result<Bound, ApiStartError> {
+    let tls = tls_config(cfg)?;
+    let addr_text = cfg.api.listen.clone();
+    let listener = std::net::TcpListener::bind(&addr_text)
+        .map_err(|source| ApiStartError::Bind { addr: addr_text.clone(), source })?;
+    listener.set_nonblocking(true).map_err(|source| ApiStartError::Bind { addr: addr_text.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| ApiStartError::Bind { addr: addr_text, source })?;
+    Ok(Bound { listener, tls, addr })
+}
+
+/// Most connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 512;
+
+/// Serves the API from a thread of its own (a small runtime, kept off the RTP cores).
+pub fn spawn(bound: Bound, ctx: ApiContext) -> Result<std::thread::JoinHandle<()>, ApiStartError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_name("api")
+        .enable_all()
+        .build()
+        .map_err(ApiStartError::Thread)?;
+    let app = router(Arc::new(ctx));
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || rt.block_on(serve(bound, app)))
+        .map_err(ApiStartError::Thread)
+}
+
+async fn serve(bound: Bound, app: Router) {
+    let listener = match tokio::net::TcpListener::from_std(bound.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::log::error(&format!("api: cannot serve: {e}"));
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                crate::log::warn(&format!("api: accept: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = bound.tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, app).await,
+                        // A failed handshake (a plain-HTTP client, a scanner) ends the connection only.
+                        Ok(Err(_)) | Err(_) => {}
+                    }
+                }
+                None => serve_connection(tcp, peer, app).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<I>(io: I, peer: SocketAddr, app: Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower_service::Service;
+    let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        let mut app = app.clone();
+        async move { app.call(req).await }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(15))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+}

@@ -1,0 +1,1319 @@
+//! The audit trail: every access and change (who, what, when, from where, with what result),
+//! append-only and hash-chained (`docs/audit.md`).
+//!
+//! Entries live in `<data_dir>/audit.db` (SQLite, WAL, `synchronous = FULL`: an entry is on disk
+//! before `append` returns). Each entry carries `mac = HMAC-SHA256(audit.key, canonical(seq, at,
+//! actor, action, target, source, result, detail, prev_mac))`, where `prev_mac` is the previous
+//! entry's mac: editing an entry breaks its mac, removing one leaves a gap in `seq` and a
+//! `prev_mac` that points at nothing. The key (`<data_dir>/audit.key`, 32 random bytes, 0600) is
+//! held by the log's writer alone: whoever can write the database but not read the key cannot
+//! make a chain that verifies.
+//!
+//! What a chain cannot show by itself is a cut-off tail: the last entries removed leave a shorter
+//! chain that is still whole. So the head (seq and mac) is anchored periodically outside the log:
+//! to every storage target (`_audit/anchors/<node>/<seq>.json`) and to the system journal. An
+//! anchor beyond the log's end, or whose mac differs from the entry at its seq, shows the cut.
+//! Entries cut off after the last anchor cannot be detected; the anchor interval bounds them.
+//!
+//! Both the daemon and CLI commands append at once: each append is one `BEGIN IMMEDIATE`
+//! transaction that reads the head inside it, so two writers never fork the chain.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::hmac;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::seal::format::{hex, unhex};
+
+/// The database file in the data directory.
+pub const DB_FILE: &str = "audit.db";
+/// The chain's key file in the data directory.
+pub const KEY_FILE: &str = "audit.key";
+/// Where anchors live in every storage target (`<prefix>/_audit/anchors/<node>/<seq>.json`).
+pub const ANCHOR_DIR: &str = "_audit/anchors";
+
+/// The `prev_mac` of the first entry.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Domain tags: an entry's mac, an anchor's mac and the key check can never be mistaken for one
+/// another.
+const ENTRY_TAG: &[u8] = b"callvault-audit-entry-v1";
+const ANCHOR_TAG: &[u8] = b"callvault-audit-anchor-v1";
+const KEY_CHECK_TAG: &[u8] = b"callvault-audit-key-check-v1";
+/// Longest text kept in one field and longest detail (bytes of JSON): an entry stays small
+/// whatever a client sends.
+const MAX_FIELD: usize = 1024;
+const MAX_DETAIL: usize = 8192;
+/// `read` returns at most this many entries at once.
+pub const MAX_READ: u32 = 10_000;
+const DEFAULT_READ: u32 = 100;
+
+/// One thing that happened: who did what to what, from where, and how it ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entry {
+    /// Who: a user name, `token:<id>`, `link:<user>`, `control:uid=N`, `cli:<unix user>`.
+    pub actor: String,
+    /// What: `play`, `search`, `start`, `stop`, `token.create`, …
+    pub action: String,
+    /// To what: a recording id, a call id, a user, or empty.
+    pub target: String,
+    /// From where: a peer address, `control socket`, `cli`.
+    pub source: String,
+    /// How it ended: `ok`, `denied`, `not_found`, `error: …`.
+    pub result: String,
+    /// A small JSON object with what else matters (a recording id, a query).
+    pub detail: Value,
+}
+
+/// Why the audit trail cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The database could not be opened, read or written.
+    #[error("audit log {}: {message}", path.display())]
+    Db { path: PathBuf, message: String },
+    /// A file (the key, the data directory) could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// The log has entries but its key is gone: appending with a new key would start a chain
+    /// nobody could tell from a forgery.
+    #[error(
+        "audit key {} is missing but the audit log {} has {entries} entries: restore the key from its backup (docs/audit.md); a new key is not made over an existing log",
+        key.display(), db.display()
+    )]
+    KeyMissing { key: PathBuf, db: PathBuf, entries: u64 },
+    /// The key is not the one the log was written with.
+    #[error(
+        "audit key {} is not the key audit log {} was written with: restore the right key (docs/audit.md)",
+        key.display(), db.display()
+    )]
+    WrongKey { key: PathBuf, db: PathBuf },
+    /// The key file is not 32 bytes.
+    #[error("audit key {}: {message}", path.display())]
+    BadKey { path: PathBuf, message: String },
+    /// There is no audit log to read.
+    #[error("no audit log in {}: {DB_FILE} not found (is this the daemon's data_dir?)", dir.display())]
+    NoLog { dir: PathBuf },
+    /// A filter value is not usable.
+    #[error("{0}")]
+    BadQuery(String),
+    /// An anchor could not be written or read.
+    #[error("audit anchor: {0}")]
+    Anchor(String),
+}
+
+/// What `read` returns: entries after `after_seq`, filtered, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ReadQuery {
+    /// Only entries with a higher seq (paging: the last seq of the previous page).
+    pub after_seq: Option<u64>,
+    /// At most this many (0: 100; at most 10000).
+    pub limit: u32,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only entries at or after this time (RFC 3339, or a date).
+    pub since: Option<String>,
+    /// Only entries before this time (RFC 3339, or a date).
+    pub until: Option<String>,
+}
+
+/// The audit trail of one data directory, shared by every thread of a process.
+pub struct AuditLog {
+    conn: Mutex<Connection>,
+    key: Zeroizing<[u8; 32]>,
+    path: PathBuf,
+    /// The seq last anchored by this process (0: none yet), so an idle log is not re-anchored.
+    anchored: AtomicU64,
+    /// Appends by [`AuditLog::record`] that failed (`callvault_audit_write_errors_total`).
+    write_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditLog({})", self.path.display())
+    }
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+    move |e| AuditError::Db { path: path.to_path_buf(), message: e.to_string() }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AuditError + 'a {
+    move |source| AuditError::Io { action, path: path.to_path_buf(), source }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    source TEXT NOT NULL,
+    result TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_mac TEXT NOT NULL,
+    mac TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_at ON entries(at);
+CREATE INDEX IF NOT EXISTS entries_actor ON entries(actor);
+CREATE INDEX IF NOT EXISTS entries_target ON entries(target);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Append-only for every ordinary client: a mistake cannot change history. Someone who drops
+-- the triggers can, which is what the chain is for.
+CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+";
+
+impl AuditLog {
+    /// Opens (creating if missing) `<data_dir>/audit.db` and its key `<data_dir>/audit.key`.
+    /// A log with entries but no key, or with another key, is refused.
+    pub fn open(data_dir: &Path) -> Result<AuditLog, AuditError> {
+        crate::output::ensure_dir(data_dir).map_err(io_err("cannot create", data_dir))?;
+        let path = data_dir.join(DB_FILE);
+        let key_path = data_dir.join(KEY_FILE);
+        if !path.exists() {
+            // Made 0600 before SQLite opens it; its -wal and -shm files take the same mode.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err("cannot create", &path))?;
+        }
+        let conn = Connection::open(&path).map_err(db_err(&path))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err(&path))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err(&path))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err(&path))?;
+        conn.execute_batch(SCHEMA).map_err(db_err(&path))?;
+        let entries: u64 =
+            conn.query_row("SELECT count(*) FROM entries", [], |r| r.get::<_, i64>(0)).map_err(db_err(&path))? as u64;
+        let key = match read_key(&key_path)? {
+            Some(k) => k,
+            None if entries > 0 => return Err(AuditError::KeyMissing { key: key_path, db: path, entries }),
+            None => create_key(&key_path)?,
+        };
+        let check = key_check(&key);
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| r.get(0))
+            .optional()
+            .map_err(db_err(&path))?;
+        match stored {
+            Some(s) if s == check => {}
+            Some(_) => return Err(AuditError::WrongKey { key: key_path, db: path }),
+            None => {
+                conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('key_check', ?1)", [&check])
+                    .map_err(db_err(&path))?;
+            }
+        }
+        Ok(AuditLog { conn: Mutex::new(conn), key, path, anchored: AtomicU64::new(0), write_errors: AtomicU64::new(0) })
+    }
+
+    /// Appends one entry, chained to the head; it is on disk when this returns. Returns its seq.
+    pub fn append(&self, e: Entry) -> Result<u64, AuditError> {
+        let at = crate::engine::call::rfc3339(SystemTime::now());
+        let detail = detail_text(&e.detail);
+        let (actor, action, target, source, result) =
+            (clip(e.actor), clip(e.action), clip(e.target), clip(e.source), clip(e.result));
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let err = db_err(&self.path);
+        // IMMEDIATE: the write lock is taken before the head is read, so another process's
+        // append waits instead of chaining to the same head.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        let last: Option<(i64, String)> = tx
+            .query_row("SELECT seq, mac FROM entries ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(&err)?;
+        let (seq, prev_mac) = match last {
+            Some((s, m)) => (s as u64 + 1, m),
+            None => (1, GENESIS.to_string()),
+        };
+        let fields = Fields {
+            seq,
+            at: &at,
+            actor: &actor,
+            action: &action,
+            target: &target,
+            source: &source,
+            result: &result,
+            detail: &detail,
+            prev_mac: &prev_mac,
+        };
+        let mac = hex(mac_of(&self.key, &fields.canonical()).as_ref());
+        tx.execute(
+            "INSERT INTO entries(seq, at, actor, action, target, source, result, detail, prev_mac, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![seq as i64, at, actor, action, target, source, result, detail, prev_mac, mac],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(seq)
+    }
+
+    /// Appends where the work it records must go on even if the audit trail cannot be written
+    /// (a recording being started or stopped): a failure is logged and counted, not returned.
+    pub fn record(&self, e: Entry) -> Option<u64> {
+        match self.append(e.clone()) {
+            Ok(seq) => Some(seq),
+            Err(err) => {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+                crate::log::warn(&format!(
+                    "audit trail: not recorded ({} {} {:?} by {}: {}): {err}",
+                    e.action, e.target, e.result, e.actor, e.source
+                ));
+                None
+            }
+        }
+    }
+
+    /// How many [`AuditLog::record`] calls failed since the log was opened.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Entries matching `q`, oldest first, as JSON objects (`seq`, `at`, `actor`, `action`,
+    /// `target`, `source`, `result`, `detail`, `prev_mac`, `mac`).
+    pub fn read(&self, q: &ReadQuery) -> Result<Vec<Value>, AuditError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        read_from(&conn, &self.path, q)
+    }
+
+    /// The head: the last entry's seq and mac (hex); `None` for an empty log.
+    pub fn head(&self) -> Result<Option<(u64, String)>, AuditError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("SELECT seq, mac FROM entries ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })
+        .optional()
+        .map_err(db_err(&self.path))
+    }
+
+    /// Moves what the write-ahead log holds into the database file (at shutdown, so that a
+    /// copy of `audit.db` alone is complete). A failure only leaves it in the WAL, as durable.
+    pub fn checkpoint(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            crate::log::warn(&format!("audit trail {}: checkpoint: {e}", self.path.display()));
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An anchor of the current head, signed with the key; `None` when the log is empty or the
+    /// head has not moved since this process last anchored it.
+    fn next_anchor(&self, node: &str) -> Result<Option<Anchor>, AuditError> {
+        let Some((seq, mac)) = self.head()? else { return Ok(None) };
+        if self.anchored.load(Ordering::Relaxed) == seq {
+            return Ok(None);
+        }
+        let at = crate::engine::call::rfc3339(SystemTime::now());
+        Ok(Some(Anchor::sign(&self.key, seq, mac, at, node.to_string())))
+    }
+}
+
+/// The fields an entry's mac covers, in their order.
+struct Fields<'a> {
+    seq: u64,
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    source: &'a str,
+    result: &'a str,
+    detail: &'a str,
+    prev_mac: &'a str,
+}
+
+impl Fields<'_> {
+    /// Length-prefixed: no bytes can move from one field to the next without changing the mac.
+    fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        put(&mut out, ENTRY_TAG);
+        put(&mut out, &self.seq.to_be_bytes());
+        for f in [self.at, self.actor, self.action, self.target, self.source, self.result, self.detail, self.prev_mac] {
+            put(&mut out, f.as_bytes());
+        }
+        out
+    }
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn mac_of(key: &[u8; 32], bytes: &[u8]) -> hmac::Tag {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), bytes)
+}
+
+/// Whether `mac_hex` is the mac of `bytes` (compared in constant time).
+fn mac_ok(key: &[u8; 32], bytes: &[u8], mac_hex: &str) -> bool {
+    match unhex::<32>(mac_hex) {
+        Some(tag) => hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), bytes, &tag).is_ok(),
+        None => false,
+    }
+}
+
+/// Stored beside the entries: tells a wrong key from tampering, without revealing the key.
+fn key_check(key: &[u8; 32]) -> String {
+    hex(mac_of(key, KEY_CHECK_TAG).as_ref())
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_FIELD {
+        let mut end = MAX_FIELD;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// The detail as stored (and covered by the mac): always a JSON object.
+fn detail_text(v: &Value) -> String {
+    let obj = match v {
+        Value::Object(_) => v.clone(),
+        Value::Null => json!({}),
+        other => json!({ "value": other }),
+    };
+    let text = obj.to_string();
+    if text.len() > MAX_DETAIL { json!({"truncated": true, "bytes": text.len()}).to_string() } else { text }
+}
+
+fn read_key(path: &Path) -> Result<Option<Zeroizing<[u8; 32]>>, AuditError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AuditError::Io { action: "cannot read", path: path.to_path_buf(), source: e }),
+    };
+    if bytes.len() != 32 {
+        return Err(AuditError::BadKey {
+            path: path.to_path_buf(),
+            message: format!("{} bytes, expected 32 (restore it from its backup)", bytes.len()),
+        });
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&bytes);
+    Ok(Some(key))
+}
+
+/// Makes a new key: written to a temporary file (0600) and linked into place, so a reader never
+/// sees half a key and two processes starting at once end up with one key.
+fn create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(&mut key[..]).map_err(|_| AuditError::BadKey {
+        path: path.to_path_buf(),
+        message: "no random bytes to make a key".into(),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(&key[..])?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(AuditError::Io { action: "cannot write", path: tmp, source: e });
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            Ok(key)
+        }
+        // Another process made it first: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key(path)?
+            .ok_or_else(|| AuditError::BadKey { path: path.to_path_buf(), message: "vanished while opening".into() }),
+        Err(e) => Err(AuditError::Io { action: "cannot create", path: path.to_path_buf(), source: e }),
+    }
+}
+
+fn read_from(conn: &Connection, path: &Path, q: &ReadQuery) -> Result<Vec<Value>, AuditError> {
+    let mut sql = String::from(
+        "SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries WHERE 1 = 1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(after) = q.after_seq {
+        sql.push_str(" AND seq > ?");
+        args.push((after.min(i64::MAX as u64) as i64).into());
+    }
+    for (col, v) in [("actor", &q.actor), ("action", &q.action), ("target", &q.target)] {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            args.push(v.clone().into());
+        }
+    }
+    if let Some(s) = &q.since {
+        sql.push_str(" AND at >= ?");
+        args.push(normalize_time(s).map_err(|e| AuditError::BadQuery(format!("since: {e}")))?.into());
+    }
+    if let Some(u) = &q.until {
+        sql.push_str(" AND at < ?");
+        args.push(normalize_time(u).map_err(|e| AuditError::BadQuery(format!("until: {e}")))?.into());
+    }
+    let limit = match q.limit {
+        0 => DEFAULT_READ,
+        n => n.min(MAX_READ),
+    };
+    sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+    let err = db_err(path);
+    let mut stmt = conn.prepare(&sql).map_err(&err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            let detail: String = r.get(7)?;
+            Ok(json!({
+                "seq": r.get::<_, i64>(0)?,
+                "at": r.get::<_, String>(1)?,
+                "actor": r.get::<_, String>(2)?,
+                "action": r.get::<_, String>(3)?,
+                "target": r.get::<_, String>(4)?,
+                "source": r.get::<_, String>(5)?,
+                "result": r.get::<_, String>(6)?,
+                "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
+                "prev_mac": r.get::<_, String>(8)?,
+                "mac": r.get::<_, String>(9)?,
+            }))
+        })
+        .map_err(&err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+}
+
+/// Reads entries from a data directory without opening it for writing (nor needing the key):
+/// `callvault audit list`.
+pub fn read_dir(data_dir: &Path, q: &ReadQuery) -> Result<Vec<Value>, AuditError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(AuditError::NoLog { dir: data_dir.to_path_buf() });
+    }
+    let conn = open_read_only(&path)?;
+    read_from(&conn, &path, q)
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err(path))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(db_err(path))?;
+    Ok(conn)
+}
+
+/// A time given as RFC 3339 (any offset, fraction optional) or a date (`2026-12-04`: its
+/// midnight UTC), in the form entries are stored in (`2026-12-04T10:00:00.000Z`), so that text
+/// order is time order.
+pub fn normalize_time(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a time: use RFC 3339 (2026-12-04T10:00:00Z) or a date (2026-12-04)");
+    let b = s.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = b.get(r)?;
+        if t.iter().all(u8::is_ascii_digit) { std::str::from_utf8(t).ok()?.parse().ok() } else { None }
+    };
+    let (y, mo, d) = (num(0..4).ok_or_else(bad)?, num(5..7).ok_or_else(bad)?, num(8..10).ok_or_else(bad)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let (mut h, mut mi, mut sec, mut ms, mut offset_min) = (0, 0, 0, 0i64, 0i64);
+    if b.len() > 10 {
+        if !matches!(b[10], b'T' | b't' | b' ') || b.get(13) != Some(&b':') {
+            return Err(bad());
+        }
+        h = num(11..13).ok_or_else(bad)?;
+        mi = num(14..16).ok_or_else(bad)?;
+        let mut i = 16;
+        if b.get(i) == Some(&b':') {
+            sec = num(17..19).ok_or_else(bad)?;
+            i = 19;
+        }
+        if b.get(i) == Some(&b'.') {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return Err(bad());
+            }
+            // Milliseconds: the first three digits, padded.
+            let digits: String = std::str::from_utf8(&b[start..i.min(start + 3)]).map_err(|_| bad())?.into();
+            ms = format!("{digits:0<3}").parse().map_err(|_| bad())?;
+        }
+        match b.get(i) {
+            Some(b'Z' | b'z') if i + 1 == b.len() => {}
+            Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
+                let oh = num(i + 1..i + 3).ok_or_else(bad)?;
+                let om = num(i + 4..i + 6).ok_or_else(bad)?;
+                offset_min = (oh * 60 + om) * if *sign == b'-' { -1 } else { 1 };
+            }
+            _ => return Err(bad()),
+        }
+        if h > 23 || mi > 59 || sec > 60 {
+            return Err(bad());
+        }
+    }
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    let millis = secs.checked_mul(1000).and_then(|m| m.checked_add(ms)).filter(|m| *m >= 0).ok_or_else(bad)?;
+    Ok(crate::engine::call::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(millis as u64)))
+}
+
+/// Days since 1970-01-01 of a civil date (the inverse of the calendar in `rfc3339`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The head of the chain as it was at a moment, kept outside the log, signed with the log's key
+/// so that a made-up anchor is detected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The last entry's seq.
+    pub seq: u64,
+    /// Its mac (hex).
+    pub mac: String,
+    /// When it was anchored (RFC 3339).
+    pub at: String,
+    /// The recorder that anchored it (its host name).
+    pub node: String,
+    /// HMAC-SHA256 over the above (hex).
+    pub anchor_mac: String,
+}
+
+impl Anchor {
+    fn canonical(seq: u64, mac: &str, at: &str, node: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        put(&mut out, ANCHOR_TAG);
+        put(&mut out, &seq.to_be_bytes());
+        for f in [mac, at, node] {
+            put(&mut out, f.as_bytes());
+        }
+        out
+    }
+
+    fn sign(key: &[u8; 32], seq: u64, mac: String, at: String, node: String) -> Anchor {
+        let anchor_mac = hex(mac_of(key, &Anchor::canonical(seq, &mac, &at, &node)).as_ref());
+        Anchor { seq, mac, at, node, anchor_mac }
+    }
+
+    fn signed_by(&self, key: &[u8; 32]) -> bool {
+        mac_ok(key, &Anchor::canonical(self.seq, &self.mac, &self.at, &self.node), &self.anchor_mac)
+    }
+
+    /// Its JSON form, as stored.
+    pub fn to_json(&self) -> Value {
+        json!({"seq": self.seq, "mac": self.mac, "at": self.at, "node": self.node, "anchor_mac": self.anchor_mac})
+    }
+
+    /// From its JSON form; missing fields are empty (and so fail the check of `anchor_mac`).
+    pub fn from_json(v: &Value) -> Anchor {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Anchor {
+            seq: v["seq"].as_u64().unwrap_or(0),
+            mac: s("mac"),
+            at: s("at"),
+            node: s("node"),
+            anchor_mac: s("anchor_mac"),
+        }
+    }
+
+    /// The line written to the system journal.
+    pub fn journal_line(&self) -> String {
+        format!(
+            "audit anchor: seq {} head {} node {} at {} anchor_mac {}",
+            self.seq, self.mac, self.node, self.at, self.anchor_mac
+        )
+    }
+
+    /// An anchor from a journal line (`journalctl -u callvault` output, any prefix), if it has one.
+    pub fn from_journal_line(line: &str) -> Option<Anchor> {
+        let rest = &line[line.find("audit anchor: ")? + "audit anchor: ".len()..];
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+        Some(Anchor {
+            seq: field("seq")?.parse().ok()?,
+            mac: field("head")?.to_string(),
+            node: field("node")?.to_string(),
+            at: field("at")?.to_string(),
+            anchor_mac: field("anchor_mac")?.to_string(),
+        })
+    }
+}
+
+/// This host's name: the node an anchor is filed under.
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    if host.is_empty() { "localhost".into() } else { host }
+}
+
+fn anchor_key(t: &crate::storage::Target, a: &Anchor) -> object_store::path::Path {
+    t.key(&format!("{ANCHOR_DIR}/{}/{:020}.json", a.node, a.seq))
+}
+
+/// Anchors the head to every storage target and to the journal; `None` when the log is empty or
+/// its head has not moved since the last anchor. A target that cannot be written is an error
+/// (after the others were tried; the journal line is written whatever happens), and the anchor
+/// is tried again at the next call.
+pub fn anchor_to_store(
+    storage: &crate::storage::Storage,
+    log: &AuditLog,
+    node: &str,
+) -> Result<Option<Anchor>, AuditError> {
+    let Some(anchor) = log.next_anchor(node)? else { return Ok(None) };
+    crate::log::info(&anchor.journal_line());
+    let body = serde_json::to_vec_pretty(&anchor.to_json()).unwrap_or_default();
+    let failed: Vec<String> = storage.block_on(async {
+        let mut failed = Vec::new();
+        for t in storage.targets() {
+            if let Err(e) = t.put(&anchor_key(t, &anchor), body.clone()).await {
+                failed.push(e.to_string());
+            }
+        }
+        failed
+    });
+    if !failed.is_empty() {
+        return Err(AuditError::Anchor(failed.join("; ")));
+    }
+    log.anchored.store(anchor.seq, Ordering::Relaxed);
+    Ok(Some(anchor))
+}
+
+/// Anchors the head to the journal alone (no storage configured); `None` as for
+/// [`anchor_to_store`].
+pub fn anchor_to_journal(log: &AuditLog, node: &str) -> Result<Option<Anchor>, AuditError> {
+    let Some(anchor) = log.next_anchor(node)? else { return Ok(None) };
+    crate::log::info(&anchor.journal_line());
+    log.anchored.store(anchor.seq, Ordering::Relaxed);
+    Ok(Some(anchor))
+}
+
+/// Every anchor in every target (the same anchor in two targets counted once). An object that
+/// is not an anchor is returned as one that fails its check, so tampering with anchors shows.
+pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, AuditError> {
+    storage.block_on(async {
+        let mut out: Vec<Anchor> = Vec::new();
+        for t in storage.targets() {
+            let listed = t.list(ANCHOR_DIR).await.map_err(|e| AuditError::Anchor(e.to_string()))?;
+            for m in listed {
+                let bytes = match t.get(&m.location).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(AuditError::Anchor(e.to_string())),
+                };
+                let a = match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(v) => Anchor::from_json(&v),
+                    Err(_) => Anchor {
+                        seq: seq_from_name(m.location.as_ref()),
+                        mac: String::new(),
+                        at: String::new(),
+                        node: m.location.to_string(),
+                        anchor_mac: String::new(),
+                    },
+                };
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.node.cmp(&b.node)));
+        Ok(out)
+    })
+}
+
+fn seq_from_name(name: &str) -> u64 {
+    name.rsplit('/').next().and_then(|f| f.strip_suffix(".json")).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// One thing `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The entry (or the anchor's seq) concerned; `None` for the log as a whole.
+    pub seq: Option<u64>,
+    /// `edited`, `removed`, `chain_broken`, `cut_off`, `anchor_mismatch`, `forged_anchor`,
+    /// `wrong_key`.
+    pub kind: &'static str,
+    /// What it means, for a person.
+    pub message: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Nothing wrong.
+    pub ok: bool,
+    /// Entries in the log.
+    pub entries: u64,
+    /// The first and last seq present.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Anchors compared with the log.
+    pub anchors_checked: usize,
+    /// The latest genuine anchor.
+    pub latest_anchor: Option<Anchor>,
+    /// Everything wrong, in seq order.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// `{ok, entries, first_seq, last_seq, anchors_checked, latest_anchor, problems}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ok": self.ok,
+            "entries": self.entries,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "anchors_checked": self.anchors_checked,
+            "latest_anchor": self.latest_anchor.as_ref().map(|a| json!({"seq": a.seq, "at": a.at, "node": a.node})),
+            "problems": self.problems.iter().map(|p| json!({"seq": p.seq, "kind": p.kind, "message": p.message})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Checks the whole chain of `<data_dir>/audit.db` with `<data_dir>/audit.key`, and every anchor
+/// against it. Load the anchors before calling (as `callvault audit verify` does): an anchor
+/// written after the log was read would otherwise look like a cut.
+pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, AuditError> {
+    let path = data_dir.join(DB_FILE);
+    let key_path = data_dir.join(KEY_FILE);
+    let key = read_key(&key_path)?.ok_or_else(|| AuditError::Io {
+        action: "cannot read",
+        path: key_path.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the audit key is missing (restore it from its backup)",
+        ),
+    })?;
+    let mut report = VerifyReport::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut stored_check = None;
+    if path.exists() {
+        let conn = open_read_only(&path)?;
+        let err = db_err(&path);
+        // One read transaction: entries and key check from the same moment.
+        conn.execute_batch("BEGIN").map_err(&err)?;
+        stored_check = conn
+            .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(&err)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries ORDER BY seq",
+            )
+            .map_err(&err)?;
+        let mapped = stmt
+            .query_map([], |r| {
+                let text = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
+                Ok(Row {
+                    seq: r.get::<_, i64>(0)?,
+                    at: text(1)?,
+                    actor: text(2)?,
+                    action: text(3)?,
+                    target: text(4)?,
+                    source: text(5)?,
+                    result: text(6)?,
+                    detail: text(7)?,
+                    prev_mac: text(8)?,
+                    mac: text(9)?,
+                })
+            })
+            .map_err(&err)?;
+        for row in mapped {
+            rows.push(row.map_err(&err)?);
+        }
+    } else if anchors.is_empty() {
+        return Err(AuditError::NoLog { dir: data_dir.to_path_buf() });
+    } else {
+        // Anchors say there was a log: its removal is the cut of every entry, reported below.
+    }
+    report.entries = rows.len() as u64;
+    report.first_seq = rows.first().map(|r| r.seq.max(0) as u64);
+    report.last_seq = rows.last().map(|r| r.seq.max(0) as u64);
+
+    let macs_ok: Vec<bool> = rows.iter().map(|r| r.mac_ok(&key)).collect();
+    let wrong_key = match &stored_check {
+        Some(c) => *c != key_check(&key),
+        None => !rows.is_empty() && !macs_ok.iter().any(|ok| *ok),
+    };
+    if wrong_key {
+        report.problems.push(Problem {
+            seq: None,
+            kind: "wrong_key",
+            message: format!(
+                "{} is not the key this log was written with (no entry verifies with it): restore the right key; nothing else can be checked",
+                key_path.display()
+            ),
+        });
+        report.anchors_checked = anchors.len();
+        return Ok(report);
+    }
+
+    let mut prev: Option<&Row> = None;
+    for (row, mac_ok) in rows.iter().zip(&macs_ok) {
+        let seq = row.seq.max(0) as u64;
+        let expected = prev.map_or(1, |p| p.seq.max(0) as u64 + 1);
+        let prev_mac = prev.map_or(GENESIS, |p| p.mac.as_str());
+        if seq > expected {
+            let n = seq - expected;
+            let around = match prev {
+                Some(p) => format!("the log goes from {} to {seq}", p.seq),
+                None => format!("the log starts at {seq}"),
+            };
+            report.problems.push(Problem {
+                seq: Some(expected),
+                kind: "removed",
+                message: if n == 1 {
+                    format!("entry {expected} was removed ({around})")
+                } else {
+                    format!("entries {expected} to {} ({n}) were removed ({around})", seq - 1)
+                },
+            });
+        } else if row.prev_mac != prev_mac {
+            report.problems.push(Problem {
+                seq: Some(seq),
+                kind: "chain_broken",
+                message: format!(
+                    "entry {seq} does not follow entry {}: an entry was replaced, inserted or moved here",
+                    expected.saturating_sub(1)
+                ),
+            });
+        }
+        if !mac_ok {
+            report.problems.push(Problem {
+                seq: Some(seq),
+                kind: "edited",
+                message: format!("entry {seq} was changed after it was written (its mac does not match its content)"),
+            });
+        }
+        prev = Some(row);
+    }
+
+    let last = report.last_seq.unwrap_or(0);
+    for a in anchors {
+        report.anchors_checked += 1;
+        if !a.signed_by(&key) {
+            report.problems.push(Problem {
+                seq: Some(a.seq),
+                kind: "forged_anchor",
+                message: format!(
+                    "anchor of seq {} from {:?} at {} is not signed with this log's key: it was made or changed by someone else",
+                    a.seq, a.node, a.at
+                ),
+            });
+            continue;
+        }
+        if report.latest_anchor.as_ref().is_none_or(|l| a.seq > l.seq) {
+            report.latest_anchor = Some(a.clone());
+        }
+        if a.seq > last {
+            report.problems.push(Problem {
+                seq: Some(a.seq),
+                kind: "cut_off",
+                message: if rows.is_empty() {
+                    format!(
+                        "the log is empty but {} anchored seq {} at {}: every entry was cut off",
+                        a.node, a.seq, a.at
+                    )
+                } else {
+                    format!(
+                        "the log ends at seq {last} but {} anchored seq {} at {}: entries {} to {} were cut off",
+                        a.node,
+                        a.seq,
+                        a.at,
+                        last + 1,
+                        a.seq
+                    )
+                },
+            });
+            continue;
+        }
+        match rows.binary_search_by_key(&(a.seq as i64), |r| r.seq) {
+            Ok(i) if rows[i].mac == a.mac => {}
+            Ok(_) => report.problems.push(Problem {
+                seq: Some(a.seq),
+                kind: "anchor_mismatch",
+                message: format!(
+                    "entry {} is not the one {} anchored at {}: the log was rewritten from there",
+                    a.seq, a.node, a.at
+                ),
+            }),
+            Err(_) => report.problems.push(Problem {
+                seq: Some(a.seq),
+                kind: "anchor_mismatch",
+                message: format!("entry {} that {} anchored at {} is missing", a.seq, a.node, a.at),
+            }),
+        }
+    }
+    report.problems.sort_by_key(|p| p.seq);
+    // The same cut reported by several anchors is one problem per anchor seq; keep each once.
+    report.problems.dedup();
+    report.ok = report.problems.is_empty();
+    Ok(report)
+}
+
+struct Row {
+    seq: i64,
+    at: String,
+    actor: String,
+    action: String,
+    target: String,
+    source: String,
+    result: String,
+    detail: String,
+    prev_mac: String,
+    mac: String,
+}
+
+impl Row {
+    fn mac_ok(&self, key: &[u8; 32]) -> bool {
+        let fields = Fields {
+            seq: self.seq.max(0) as u64,
+            at: &self.at,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            source: &self.source,
+            result: &self.result,
+            detail: &self.detail,
+            prev_mac: &self.prev_mac,
+        };
+        self.seq > 0 && mac_ok(key, &fields.canonical(), &self.mac)
+    }
+}
+
+/// Who runs a CLI command: `cli:<unix user name>` (or `cli:uid=N` when the name is unknown).
+pub fn cli_actor() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    match user_name(uid) {
+        Some(name) => format!("cli:{name}"),
+        None => format!("cli:uid={uid}"),
+    }
+}
+
+/// The name `/etc/passwd` gives a uid (no NSS: a directory service's users show as `uid=N`).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next();
+        (f.next()?.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str, target: &str) -> Entry {
+        Entry {
+            actor: "control:uid=1000".into(),
+            action: action.into(),
+            target: target.into(),
+            source: "control socket".into(),
+            result: "ok".into(),
+            detail: json!({"recording_id": format!("r-{target}")}),
+        }
+    }
+
+    /// A log of `n` entries in a fresh directory.
+    fn log_with(n: usize) -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for i in 0..n {
+            log.append(entry("start", &format!("c-{i}"))).unwrap();
+        }
+        (dir, log)
+    }
+
+    /// SQL on the database as an attacker with write access would run it (triggers dropped).
+    fn tamper(dir: &Path, sql: &str) {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.execute_batch("DROP TRIGGER IF EXISTS entries_no_update; DROP TRIGGER IF EXISTS entries_no_delete;")
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    fn kinds(r: &VerifyReport) -> Vec<(Option<u64>, &'static str)> {
+        r.problems.iter().map(|p| (p.seq, p.kind)).collect()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (dir, log) = log_with(5);
+        assert_eq!(log.head().unwrap().unwrap().0, 5);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        assert_eq!(a.seq, 5);
+        assert!(anchor_to_journal(&log, "node-a").unwrap().is_none(), "head did not move");
+        let r = verify(dir.path(), &[a]).unwrap();
+        assert!(r.ok, "{:?}", r.problems);
+        assert_eq!((r.entries, r.first_seq, r.last_seq, r.anchors_checked), (5, Some(1), Some(5), 1));
+        assert_eq!(r.latest_anchor.as_ref().unwrap().seq, 5);
+        assert_eq!(r.to_json()["ok"], true);
+    }
+
+    #[test]
+    fn the_log_is_append_only_for_ordinary_sql() {
+        let (dir, _log) = log_with(2);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert!(conn.execute("UPDATE entries SET actor = 'x' WHERE seq = 1", []).is_err());
+        assert!(conn.execute("DELETE FROM entries WHERE seq = 1", []).is_err());
+    }
+
+    #[test]
+    fn an_edited_entry_is_detected_at_its_seq() {
+        let (dir, _log) = log_with(5);
+        tamper(dir.path(), "UPDATE entries SET actor = 'someone-else' WHERE seq = 3");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(Some(3), "edited")]);
+        // A field shifted into its neighbour is an edit too.
+        tamper(dir.path(), "UPDATE entries SET action = 'st', target = 'artc-1' WHERE seq = 2");
+        assert!(kinds(&verify(dir.path(), &[]).unwrap()).contains(&(Some(2), "edited")));
+    }
+
+    #[test]
+    fn a_removed_entry_is_detected() {
+        let (dir, _log) = log_with(5);
+        tamper(dir.path(), "DELETE FROM entries WHERE seq = 3");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(3), "removed")]);
+        assert!(r.problems[0].message.contains("entry 3 was removed"), "{}", r.problems[0].message);
+        // The first entries too.
+        tamper(dir.path(), "DELETE FROM entries WHERE seq <= 2");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(1), "removed")]);
+        assert!(
+            r.problems[0].message.contains("entries 1 to 3 (3) were removed (the log starts at 4)"),
+            "{}",
+            r.problems[0].message
+        );
+    }
+
+    #[test]
+    fn a_removed_entry_renumbered_away_breaks_the_chain() {
+        let (dir, _log) = log_with(5);
+        // Remove 3 and move 4 and 5 down to close the gap.
+        tamper(dir.path(), "DELETE FROM entries WHERE seq = 3; UPDATE entries SET seq = seq - 1 WHERE seq > 3;");
+        let r = verify(dir.path(), &[]).unwrap();
+        let k = kinds(&r);
+        assert!(k.contains(&(Some(3), "chain_broken")), "{k:?}");
+        assert!(k.contains(&(Some(3), "edited")) && k.contains(&(Some(4), "edited")), "{k:?}");
+    }
+
+    #[test]
+    fn reordered_entries_are_detected() {
+        let (dir, _log) = log_with(4);
+        tamper(
+            dir.path(),
+            "UPDATE entries SET seq = 100 WHERE seq = 2; UPDATE entries SET seq = 2 WHERE seq = 3;
+             UPDATE entries SET seq = 3 WHERE seq = 100;",
+        );
+        let k = kinds(&verify(dir.path(), &[]).unwrap());
+        assert!(k.contains(&(Some(2), "edited")) && k.contains(&(Some(3), "edited")), "{k:?}");
+    }
+
+    #[test]
+    fn a_cut_off_tail_is_detected_by_an_anchor() {
+        let (dir, log) = log_with(6);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        tamper(dir.path(), "DELETE FROM entries WHERE seq >= 5");
+        let r = verify(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(6), "cut_off")]);
+        assert!(r.problems[0].message.contains("entries 5 to 6 were cut off"), "{}", r.problems[0].message);
+        // Without the anchor the shorter chain is whole: the honest limit.
+        assert!(verify(dir.path(), &[]).unwrap().ok);
+        // Everything cut, the database removed: the anchor still tells.
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("audit.db-wal"));
+        let r = verify(dir.path(), &[a]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(6), "cut_off")]);
+        assert!(matches!(verify(dir.path(), &[]), Err(AuditError::NoLog { .. })));
+    }
+
+    #[test]
+    fn a_rewritten_tail_is_detected_by_an_anchor() {
+        let (dir, log) = log_with(3);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        // Someone with the key could rewrite it; without it, the entry's own mac shows too.
+        tamper(dir.path(), "UPDATE entries SET mac = prev_mac WHERE seq = 3");
+        let k = kinds(&verify(dir.path(), &[a]).unwrap());
+        assert!(k.contains(&(Some(3), "anchor_mismatch")) && k.contains(&(Some(3), "edited")), "{k:?}");
+    }
+
+    #[test]
+    fn a_forged_anchor_is_detected() {
+        let (dir, log) = log_with(3);
+        let mut a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        a.seq = 10;
+        let r = verify(dir.path(), &[a]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(10), "forged_anchor")]);
+        let made_up = Anchor::from_json(&json!({"seq": 2, "mac": "00", "node": "x"}));
+        assert_eq!(kinds(&verify(dir.path(), &[made_up]).unwrap()), vec![(Some(2), "forged_anchor")]);
+    }
+
+    #[test]
+    fn a_wrong_key_is_named_as_such() {
+        let (dir, log) = log_with(3);
+        drop(log);
+        std::fs::write(dir.path().join(KEY_FILE), [7u8; 32]).unwrap();
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(None, "wrong_key")]);
+        assert!(matches!(AuditLog::open(dir.path()), Err(AuditError::WrongKey { .. })));
+        // And with the key check gone, that no entry verifies still says so.
+        tamper(dir.path(), "DELETE FROM meta");
+        assert_eq!(kinds(&verify(dir.path(), &[]).unwrap()), vec![(None, "wrong_key")]);
+    }
+
+    #[test]
+    fn a_missing_key_over_entries_is_refused() {
+        let (dir, log) = log_with(1);
+        drop(log);
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+        let e = AuditLog::open(dir.path()).unwrap_err();
+        assert!(matches!(e, AuditError::KeyMissing { entries: 1, .. }), "{e}");
+        assert!(e.to_string().contains("restore the key"), "{e}");
+        assert!(!dir.path().join(KEY_FILE).exists(), "no new key made");
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _log) = log_with(1);
+        for f in [KEY_FILE, DB_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn two_handles_appending_at_once_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = std::sync::Arc::new(AuditLog::open(dir.path()).unwrap());
+        let b = std::sync::Arc::new(AuditLog::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = if t % 2 == 0 { a.clone() } else { b.clone() };
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        log.append(entry("play", &format!("t{t}-{i}"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(r.ok, "{:?}", r.problems);
+        assert_eq!((r.entries, r.last_seq), (100, Some(100)));
+    }
+
+    #[test]
+    fn read_filters_and_pages() {
+        let (_dir, log) = log_with(0);
+        log.append(entry("start", "c-1")).unwrap();
+        log.append(entry("stop", "c-1")).unwrap();
+        log.append(Entry { actor: "alice".into(), ..entry("play", "r-9") }).unwrap();
+        let all = log.read(&ReadQuery::default()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0]["seq"], 1);
+        assert_eq!(all[0]["detail"]["recording_id"], "r-c-1");
+        let q = |f: fn(&mut ReadQuery)| {
+            let mut q = ReadQuery::default();
+            f(&mut q);
+            log.read(&q).unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(q(|q| q.target = Some("c-1".into())), vec![1, 2]);
+        assert_eq!(q(|q| q.actor = Some("alice".into())), vec![3]);
+        assert_eq!(q(|q| q.action = Some("stop".into())), vec![2]);
+        assert_eq!(q(|q| q.after_seq = Some(1)), vec![2, 3]);
+        assert_eq!(q(|q| q.limit = 1), vec![1]);
+        assert_eq!(q(|q| q.since = Some("2000-01-01".into())), vec![1, 2, 3]);
+        assert_eq!(q(|q| q.until = Some("2000-01-01T00:00:00+02:00".into())), Vec::<u64>::new());
+        assert!(matches!(
+            log.read(&ReadQuery { since: Some("yesterday".into()), ..Default::default() }),
+            Err(AuditError::BadQuery(_))
+        ));
+    }
+
+    #[test]
+    fn times_are_normalised() {
+        assert_eq!(normalize_time("2026-12-04").unwrap(), "2026-12-04T00:00:00.000Z");
+        assert_eq!(normalize_time("2026-12-04T10:00:00Z").unwrap(), "2026-12-04T10:00:00.000Z");
+        assert_eq!(normalize_time("2026-12-04T10:00:00.5Z").unwrap(), "2026-12-04T10:00:00.500Z");
+        assert_eq!(normalize_time("2026-12-04T10:00+01:00").unwrap(), "2026-12-04T09:00:00.000Z");
+        assert_eq!(normalize_time("2026-01-01T00:30:00-01:00").unwrap(), "2026-01-01T01:30:00.000Z");
+        for bad in ["", "2026", "2026-13-01", "2026-12-04T10", "2026-12-04T10:00:00", "2026-12-04T25:00Z"] {
+            assert!(normalize_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn journal_lines_round_trip() {
+        let (dir, log) = log_with(2);
+        let a = anchor_to_journal(&log, "rec-1").unwrap().unwrap();
+        let line = format!("Dec 04 10:00:00 host callvault[12]: 2026-12-04T10:00:00.000Z INFO {}", a.journal_line());
+        assert_eq!(Anchor::from_journal_line(&line), Some(a.clone()));
+        assert_eq!(Anchor::from_journal_line("INFO something else"), None);
+        assert!(verify(dir.path(), &[a]).unwrap().ok);
+    }
+
+    #[test]
+    fn large_fields_are_bounded() {
+        let (dir, log) = log_with(0);
+        let big = "x".repeat(10_000);
+        log.append(Entry { actor: big.clone(), detail: json!({"q": big}), ..entry("search", "") }).unwrap();
+        let e = &log.read(&ReadQuery::default()).unwrap()[0];
+        assert!(e["actor"].as_str().unwrap().len() <= MAX_FIELD + 3);
+        assert_eq!(e["detail"]["truncated"], true);
+        assert!(verify(dir.path(), &[]).unwrap().ok);
+    }
+
+    #[test]
+    fn anchors_go_to_every_target_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        assert!(anchor_to_store(&storage, &log, "n1").unwrap().is_none(), "empty log: nothing to anchor");
+        log.append(entry("start", "c-1")).unwrap();
+        let a1 = anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        assert!(anchor_to_store(&storage, &log, "n1").unwrap().is_none());
+        log.append(entry("stop", "c-1")).unwrap();
+        let a2 = anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        let loaded = load_anchors(&storage).unwrap();
+        assert_eq!(loaded, vec![a1, a2]);
+        let file = cfg.archive_dir(&cfg.storage.primary).join(format!("{ANCHOR_DIR}/n1/{:020}.json", 2));
+        assert!(file.exists(), "{}", file.display());
+        // An anchor object that is not one fails its check.
+        std::fs::write(file.with_file_name(format!("{:020}.json", 9)), b"not json").unwrap();
+        let loaded = load_anchors(&storage).unwrap();
+        let r = verify(dir.path(), &loaded).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(9), "forged_anchor")]);
+    }
+}

@@ -1,0 +1,580 @@
+//! The search and playback API against a live daemon: every role against every endpoint,
+//! Range playback of sealed recordings, tokens revoked and expired, signed links, path tricks,
+//! the audit entries and TLS.
+
+mod live;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use callvault::api::access::{AccessStore, Role, Scope};
+use live::{Daemon, Options, send_pcmu};
+use serde_json::{Value, json};
+
+/// An HTTP response, as read off the wire.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), the raw target sent as given so
+/// path tricks reach the server unchanged.
+fn http(addr: &str, method: &str, target: &str, token: Option<&str>, extra: &[(&str, &str)], body: Option<&Value>) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw, method == "HEAD")
+}
+
+fn parse_response(raw: &[u8], head: bool) -> Resp {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let text = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked && !head {
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            let nl = body[at..].windows(2).position(|w| w == b"\r\n").unwrap() + at;
+            let size = usize::from_str_radix(std::str::from_utf8(&body[at..nl]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&body[nl + 2..nl + 2 + size]);
+            at = nl + 2 + size + 2;
+        }
+        body = out;
+    }
+    Resp { status, headers, body }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Setup {
+    d: Daemon,
+    addr: String,
+    data: PathBuf,
+    /// sales/south, billing/north, support (no team); a µ-law one in sales.
+    sales: String,
+    north: String,
+    support: String,
+    ulaw: String,
+    tokens: std::collections::HashMap<&'static str, String>,
+}
+
+fn record(c: &mut live::Client, call_id: &str, meta: Value, format: &str, fill: u8) -> String {
+    let r = c.request(json!({"cmd": "start", "call_id": call_id, "metadata": meta, "format": format,
+        "legs": [{"label": "customer"}, {"label": "agent"}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let port = r["legs"][0]["port"].as_u64().unwrap() as u16;
+    send_pcmu(&UdpSocket::bind("127.0.0.1:0").unwrap(), ("127.0.0.1", port), 7, 50, fill);
+    let stop = c.request(json!({"cmd": "stop", "call_id": call_id}));
+    assert_eq!(stop["ok"], true, "{stop}");
+    r["recording_id"].as_str().unwrap().to_string()
+}
+
+fn setup() -> Setup {
+    let port = free_port();
+    let d = Daemon::start(Options {
+        extra: format!("[storage]\nship = true\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..Options::default()
+    });
+    let mut events = d.client().unwrap();
+    assert_eq!(events.request(json!({"cmd": "subscribe"}))["ok"], true);
+    let mut c = d.client().unwrap();
+    let sales = record(&mut c, "api-sales", json!({"queue": "sales", "team": "south", "agent": "alice"}), "wav", 0x55);
+    let north = record(&mut c, "api-north", json!({"queue": "billing", "team": "north", "agent": "bob"}), "wav", 0x33);
+    let support = record(&mut c, "api-support", json!({"queue": "support", "agent": "carol"}), "wav", 0x44);
+    let ulaw = record(&mut c, "api-ulaw", json!({"queue": "sales", "agent": "alice"}), "wav-ulaw", 0x22);
+    for id in ["api-sales", "api-north", "api-support", "api-ulaw"] {
+        events.wait_event("recording_stored", Some(id), Duration::from_secs(30));
+    }
+    let data = d.dir.path().join("data");
+    // The catalog notes where each landed a moment after the event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let r = c.request(json!({"cmd": "find", "limit": 10}));
+        if r["recordings"].as_array().is_some_and(|a| a.len() == 4 && a.iter().all(|s| !s["stored"].is_null())) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let access = AccessStore::open(&data).unwrap();
+    let scope = |queues: &[&str], teams: &[&str]| Scope {
+        all: false,
+        queues: queues.iter().map(|s| s.to_string()).collect(),
+        teams: teams.iter().map(|s| s.to_string()).collect(),
+    };
+    access.add_user("ada", Role::Admin, Scope::everything()).unwrap();
+    access.add_user("sam", Role::Supervisor, scope(&["sales"], &[])).unwrap();
+    access.add_user("quinn", Role::Qa, scope(&[], &["north"])).unwrap();
+    access.add_user("otto", Role::Auditor, Scope::everything()).unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    for (role, user) in [("admin", "ada"), ("supervisor", "sam"), ("qa", "quinn"), ("auditor", "otto")] {
+        let (_, t) = access.create_token(user, Some(Duration::from_secs(3600)), SystemTime::now()).unwrap();
+        tokens.insert(role, t);
+    }
+    Setup { addr: format!("127.0.0.1:{port}"), d, data, sales, north, support, ulaw, tokens }
+}
+
+impl Setup {
+    fn get(&self, role: &str, target: &str) -> Resp {
+        http(&self.addr, "GET", target, self.tokens.get(role).map(String::as_str), &[], None)
+    }
+    fn call(&self, role: &str, method: &str, target: &str, body: Option<&Value>) -> Resp {
+        http(&self.addr, method, target, self.tokens.get(role).map(String::as_str), &[], body)
+    }
+    fn range(&self, role: &str, target: &str, range: &str) -> Resp {
+        http(&self.addr, "GET", target, self.tokens.get(role).map(String::as_str), &[("Range", range)], None)
+    }
+    /// The decrypted bytes of a recording's audio as stored in the archive.
+    fn plaintext(&self, rid: &str) -> Vec<u8> {
+        let file = find(&self.data.join("archive"), &format!("{rid}.wav.cvs")).expect("archived audio");
+        let keys = callvault::seal::Keyring::load(&callvault::seal::KeySource::Dir(self.data.join("keys")), None).unwrap();
+        let mut r = callvault::seal::SealedReader::open(std::fs::File::open(&file).unwrap(), &keys).unwrap();
+        let mut out = Vec::new();
+        r.verify(keys.trusted(), Some(&mut out)).unwrap();
+        out
+    }
+}
+
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = find(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn every_role_against_every_endpoint() {
+    let s = setup();
+    let (sales, north, support) = (s.sales.as_str(), s.north.as_str(), s.support.as_str());
+    let sample = json!({"count": 1, "dry_run": true});
+    // (role, method, path, body, status expected). Scope: the supervisor sees queue sales, the
+    // QA evaluator team north; out of scope is 404 like a missing recording.
+    let cases: Vec<(&str, &str, String, Option<Value>, u16)> = vec![
+        ("admin", "GET", "/api/recordings".into(), None, 200),
+        ("supervisor", "GET", "/api/recordings".into(), None, 200),
+        ("qa", "GET", "/api/recordings".into(), None, 200),
+        ("auditor", "GET", "/api/recordings".into(), None, 403),
+        ("admin", "GET", format!("/api/recordings/{sales}"), None, 200),
+        ("supervisor", "GET", format!("/api/recordings/{sales}"), None, 200),
+        ("supervisor", "GET", format!("/api/recordings/{north}"), None, 404),
+        ("qa", "GET", format!("/api/recordings/{north}"), None, 200),
+        ("qa", "GET", format!("/api/recordings/{sales}"), None, 404),
+        ("auditor", "GET", format!("/api/recordings/{sales}"), None, 403),
+        ("admin", "GET", format!("/api/recordings/{sales}/audio"), None, 403),
+        ("supervisor", "GET", format!("/api/recordings/{sales}/audio"), None, 200),
+        ("supervisor", "GET", format!("/api/recordings/{support}/audio"), None, 404),
+        ("qa", "GET", format!("/api/recordings/{north}/audio"), None, 200),
+        ("auditor", "GET", format!("/api/recordings/{north}/audio"), None, 403),
+        ("supervisor", "GET", format!("/api/recordings/{sales}/audio?download=1"), None, 200),
+        ("qa", "GET", format!("/api/recordings/{north}/audio?download=1"), None, 403),
+        ("admin", "GET", format!("/api/recordings/{sales}/audio?download=1"), None, 403),
+        ("supervisor", "POST", format!("/api/recordings/{sales}/link"), None, 200),
+        ("qa", "POST", format!("/api/recordings/{north}/link"), None, 200),
+        ("qa", "POST", format!("/api/recordings/{sales}/link"), None, 404),
+        ("admin", "POST", format!("/api/recordings/{sales}/link"), None, 403),
+        ("auditor", "POST", format!("/api/recordings/{sales}/link"), None, 403),
+        ("admin", "GET", format!("/api/recordings/{sales}/verify"), None, 200),
+        ("auditor", "GET", format!("/api/recordings/{north}/verify"), None, 200),
+        ("supervisor", "GET", format!("/api/recordings/{sales}/verify"), None, 403),
+        ("qa", "GET", format!("/api/recordings/{north}/verify"), None, 403),
+        ("supervisor", "POST", "/api/samples".into(), Some(sample.clone()), 201),
+        ("qa", "POST", "/api/samples".into(), Some(sample.clone()), 201),
+        ("admin", "POST", "/api/samples".into(), Some(sample.clone()), 403),
+        ("auditor", "POST", "/api/samples".into(), Some(sample.clone()), 403),
+        ("supervisor", "PUT", format!("/api/recordings/{sales}/hold"), Some(json!({"reason": "x"})), 403),
+        ("qa", "PUT", format!("/api/recordings/{north}/hold"), Some(json!({"reason": "x"})), 403),
+        ("auditor", "PUT", format!("/api/recordings/{north}/hold"), Some(json!({"reason": "x"})), 403),
+        ("admin", "PUT", format!("/api/recordings/{north}/hold"), Some(json!({"reason": "case 7"})), 201),
+        ("admin", "PUT", format!("/api/recordings/{north}/hold"), Some(json!({"reason": "case 7"})), 200),
+        ("supervisor", "DELETE", format!("/api/recordings/{sales}/hold"), None, 403),
+        ("supervisor", "DELETE", format!("/api/recordings/{sales}"), Some(json!({"reason": "x"})), 403),
+        ("qa", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "x"})), 403),
+        ("auditor", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "x"})), 403),
+        // Held: refused; released: deleted; gone: 404.
+        ("admin", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "GDPR 12"})), 409),
+        ("admin", "DELETE", format!("/api/recordings/{north}/hold"), None, 200),
+        ("admin", "DELETE", format!("/api/recordings/{north}/hold"), None, 404),
+        ("admin", "DELETE", format!("/api/recordings/{north}"), None, 400),
+        ("admin", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "GDPR 12"})), 200),
+        ("admin", "GET", format!("/api/recordings/{north}"), None, 404),
+        ("auditor", "GET", "/api/audit".into(), None, 200),
+        ("auditor", "GET", "/api/audit/verify".into(), None, 200),
+        ("admin", "GET", "/api/audit".into(), None, 403),
+        ("supervisor", "GET", "/api/audit".into(), None, 403),
+        ("qa", "GET", "/api/audit/verify".into(), None, 403),
+        ("admin", "GET", "/api/me".into(), None, 200),
+        ("auditor", "GET", "/api/me".into(), None, 200),
+    ];
+    let mut failures = Vec::new();
+    for (role, method, path, body, want) in &cases {
+        let r = s.call(role, method, path, body.as_ref());
+        if r.status != *want {
+            failures.push(format!("{role} {method} {path}: {} (want {want}): {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+        // Without a token, every API endpoint is 401.
+        let anon = http(&s.addr, method, path, None, &[], body.as_ref());
+        if anon.status != 401 || anon.header("www-authenticate").is_none() {
+            failures.push(format!("anonymous {method} {path}: {}", anon.status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Search returns only what the scope covers.
+    let ids = |r: Resp| -> Vec<String> {
+        r.json()["recordings"].as_array().unwrap().iter().map(|x| x["recording_id"].as_str().unwrap().to_string()).collect()
+    };
+    let mut sup = ids(s.get("supervisor", "/api/recordings"));
+    sup.sort();
+    let mut want = vec![s.sales.clone(), s.ulaw.clone()];
+    want.sort();
+    assert_eq!(sup, want);
+    assert_eq!(ids(s.get("qa", "/api/recordings")), Vec::<String>::new(), "north was deleted above");
+    assert_eq!(ids(s.get("admin", "/api/recordings")).len(), 3);
+    assert_eq!(ids(s.get("supervisor", "/api/recordings?queue=support")), Vec::<String>::new());
+    assert_eq!(ids(s.get("admin", "/api/recordings?agent=carol")), vec![s.support.clone()]);
+    assert_eq!(ids(s.get("admin", "/api/recordings?meta.team=south")), vec![s.sales.clone()]);
+    let bad = s.get("admin", "/api/recordings?agnet=carol");
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("agnet"));
+    // Out of scope and missing read the same, byte for byte.
+    let missing = ulid::Ulid::new().to_string();
+    let a = s.get("supervisor", &format!("/api/recordings/{support}"));
+    let b = s.get("supervisor", &format!("/api/recordings/{missing}"));
+    assert_eq!((a.status, &a.body), (b.status, &b.body));
+    // The metadata has legs, quality counters, DTMF, pauses and digests, and no host paths.
+    let m = s.get("supervisor", &format!("/api/recordings/{sales}")).json();
+    assert_eq!(m["legs"].as_array().unwrap().len(), 2);
+    assert!(m["legs"][0].get("lost").is_some() && m["legs"][0].get("dtmf").is_some(), "{m}");
+    assert!(m.get("pauses").is_some() && m["seals"].as_array().is_some_and(|a| !a.is_empty()), "{m}");
+    assert!(!m.to_string().contains(s.d.dir.path().to_str().unwrap()), "no paths of this host: {m}");
+    // Verify reports signed digests.
+    let v = s.get("auditor", &format!("/api/recordings/{sales}/verify")).json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["signed"], true, "{v}");
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "audio and metadata: {v}");
+}
+
+#[test]
+fn range_playback_decrypts_what_is_asked() {
+    let s = setup();
+    let plain = s.plaintext(&s.sales);
+    let len = plain.len();
+    let url = format!("/api/recordings/{}/audio", s.sales);
+    let whole = s.get("supervisor", &url);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, plain);
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert_eq!(whole.header("content-type"), Some("audio/wav"));
+    assert_eq!(whole.header("content-length"), Some(len.to_string().as_str()));
+    for (range, start, end) in [
+        ("bytes=0-99".to_string(), 0, 99),
+        (format!("bytes={}-{}", len / 2, len / 2 + 4095), len / 2, len / 2 + 4095),
+        ("bytes=-100".to_string(), len - 100, len - 1),
+        (format!("bytes={}-", len - 1), len - 1, len - 1),
+        (format!("bytes=10-{}", len * 2), 10, len - 1),
+    ] {
+        let r = s.range("supervisor", &url, &range);
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{end}/{len}").as_str()), "{range}");
+        assert_eq!(r.body, plain[start..=end], "{range}");
+    }
+    for bad in [format!("bytes={len}-"), "bytes=abc".into(), "bytes=5-1".into(), "lines=0-1".into(), "bytes=-0".into()] {
+        let r = s.range("supervisor", &url, &bad);
+        assert_eq!(r.status, 416, "{bad}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()), "{bad}");
+    }
+    // HEAD gives the length without the body.
+    let h = http(&s.addr, "HEAD", &url, Some(&s.tokens["supervisor"]), &[], None);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length"), Some(len.to_string().as_str()));
+    // A G.711 WAV is served as 16-bit PCM for browsers, with ranges over the converted bytes.
+    let ulaw_url = format!("/api/recordings/{}/audio", s.ulaw);
+    let orig = s.get("supervisor", &ulaw_url);
+    assert_eq!(orig.body, s.plaintext(&s.ulaw));
+    let pcm = s.get("supervisor", &format!("{ulaw_url}?format=browser"));
+    assert_eq!(pcm.status, 200);
+    assert_eq!(&pcm.body[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([pcm.body[20], pcm.body[21]]), 1, "PCM");
+    assert_eq!(u16::from_le_bytes([pcm.body[34], pcm.body[35]]), 16, "16-bit");
+    let part = s.range("supervisor", &format!("{ulaw_url}?format=wav"), "bytes=101-300");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, pcm.body[101..=300]);
+    // Transcoded to Opus on request: an Ogg stream, seekable by Range too.
+    let opus = s.get("supervisor", &format!("{url}?format=opus"));
+    assert_eq!(opus.status, 200, "{}", String::from_utf8_lossy(&opus.body));
+    assert_eq!(&opus.body[..4], b"OggS");
+    assert_eq!(opus.header("content-type"), Some("audio/ogg"));
+    let tail = s.range("supervisor", &format!("{url}?format=opus"), "bytes=-10");
+    assert_eq!(tail.body, opus.body[opus.body.len() - 10..]);
+    let bad = s.get("supervisor", &format!("{url}?format=flac"));
+    assert_eq!(bad.status, 400);
+    // Download names the file.
+    let dl = s.get("supervisor", &format!("{url}?download=1"));
+    assert!(dl.header("content-disposition").unwrap().starts_with("attachment"), "{:?}", dl.headers);
+}
+
+#[test]
+fn tokens_revoked_expired_or_bad_are_refused() {
+    let s = setup();
+    let access = AccessStore::open(&s.data).unwrap();
+    let (info, t) = access.create_token("sam", Some(Duration::from_secs(3600)), SystemTime::now()).unwrap();
+    assert_eq!(http(&s.addr, "GET", "/api/recordings", Some(&t), &[], None).status, 200);
+    assert!(access.revoke_token(&info.id, SystemTime::now()).unwrap());
+    let r = http(&s.addr, "GET", "/api/recordings", Some(&t), &[], None);
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("revoked"), "{:?}", r.json());
+    let (_, old) = access
+        .create_token("sam", Some(Duration::from_secs(60)), SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let r = http(&s.addr, "GET", "/api/recordings", Some(&old), &[], None);
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("expired"), "{:?}", r.json());
+    let mut tampered = s.tokens["supervisor"].clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [tampered.as_str(), "cvt_nope", "", "Basic abc"] {
+        assert_eq!(http(&s.addr, "GET", "/api/recordings", Some(bad), &[], None).status, 401, "{bad:?}");
+    }
+    // A disabled user's tokens stop at once.
+    access.set_disabled("quinn", true).unwrap();
+    assert_eq!(s.get("qa", "/api/recordings").status, 401);
+}
+
+#[test]
+fn signed_links_play_one_recording_only() {
+    let s = setup();
+    let r = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 60})));
+    assert_eq!(r.status, 200);
+    let url = r.json()["url"].as_str().unwrap().to_string();
+    let played = http(&s.addr, "GET", &url, None, &[("Range", "bytes=0-9")], None);
+    assert_eq!(played.status, 206);
+    assert_eq!(played.body, s.plaintext(&s.sales)[..10]);
+    // Not another recording, not the metadata, not a download, not tampered.
+    let link = url.split("link=").nth(1).unwrap();
+    let other = format!("/api/recordings/{}/audio?link={link}", s.ulaw);
+    assert_eq!(http(&s.addr, "GET", &other, None, &[], None).status, 401);
+    assert_eq!(http(&s.addr, "GET", &format!("/api/recordings/{}?link={link}", s.sales), None, &[], None).status, 401);
+    assert_eq!(http(&s.addr, "GET", &format!("{url}&download=1"), None, &[], None).status, 403);
+    let mut bad = url.clone();
+    let c = bad.pop().unwrap();
+    bad.push(if c == 'A' { 'B' } else { 'A' });
+    assert_eq!(http(&s.addr, "GET", &bad, None, &[], None).status, 401);
+    let too_long = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 10_000_000})));
+    assert_eq!(too_long.status, 400);
+    // Expired.
+    let short = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 1})));
+    let short_url = short.json()["url"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = http(&s.addr, "GET", &short_url, None, &[], None);
+    assert_eq!(r.status, 401);
+    // The link dies with its user's access.
+    AccessStore::open(&s.data).unwrap().set_disabled("sam", true).unwrap();
+    assert_eq!(http(&s.addr, "GET", &url, None, &[], None).status, 401);
+}
+
+#[test]
+fn path_tricks_in_ids_are_missing_recordings() {
+    let s = setup();
+    let rid = s.sales.clone();
+    for target in [
+        "/api/recordings/..%2F..%2F..%2Fetc%2Fpasswd".to_string(),
+        "/api/recordings/%2e%2e/audio".into(),
+        "/api/recordings/..%2f..%2fcatalog.db/audio".into(),
+        format!("/api/recordings/{rid}%00/audio"),
+        format!("/api/recordings/{rid}.wav.cvs/audio"),
+        format!("/api/recordings/{}/audio", rid.to_lowercase()),
+        format!("/api/recordings/{rid}%2F..%2F..%2Fkeys/audio"),
+        format!("/api/recordings/{rid}/../../../etc/passwd"),
+        "/../../etc/passwd".into(),
+        "/api/recordings/*".into(),
+        format!("/api/recordings/{}", "Z".repeat(26)),
+    ] {
+        let r = s.get("supervisor", &target);
+        assert!(r.status == 404 || r.status == 400, "{target}: {}", r.status);
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(!text.contains("root:") && !text.contains("RIFF"), "{target}: {text}");
+    }
+    // The in-scope recording itself plays: the refusals above were about the ids.
+    assert_eq!(s.get("supervisor", &format!("/api/recordings/{rid}/audio")).status, 200);
+}
+
+#[test]
+fn every_request_and_control_command_is_in_the_audit_trail() {
+    let s = setup();
+    s.get("supervisor", &format!("/api/recordings/{}/audio", s.sales));
+    s.get("qa", &format!("/api/recordings/{}", s.sales));
+    http(&s.addr, "GET", "/api/recordings", Some("cvt_bad_token"), &[], None);
+    let page = s.get("auditor", "/api/audit?limit=1000").json();
+    let entries = page["entries"].as_array().unwrap();
+    let has = |action: &str, actor: &str, target: &str, result: &str| {
+        entries.iter().any(|e| {
+            e["action"] == action && e["actor"].as_str().unwrap_or_default().contains(actor) && e["target"] == target && e["result"] == result
+        })
+    };
+    assert!(has("play", "sam", &s.sales, "ok"), "{entries:?}");
+    assert!(has("read", "quinn", &s.sales, "not_found"), "refusals are recorded too");
+    assert!(has("search", "unauthenticated", "", "unauthorized"));
+    assert!(has("start", "control", "api-sales", "ok"), "control socket commands: {entries:?}");
+    assert!(has("stop", "control", "api-sales", "ok"));
+    assert!(entries.iter().all(|e| e["source"].as_str().is_some_and(|x| !x.is_empty())), "from where");
+    let filtered = s.get("auditor", "/api/audit?action=play").json();
+    assert!(filtered["entries"].as_array().unwrap().iter().all(|e| e["action"] == "play"));
+    let v = s.get("auditor", "/api/audit/verify").json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn the_web_page_and_the_openapi_file_are_served() {
+    let s = setup();
+    let page = http(&s.addr, "GET", "/", None, &[], None);
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page.header("content-security-policy").is_some());
+    let spec = http(&s.addr, "GET", "/api/openapi.json", None, &[], None).json();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."), "{spec}");
+    // Every route the server has is documented.
+    for path in [
+        "/api/me",
+        "/api/recordings",
+        "/api/recordings/{id}",
+        "/api/recordings/{id}/audio",
+        "/api/recordings/{id}/link",
+        "/api/recordings/{id}/verify",
+        "/api/recordings/{id}/hold",
+        "/api/samples",
+        "/api/samples/{id}",
+        "/api/audit",
+        "/api/audit/verify",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "{path} missing from docs/openapi.json");
+    }
+    assert_eq!(http(&s.addr, "GET", "/api/nothing", None, &[], None).status, 404);
+}
+
+#[test]
+fn qa_samples_are_reproducible_and_scoped() {
+    let s = setup();
+    let body = json!({"per": "agent", "count": 1, "seed": "november"});
+    let first = s.call("supervisor", "POST", "/api/samples", Some(&body));
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let first = first.json();
+    let groups = first["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "the supervisor's scope has one agent (alice): {first}");
+    assert_eq!(groups[0]["available"], 2);
+    // The next draw leaves out what was drawn.
+    let second = s.call("supervisor", "POST", "/api/samples", Some(&body)).json();
+    assert_eq!(second["excluded_already_sampled"], 1);
+    let id1 = &first["groups"][0]["recordings"][0]["recording_id"];
+    let id2 = &second["groups"][0]["recordings"][0]["recording_id"];
+    assert_ne!(id1, id2);
+    let got = s.get("supervisor", &format!("/api/samples/{}", first["sample_id"].as_str().unwrap()));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["groups"], first["groups"]);
+    assert_eq!(s.get("qa", &format!("/api/samples/{}", first["sample_id"].as_str().unwrap())).status, 404);
+    let bad = s.call("qa", "POST", "/api/samples", Some(&json!({"count": 0})));
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn an_address_other_than_loopback_needs_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("data_dir = \"{}\"\n[api]\nlisten = \"0.0.0.0:18443\"\n", dir.path().join("d").display())).unwrap();
+    let o = Command::new(live::bin()).args(["serve", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("api.listen") && err.contains("TLS"), "{err}");
+}
+
+#[test]
+fn tls_serves_and_plain_http_to_it_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let d = Daemon::start(Options {
+        extra: format!(
+            "[api]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+        ..Options::default()
+    });
+    let data = d.dir.path().join("data");
+    let access = AccessStore::open(&data).unwrap();
+    access.add_user("otto", Role::Auditor, Scope::everything()).unwrap();
+    let (_, token) = access.create_token("otto", None, SystemTime::now()).unwrap();
+    // Plain HTTP to the TLS port gets no answer, and the listener carries on.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    plain.write_all(b"GET /api/me HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    assert!(!buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(tls, "GET /api/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let r = parse_response(&raw, false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["role"], "auditor");
+    drop(d);
+}
