@@ -45,6 +45,7 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 const ENTRY_TAG: &[u8] = b"callvault-audit-entry-v1";
 const ANCHOR_TAG: &[u8] = b"callvault-audit-anchor-v1";
 const KEY_CHECK_TAG: &[u8] = b"callvault-audit-key-check-v1";
+const CHAIN_TAG: &[u8] = b"callvault-audit-chain-id-v1";
 /// Longest text kept in one field and longest detail (bytes of JSON): an entry stays small
 /// whatever a client sends.
 const MAX_FIELD: usize = 1024;
@@ -322,7 +323,7 @@ impl AuditLog {
             return Ok(None);
         }
         let at = crate::engine::call::rfc3339(SystemTime::now());
-        Ok(Some(Anchor::sign(&self.key, seq, mac, at, node.to_string())))
+        Ok(Some(Anchor::sign(&self.key, seq, mac, at, node.to_string(), chain_id(&self.key))))
     }
 }
 
@@ -372,6 +373,13 @@ fn mac_ok(key: &[u8; 32], bytes: &[u8], mac_hex: &str) -> bool {
 /// Stored beside the entries: tells a wrong key from tampering, without revealing the key.
 fn key_check(key: &[u8; 32]) -> String {
     hex(mac_of(key, KEY_CHECK_TAG).as_ref())
+}
+
+/// Which log an anchor belongs to, derived from the key (so it cannot be changed in the
+/// database): recorders sharing a store, or a data directory made anew on the same host, each
+/// have their own chain, and `verify` checks only its own log's anchors.
+pub fn chain_id(key: &[u8; 32]) -> String {
+    hex(&mac_of(key, CHAIN_TAG).as_ref()[..16])
 }
 
 fn clip(mut s: String) -> String {
@@ -597,33 +605,42 @@ pub struct Anchor {
     pub at: String,
     /// The recorder that anchored it (its host name).
     pub node: String,
+    /// The log it belongs to ([`chain_id`]).
+    pub chain: String,
     /// HMAC-SHA256 over the above (hex).
     pub anchor_mac: String,
 }
 
 impl Anchor {
-    fn canonical(seq: u64, mac: &str, at: &str, node: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
+    fn canonical(seq: u64, mac: &str, at: &str, node: &str, chain: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
         put(&mut out, ANCHOR_TAG);
         put(&mut out, &seq.to_be_bytes());
-        for f in [mac, at, node] {
+        for f in [mac, at, node, chain] {
             put(&mut out, f.as_bytes());
         }
         out
     }
 
-    fn sign(key: &[u8; 32], seq: u64, mac: String, at: String, node: String) -> Anchor {
-        let anchor_mac = hex(mac_of(key, &Anchor::canonical(seq, &mac, &at, &node)).as_ref());
-        Anchor { seq, mac, at, node, anchor_mac }
+    fn sign(key: &[u8; 32], seq: u64, mac: String, at: String, node: String, chain: String) -> Anchor {
+        let anchor_mac = hex(mac_of(key, &Anchor::canonical(seq, &mac, &at, &node, &chain)).as_ref());
+        Anchor { seq, mac, at, node, chain, anchor_mac }
     }
 
     fn signed_by(&self, key: &[u8; 32]) -> bool {
-        mac_ok(key, &Anchor::canonical(self.seq, &self.mac, &self.at, &self.node), &self.anchor_mac)
+        mac_ok(key, &Anchor::canonical(self.seq, &self.mac, &self.at, &self.node, &self.chain), &self.anchor_mac)
     }
 
     /// Its JSON form, as stored.
     pub fn to_json(&self) -> Value {
-        json!({"seq": self.seq, "mac": self.mac, "at": self.at, "node": self.node, "anchor_mac": self.anchor_mac})
+        json!({
+            "seq": self.seq,
+            "mac": self.mac,
+            "at": self.at,
+            "node": self.node,
+            "chain": self.chain,
+            "anchor_mac": self.anchor_mac,
+        })
     }
 
     /// From its JSON form; missing fields are empty (and so fail the check of `anchor_mac`).
@@ -634,6 +651,7 @@ impl Anchor {
             mac: s("mac"),
             at: s("at"),
             node: s("node"),
+            chain: s("chain"),
             anchor_mac: s("anchor_mac"),
         }
     }
@@ -641,8 +659,8 @@ impl Anchor {
     /// The line written to the system journal.
     pub fn journal_line(&self) -> String {
         format!(
-            "audit anchor: seq {} head {} node {} at {} anchor_mac {}",
-            self.seq, self.mac, self.node, self.at, self.anchor_mac
+            "audit anchor: seq {} head {} node {} at {} chain {} anchor_mac {}",
+            self.seq, self.mac, self.node, self.at, self.chain, self.anchor_mac
         )
     }
 
@@ -656,6 +674,7 @@ impl Anchor {
             mac: field("head")?.to_string(),
             node: field("node")?.to_string(),
             at: field("at")?.to_string(),
+            chain: field("chain").unwrap_or_default().to_string(),
             anchor_mac: field("anchor_mac")?.to_string(),
         })
     }
@@ -730,6 +749,7 @@ pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, Au
                         mac: String::new(),
                         at: String::new(),
                         node: m.location.to_string(),
+                        chain: String::new(),
                         anchor_mac: String::new(),
                     },
                 };
@@ -771,6 +791,9 @@ pub struct VerifyReport {
     pub last_seq: Option<u64>,
     /// Anchors compared with the log.
     pub anchors_checked: usize,
+    /// Anchors of other logs (other recorders sharing the store, an earlier data directory),
+    /// not compared.
+    pub anchors_other_logs: usize,
     /// The latest genuine anchor.
     pub latest_anchor: Option<Anchor>,
     /// Everything wrong, in seq order.
@@ -786,6 +809,7 @@ impl VerifyReport {
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "anchors_checked": self.anchors_checked,
+            "anchors_other_logs": self.anchors_other_logs,
             "latest_anchor": self.latest_anchor.as_ref().map(|a| json!({"seq": a.seq, "at": a.at, "node": a.node})),
             "problems": self.problems.iter().map(|p| json!({"seq": p.seq, "kind": p.kind, "message": p.message})).collect::<Vec<_>>(),
         })
@@ -866,7 +890,6 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
                 key_path.display()
             ),
         });
-        report.anchors_checked = anchors.len();
         return Ok(report);
     }
 
@@ -911,7 +934,13 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
     }
 
     let last = report.last_seq.unwrap_or(0);
+    let ours = chain_id(&key);
     for a in anchors {
+        // One without a chain is checked (and fails): made-up objects show.
+        if !a.chain.is_empty() && a.chain != ours {
+            report.anchors_other_logs += 1;
+            continue;
+        }
         report.anchors_checked += 1;
         if !a.signed_by(&key) {
             report.problems.push(Problem {
@@ -1173,6 +1202,21 @@ mod tests {
         assert_eq!(kinds(&r), vec![(Some(10), "forged_anchor")]);
         let made_up = Anchor::from_json(&json!({"seq": 2, "mac": "00", "node": "x"}));
         assert_eq!(kinds(&verify(dir.path(), &[made_up]).unwrap()), vec![(Some(2), "forged_anchor")]);
+    }
+
+    #[test]
+    fn anchors_of_other_logs_are_left_aside() {
+        let (dir, log) = log_with(3);
+        let (_other_dir, other) = log_with(5);
+        let theirs = anchor_to_journal(&other, "node-b").unwrap().unwrap();
+        let ours = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        assert_ne!(theirs.chain, ours.chain);
+        let r = verify(dir.path(), &[theirs.clone(), ours]).unwrap();
+        assert!(r.ok, "{:?}", r.problems);
+        assert_eq!((r.anchors_checked, r.anchors_other_logs), (1, 1));
+        // Its chain is covered by its mac: moved onto this log, it is a forgery.
+        let moved = Anchor { chain: chain_id(&log.key), ..theirs };
+        assert_eq!(kinds(&verify(dir.path(), &[moved]).unwrap()), vec![(Some(5), "forged_anchor")]);
     }
 
     #[test]

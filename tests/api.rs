@@ -2,6 +2,7 @@
 //! Range playback of sealed recordings, tokens revoked and expired, signed links, path tricks,
 //! the audit entries and TLS.
 
+mod http;
 mod live;
 
 use std::io::{Read, Write};
@@ -11,80 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use callvault::api::access::{AccessStore, Role, Scope};
+use http::{Resp, free_port, http, parse_response};
 use live::{Daemon, Options, send_pcmu};
 use serde_json::{Value, json};
-
-/// An HTTP response, as read off the wire.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`), the raw target sent as given so
-/// path tricks reach the server unchanged.
-fn http(addr: &str, method: &str, target: &str, token: Option<&str>, extra: &[(&str, &str)], body: Option<&Value>) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_response(&raw, method == "HEAD")
-}
-
-fn parse_response(raw: &[u8], head: bool) -> Resp {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let text = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked && !head {
-        let mut out = Vec::new();
-        let mut at = 0;
-        loop {
-            let nl = body[at..].windows(2).position(|w| w == b"\r\n").unwrap() + at;
-            let size = usize::from_str_radix(std::str::from_utf8(&body[at..nl]).unwrap().trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&body[nl + 2..nl + 2 + size]);
-            at = nl + 2 + size + 2;
-        }
-        body = out;
-    }
-    Resp { status, headers, body }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Setup {
     d: Daemon,
@@ -166,7 +96,8 @@ impl Setup {
     /// The decrypted bytes of a recording's audio as stored in the archive.
     fn plaintext(&self, rid: &str) -> Vec<u8> {
         let file = find(&self.data.join("archive"), &format!("{rid}.wav.cvs")).expect("archived audio");
-        let keys = callvault::seal::Keyring::load(&callvault::seal::KeySource::Dir(self.data.join("keys")), None).unwrap();
+        let keys =
+            callvault::seal::Keyring::load(&callvault::seal::KeySource::Dir(self.data.join("keys")), None).unwrap();
         let mut r = callvault::seal::SealedReader::open(std::fs::File::open(&file).unwrap(), &keys).unwrap();
         let mut out = Vec::new();
         r.verify(keys.trusted(), Some(&mut out)).unwrap();
@@ -255,7 +186,11 @@ fn every_role_against_every_endpoint() {
     for (role, method, path, body, want) in &cases {
         let r = s.call(role, method, path, body.as_ref());
         if r.status != *want {
-            failures.push(format!("{role} {method} {path}: {} (want {want}): {}", r.status, String::from_utf8_lossy(&r.body)));
+            failures.push(format!(
+                "{role} {method} {path}: {} (want {want}): {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
         }
         // Without a token, every API endpoint is 401.
         let anon = http(&s.addr, method, path, None, &[], body.as_ref());
@@ -266,7 +201,12 @@ fn every_role_against_every_endpoint() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Search returns only what the scope covers.
     let ids = |r: Resp| -> Vec<String> {
-        r.json()["recordings"].as_array().unwrap().iter().map(|x| x["recording_id"].as_str().unwrap().to_string()).collect()
+        r.json()["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["recording_id"].as_str().unwrap().to_string())
+            .collect()
     };
     let mut sup = ids(s.get("supervisor", "/api/recordings"));
     sup.sort();
@@ -323,7 +263,8 @@ fn range_playback_decrypts_what_is_asked() {
         assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{end}/{len}").as_str()), "{range}");
         assert_eq!(r.body, plain[start..=end], "{range}");
     }
-    for bad in [format!("bytes={len}-"), "bytes=abc".into(), "bytes=5-1".into(), "lines=0-1".into(), "bytes=-0".into()] {
+    for bad in [format!("bytes={len}-"), "bytes=abc".into(), "bytes=5-1".into(), "lines=0-1".into(), "bytes=-0".into()]
+    {
         let r = s.range("supervisor", &url, &bad);
         assert_eq!(r.status, 416, "{bad}");
         assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()), "{bad}");
@@ -404,7 +345,8 @@ fn signed_links_play_one_recording_only() {
     let c = bad.pop().unwrap();
     bad.push(if c == 'A' { 'B' } else { 'A' });
     assert_eq!(http(&s.addr, "GET", &bad, None, &[], None).status, 401);
-    let too_long = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 10_000_000})));
+    let too_long =
+        s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 10_000_000})));
     assert_eq!(too_long.status, 400);
     // Expired.
     let short = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl_s": 1})));
@@ -453,7 +395,10 @@ fn every_request_and_control_command_is_in_the_audit_trail() {
     let entries = page["entries"].as_array().unwrap();
     let has = |action: &str, actor: &str, target: &str, result: &str| {
         entries.iter().any(|e| {
-            e["action"] == action && e["actor"].as_str().unwrap_or_default().contains(actor) && e["target"] == target && e["result"] == result
+            e["action"] == action
+                && e["actor"].as_str().unwrap_or_default().contains(actor)
+                && e["target"] == target
+                && e["result"] == result
         })
     };
     assert!(has("play", "sam", &s.sales, "ok"), "{entries:?}");
@@ -524,7 +469,11 @@ fn qa_samples_are_reproducible_and_scoped() {
 fn an_address_other_than_loopback_needs_tls() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("data_dir = \"{}\"\n[api]\nlisten = \"0.0.0.0:18443\"\n", dir.path().join("d").display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("data_dir = \"{}\"\n[api]\nlisten = \"0.0.0.0:18443\"\n", dir.path().join("d").display()),
+    )
+    .unwrap();
     let o = Command::new(live::bin()).args(["serve", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");
@@ -570,7 +519,11 @@ fn tls_serves_and_plain_http_to_it_fails_alone() {
     let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    write!(tls, "GET /api/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        tls,
+        "GET /api/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw);
     let r = parse_response(&raw, false);

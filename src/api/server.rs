@@ -143,8 +143,10 @@ impl ApiError {
     fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such recording")
     }
+    /// The details go to the log, not to the client (they name files of this host).
     fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        crate::log::error(&format!("api: {}", message.into()));
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error: the recorder's log says more")
     }
 }
 
@@ -196,9 +198,8 @@ impl Audited {
         self.detail[key] = v.into();
     }
 
-    /// The caller from `Authorization: Bearer …`, allowed `perm`: 401 without a valid token,
-    /// 403 when the role lacks the permission altogether.
-    async fn auth(&mut self, headers: &HeaderMap, perm: Permission) -> Result<Principal, ApiError> {
+    /// The caller from `Authorization: Bearer …`: 401 without a valid token.
+    async fn authenticate(&mut self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -213,6 +214,13 @@ impl Audited {
         let p = got.map_err(auth_refusal)?;
         self.actor = actor_of(&p);
         self.note("via", via_of(&p));
+        Ok(p)
+    }
+
+    /// The caller, allowed `perm`: 401 without a valid token, 403 when the role lacks the
+    /// permission altogether.
+    async fn auth(&mut self, headers: &HeaderMap, perm: Permission) -> Result<Principal, ApiError> {
+        let p = self.authenticate(headers).await?;
         if !p.allows(perm) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -422,24 +430,8 @@ async fn openapi() -> Response {
 async fn me(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
     let mut a = Audited::new(&ctx, peer, "login", "");
     let r = async {
-        let bearer_ok = a.auth(&headers, Permission::Search).await;
-        let p = match bearer_ok {
-            Ok(p) => p,
-            // Every role may ask who it is; only a bad token is refused.
-            Err(e) if e.status == StatusCode::FORBIDDEN => {
-                let h = headers.clone();
-                let ctx2 = ctx.clone();
-                let b = h
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or_default()
-                    .to_string();
-                blocking(move || ctx2.access.authenticate(&b, SystemTime::now())).await?.map_err(auth_refusal)?
-            }
-            Err(e) => return Err(e),
-        };
-        let perms: Vec<&str> = ALL_PERMISSIONS.iter().filter(|(pm, _)| p.role.allows(*pm)).map(|(_, n)| *n).collect();
+        let p = a.authenticate(&headers).await?;
+        let perms: Vec<&str> = Permission::ALL.iter().filter(|pm| p.allows(**pm)).map(|pm| pm.name()).collect();
         Ok(Json(json!({
             "user": p.user, "role": p.role.name(), "permissions": perms,
             "scope": {"all": p.scope.all || scope_filter(&p).is_none(), "queues": p.scope.queues, "teams": p.scope.teams},
@@ -449,19 +441,6 @@ async fn me(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, headers: H
     .await;
     a.finish(r).await
 }
-
-const ALL_PERMISSIONS: [(Permission, &str); 10] = [
-    (Permission::Search, "search"),
-    (Permission::Read, "read"),
-    (Permission::Play, "play"),
-    (Permission::Download, "download"),
-    (Permission::Sample, "sample"),
-    (Permission::Verify, "verify"),
-    (Permission::Hold, "hold"),
-    (Permission::Delete, "delete"),
-    (Permission::AuditRead, "audit"),
-    (Permission::Link, "link"),
-];
 
 /// A catalog query from URL parameters (`meta.KEY=VALUE` for free metadata); unknown
 /// parameters are refused so a typo does not widen a search.
