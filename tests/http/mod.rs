@@ -27,16 +27,21 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), the raw target sent as given so
 /// path tricks reach the server unchanged.
-pub fn http(
+pub fn http(addr: &str, method: &str, target: &str, token: Option<&str>, extra: &[(&str, &str)], body: Option<&Value>) -> Resp {
+    try_http(addr, method, target, token, extra, body).unwrap_or_else(|e| panic!("{method} http://{addr}{target}: {e}"))
+}
+
+/// `http` that never panics: for clean-up code, which may run while a test is unwinding.
+pub fn try_http(
     addr: &str,
     method: &str,
     target: &str,
     token: Option<&str>,
     extra: &[(&str, &str)],
     body: Option<&Value>,
-) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
@@ -50,36 +55,41 @@ pub fn http(
     }
     req.push_str("\r\n");
     req.push_str(&body);
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_response(&raw, method == "HEAD")
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    parse(&raw, method == "HEAD").ok_or_else(|| format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 pub fn parse_response(raw: &[u8], head: bool) -> Resp {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    parse(raw, head).unwrap_or_else(|| panic!("not an HTTP response: {:?}", String::from_utf8_lossy(raw)))
+}
+
+fn parse(raw: &[u8], head: bool) -> Option<Resp> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let text = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = text.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked && !head {
         let mut out = Vec::new();
         let mut at = 0;
         loop {
-            let nl = body[at..].windows(2).position(|w| w == b"\r\n").unwrap() + at;
-            let size = usize::from_str_radix(std::str::from_utf8(&body[at..nl]).unwrap().trim(), 16).unwrap();
+            let nl = body.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+            let size = usize::from_str_radix(std::str::from_utf8(&body[at..nl]).ok()?.trim(), 16).ok()?;
             if size == 0 {
                 break;
             }
-            out.extend_from_slice(&body[nl + 2..nl + 2 + size]);
+            out.extend_from_slice(body.get(nl + 2..nl + 2 + size)?);
             at = nl + 2 + size + 2;
         }
         body = out;
     }
-    Resp { status, headers, body }
+    Some(Resp { status, headers, body })
 }
 
 pub fn free_port() -> u16 {
