@@ -2,8 +2,8 @@
 //! Range playback of sealed recordings, tokens revoked and expired, signed links, path tricks,
 //! the audit entries and TLS.
 
-mod http;
 mod garage;
+mod http;
 mod live;
 
 use std::io::{Read, Write};

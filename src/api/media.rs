@@ -47,9 +47,12 @@ pub trait ReadAt: Send {
     }
 }
 
+/// Fetches a byte range of a stored object (through the API's storage thread).
+pub type FetchRange = Arc<dyn Fn(std::ops::Range<u64>) -> Result<Vec<u8>, String> + Send + Sync>;
+
 /// Reads an object store's object by ranges, in blocks, through the storage thread.
 pub struct RemoteObject {
-    fetch: Arc<dyn Fn(std::ops::Range<u64>) -> Result<Vec<u8>, String> + Send + Sync>,
+    fetch: FetchRange,
     len: u64,
     pos: u64,
     block: Option<(u64, Vec<u8>)>,
@@ -58,10 +61,7 @@ pub struct RemoteObject {
 const REMOTE_BLOCK: u64 = 256 * 1024;
 
 impl RemoteObject {
-    pub fn new(
-        len: u64,
-        fetch: Arc<dyn Fn(std::ops::Range<u64>) -> Result<Vec<u8>, String> + Send + Sync>,
-    ) -> RemoteObject {
+    pub fn new(len: u64, fetch: FetchRange) -> RemoteObject {
         RemoteObject { fetch, len, pos: 0, block: None }
     }
 }

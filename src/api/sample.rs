@@ -205,7 +205,7 @@ impl Samples {
         let mut drawn_ids = Vec::new();
         for (key, mut members) in groups {
             let available = members.len();
-            members.sort_by(|a, b| a.0.cmp(&b.0));
+            members.sort_by_key(|m| m.0);
             members.truncate(req.count as usize);
             let recs: Vec<Value> = members
                 .iter()

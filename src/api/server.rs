@@ -47,8 +47,10 @@ pub enum ApiStartError {
 /// runtime, which cannot be entered from the API's.
 #[derive(Clone)]
 pub struct StorageThread {
-    tx: std::sync::mpsc::Sender<Box<dyn FnOnce(&Storage) + Send>>,
+    tx: std::sync::mpsc::Sender<StorageJob>,
 }
+
+type StorageJob = Box<dyn FnOnce(&Storage) + Send>;
 
 impl StorageThread {
     fn spawn(cfg: &Config) -> Result<(StorageThread, [Option<PathBuf>; 2]), ApiStartError> {
@@ -56,7 +58,7 @@ impl StorageThread {
         let root =
             |t: Option<&crate::storage::Target>| t.and_then(|t| t.local_path(&object_store::path::Path::from("")));
         let roots = [root(Some(&storage.primary)), root(storage.backup.as_ref())];
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce(&Storage) + Send>>();
+        let (tx, rx) = std::sync::mpsc::channel::<StorageJob>();
         std::thread::Builder::new()
             .name("api-storage".into())
             .spawn(move || {
@@ -710,31 +712,52 @@ async fn audio(
     a.finish(r).await
 }
 
-/// Streams `[start, end)` of a view, read and decrypted on a blocking thread as the client
-/// takes it (a bounded channel: a slow client holds back the reading, not memory).
-fn stream_body(mut view: Box<dyn ReadAt>, start: u64, end: u64) -> Body {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
+/// Streams `[start, end)` of a view as the client takes it: each 64 KiB is read and
+/// decrypted on the blocking pool, which is held only for that read, so a paused player holds
+/// a connection and a buffer, never a thread.
+fn stream_body(view: Box<dyn ReadAt>, start: u64, end: u64) -> Body {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut view = Some(view);
         let mut pos = start;
         while pos < end {
-            let mut buf = vec![0u8; ((end - pos) as usize).min(64 * 1024)];
-            match view.read_at(pos, &mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other("the audio ended early")));
-                    return;
-                }
-                Ok(n) => {
+            let mut v = view.take().expect("returned by the last read");
+            let want = ((end - pos) as usize).min(64 * 1024);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let r = v.read_at(pos, &mut buf).map(|n| {
                     buf.truncate(n);
-                    pos += n as u64;
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return;
-                    }
+                    buf
+                });
+                (v, r)
+            })
+            .await;
+            let chunk = match read {
+                Ok((v, Ok(buf))) if !buf.is_empty() => {
+                    view = Some(v);
+                    buf
+                }
+                Ok((_, Ok(_))) => {
+                    crate::log::warn("api: playback stopped: the audio ended before its length");
+                    Vec::new()
+                }
+                Ok((_, Err(e))) => {
+                    crate::log::warn(&format!("api: playback stopped: {e}"));
+                    Vec::new()
                 }
                 Err(e) => {
                     crate::log::warn(&format!("api: playback stopped: {e}"));
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
+                    Vec::new()
                 }
+            };
+            if chunk.is_empty() {
+                // The client sees the body end short of Content-Length: an error, not a file.
+                let _ = tx.send(Err(std::io::Error::other("playback stopped"))).await;
+                return;
+            }
+            pos += chunk.len() as u64;
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
             }
         }
     });
@@ -1128,7 +1151,10 @@ async fn audit_read(
         }
         let audit = ctx.audit.clone();
         let limit = q.limit;
-        let entries = blocking(move || audit.read(&q)).await?.map_err(|e| ApiError::internal(e.to_string()))?;
+        let entries = blocking(move || audit.read(&q)).await?.map_err(|e| match e {
+            crate::audit::AuditError::BadQuery(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other.to_string()),
+        })?;
         let next = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e["seq"].clone())).flatten();
         Ok(Json(json!({"entries": entries, "next_after": next})).into_response())
     }
@@ -1143,7 +1169,7 @@ async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, 
         let anchors = match &ctx.storage {
             Some(st) => {
                 let st = st.clone();
-                blocking(move || st.call(|s| crate::audit::load_anchors(s)))
+                blocking(move || st.call(crate::audit::load_anchors))
                     .await?
                     .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
                     .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?
@@ -1252,10 +1278,9 @@ async fn serve(bound: Bound, app: Router) {
         tokio::spawn(async move {
             match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, app).await,
-                        // A failed handshake (a plain-HTTP client, a scanner) ends the connection only.
-                        Ok(Err(_)) | Err(_) => {}
+                    // A failed handshake (a plain-HTTP client, a scanner) ends the connection only.
+                    if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        serve_connection(stream, peer, app).await;
                     }
                 }
                 None => serve_connection(tcp, peer, app).await,

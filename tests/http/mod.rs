@@ -27,7 +27,14 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), the raw target sent as given so
 /// path tricks reach the server unchanged.
-pub fn http(addr: &str, method: &str, target: &str, token: Option<&str>, extra: &[(&str, &str)], body: Option<&Value>) -> Resp {
+pub fn http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Resp {
     try_http(addr, method, target, token, extra, body).unwrap_or_else(|e| panic!("{method} http://{addr}{target}: {e}"))
 }
 
@@ -70,9 +77,8 @@ fn parse(raw: &[u8], head: bool) -> Option<Resp> {
     let text = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = text.split("\r\n");
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked && !head {
