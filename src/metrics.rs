@@ -639,6 +639,21 @@ impl Collector for Scrape {
             None,
             &series,
         )?;
+        if let Some(api) = control.api_stats() {
+            let mut series: Vec<(Labels, u64)> = api
+                .snapshot()
+                .into_iter()
+                .map(|((action, result), n)| (vec![("action", action.to_string()), ("result", result)], n))
+                .collect();
+            series.sort();
+            counter(
+                &mut e,
+                "callvault_api_requests",
+                "Search and playback API requests answered, by action and result (ok, the error code, or http NNN).",
+                None,
+                &series,
+            )?;
+        }
         if let Some(audit) = control.audit_log() {
             counter(
                 &mut e,

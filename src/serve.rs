@@ -173,6 +173,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         Some(bound) => {
             let addr = bound.addr;
             let ctx = crate::api::server::ApiContext::new(&cfg, audit.clone(), sealing.clone(), Some(catalog.clone()))?;
+            control.set_api_stats(ctx.stats.clone());
             crate::api::server::spawn(bound, ctx)?;
             Some(format!("{}://{addr}", if cfg.api.tls() { "https" } else { "http" }))
         }

@@ -62,6 +62,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("callvault_ship_target_down", "gauge"),
     ("callvault_recordings_released_total", "counter"),
     ("callvault_retention_deleted_total", "counter"),
+    ("callvault_api_requests_total", "counter"),
+    ("callvault_audit_write_errors_total", "counter"),
 ];
 
 /// Families the exporter leaves out when it cannot read their source (`/proc/net/snmp`, statvfs
@@ -326,8 +328,11 @@ fn scrape(port: u16) -> String {
 #[test]
 fn known_metrics_are_what_the_exporter_exports() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let d = Daemon::start(Options {
-        extra: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nship = true\n"),
+        extra: format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nship = true\n[api]\nlisten = \"127.0.0.1:{api}\"\n"
+        ),
         ..Options::default()
     });
     let text = scrape(port);
@@ -596,6 +601,40 @@ tests:
             exp_annotations:
               summary: "Control requests failing on cv1"
               description: "10% of the control requests to callvault on cv1 were answered with an error over the last 5 minutes. See callvault_control_requests_total by command and result for the error codes."
+
+  - name: audit trail and API
+    interval: 1m
+    input_series:
+      - series: 'callvault_audit_write_errors_total{job="callvault",instance="cv1"}'
+        values: '0x20'
+      - series: 'callvault_api_requests_total{job="callvault",instance="cv1",action="play",result="ok"}'
+        values: '0+5x10 50+5x10'
+      - series: 'callvault_api_requests_total{job="callvault",instance="cv1",action="play",result="audit_unavailable"}'
+        values: '0x10 0+3x10'
+      - series: 'callvault_audit_write_errors_total{job="callvault",instance="cv2"}'
+        values: '0x20'
+      - series: 'callvault_api_requests_total{job="callvault",instance="cv2",action="search",result="audit_unavailable"}'
+        values: '0x20'
+      - series: 'callvault_api_requests_total{job="callvault",instance="cv2",action="search",result="unauthorized"}'
+        values: '0+120x20'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: CallvaultAuditTrailFailing
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: CallvaultAuditTrailFailing
+        exp_alerts:
+          - exp_labels: {severity: page, instance: cv1}
+            exp_annotations:
+              summary: "The audit trail cannot be written on cv1"
+              description: "callvault on cv1 failed to write 12 audit entries in 5 minutes: API requests are refused (503 audit_unavailable) and control commands go on unrecorded. Check the data directory's disk and audit.db (docs/audit.md)."
+      - eval_time: 15m
+        alertname: CallvaultApiTokenGuessing
+        exp_alerts:
+          - exp_labels: {severity: ticket, instance: cv2}
+            exp_annotations:
+              summary: "Many refused API tokens on cv2"
+              description: "The API on cv2 refuses 2 requests/s for a missing or bad token. A client with a revoked or expired token, or someone trying tokens: the audit trail (action, source) says who and from where."
 "#;
 
 #[test]

@@ -19,7 +19,7 @@ use live::{Daemon, Options};
 use serde_json::{Value, json};
 
 /// The key of an element reference in W3C WebDriver answers.
-const ELEMENT: &str = "element-6066-11e4-a52f-4f735466cecf";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -183,8 +183,12 @@ impl<'a> Browser<'a> {
                 return v;
             }
             if Instant::now() > deadline {
-                let err = self.js("return document.querySelector('#error').textContent");
-                panic!("waited {within:?} for {what}: last {v}; the page's error: {err}");
+                let page = self.js(
+                    "return {error: document.querySelector('#error').textContent,
+                        whoami: document.querySelector('#whoami').textContent,
+                        shown: [...document.querySelectorAll('main > section')].filter(s => !s.hidden).map(s => s.id)}",
+                );
+                panic!("waited {within:?} for {what}: last {v}; the page: {page}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }

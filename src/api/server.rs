@@ -82,6 +82,25 @@ impl StorageThread {
     }
 }
 
+/// Requests answered, by action and result, for `/metrics` (one lock per request, off the
+/// RTP path).
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    requests: std::sync::Mutex<HashMap<(&'static str, String), u64>>,
+}
+
+impl ApiStats {
+    fn count(&self, action: &'static str, result: &str) {
+        // Results are the error codes, "ok" and "http NNN": a bounded set.
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((action, result.to_string())).or_default() += 1;
+    }
+
+    /// ((action, result), count), unordered.
+    pub fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// What the handlers share.
 pub struct ApiContext {
     pub cfg: Config,
@@ -93,6 +112,7 @@ pub struct ApiContext {
     local_roots: [Option<PathBuf>; 2],
     cache: media::TranscodeCache,
     sampling: sample::Samples,
+    pub stats: Arc<ApiStats>,
 }
 
 impl ApiContext {
@@ -122,6 +142,7 @@ impl ApiContext {
             local_roots,
             cache: media::TranscodeCache::new((cfg.api.transcode_cache_mib * 1024 * 1024) as usize),
             sampling,
+            stats: Arc::default(),
         })
     }
 }
@@ -241,6 +262,7 @@ impl Audited {
             Ok(r) => format!("http {}", r.status().as_u16()),
             Err(e) => e.code.to_string(),
         };
+        let entry_result = outcome.clone();
         let entry = Entry {
             actor: self.actor,
             action: self.action.to_string(),
@@ -251,6 +273,12 @@ impl Audited {
         };
         let audit = self.ctx.audit.clone();
         let written = blocking(move || audit.append(entry)).await;
+        let counted = match &written {
+            Ok(Ok(_)) | Err(_) => entry_result.as_str(),
+            Ok(Err(_)) if entry_result == "ok" => "audit_unavailable",
+            Ok(Err(_)) => entry_result.as_str(),
+        };
+        self.ctx.stats.count(self.action, counted);
         match (result, written) {
             (Ok(r), Ok(Ok(_))) => r,
             (Ok(_), Ok(Err(e))) => {

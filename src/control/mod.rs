@@ -128,6 +128,7 @@ pub struct Control {
     /// Where requests that change or search recordings are recorded (`None`: not audited, as in
     /// unit tests).
     audit: Mutex<Option<Arc<crate::audit::AuditLog>>>,
+    api_stats: Mutex<Option<Arc<crate::api::server::ApiStats>>>,
 }
 
 /// What the control plane knows of the shipper.
@@ -160,6 +161,7 @@ impl Control {
             shipping: Mutex::new(None),
             spool_low_logged: std::sync::atomic::AtomicI64::new(0),
             audit: Mutex::new(None),
+            api_stats: Mutex::new(None),
         })
     }
 
@@ -182,6 +184,16 @@ impl Control {
     /// audit trail from now on.
     pub fn set_audit(&self, log: Arc<crate::audit::AuditLog>) {
         *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// The search and playback API's request counts, for `/metrics`.
+    pub fn set_api_stats(&self, stats: Arc<crate::api::server::ApiStats>) {
+        *self.api_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
+
+    /// The API's request counts, when the API runs.
+    pub fn api_stats(&self) -> Option<Arc<crate::api::server::ApiStats>> {
+        self.api_stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The audit trail, when requests are audited.

@@ -63,9 +63,31 @@ pub fn try_http(
     req.push_str("\r\n");
     req.push_str(&body);
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let raw = read_response(&mut s, method == "HEAD").map_err(|e| e.to_string())?;
     parse(&raw, method == "HEAD").ok_or_else(|| format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// Reads one response: up to its `Content-Length` when it has one (a server may keep the
+/// connection open despite `Connection: close`), else to the end of the connection.
+fn read_response(s: &mut TcpStream, head: bool) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if head || length.is_some_and(|n| raw.len() >= end + 4 + n) {
+                return Ok(raw);
+            }
+        }
+        match s.read(&mut buf)? {
+            0 => return Ok(raw),
+            n => raw.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 pub fn parse_response(raw: &[u8], head: bool) -> Resp {
