@@ -585,3 +585,26 @@ fn playback_and_verify_from_an_object_store() {
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(http(&addr, "GET", "/api/me", Some(&sup), &[], None).status, 200);
 }
+
+/// Verify through the API finds a stored file changed after shipping, and playback of it fails
+/// rather than serving altered audio.
+#[test]
+fn verify_finds_a_tampered_recording() {
+    let s = setup();
+    let file = find(&s.data.join("archive"), &format!("{}.wav.cvs", s.sales)).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let v = s.get("auditor", &format!("/api/recordings/{}/verify", s.sales)).json();
+    assert_eq!(v["ok"], false, "{v}");
+    let audio = &v["files"][0];
+    assert_eq!(audio["verified"], false, "{v}");
+    assert!(audio["error"].as_str().unwrap().contains("SHA-256"), "{v}");
+    // The untouched one still verifies.
+    assert_eq!(s.get("auditor", &format!("/api/recordings/{}/verify", s.ulaw)).json()["ok"], true);
+    // The altered chunk does not authenticate: the bytes around it are not served.
+    let r = s.range("supervisor", &format!("/api/recordings/{}/audio", s.sales), &format!("bytes={}-{}", at - 200, at));
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("altered"), "{:?}", r.json());
+}

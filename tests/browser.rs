@@ -177,7 +177,8 @@ impl<'a> Browser<'a> {
                 Value::Bool(b) => *b,
                 Value::Number(n) => n.as_f64() != Some(0.0),
                 Value::String(s) => !s.is_empty(),
-                _ => true,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(_) => true,
             };
             if truthy {
                 return v;
@@ -296,6 +297,8 @@ fn log_in_search_play_to_the_end_and_seek() {
     let hour = Some(Duration::from_secs(3600));
     let (_, token) = access.create_token("sam", hour, SystemTime::now()).unwrap();
     let (_, auditor) = access.create_token("otto", hour, SystemTime::now()).unwrap();
+    access.add_user("ada", Role::Admin, Scope::everything()).unwrap();
+    let (_, admin) = access.create_token("ada", hour, SystemTime::now()).unwrap();
     let ready = began.elapsed();
 
     let driver = Driver::start(&chromedriver);
@@ -306,6 +309,11 @@ fn log_in_search_play_to_the_end_and_seek() {
         "return document.readyState === 'complete' && !!document.querySelector('#login')",
         Duration::from_secs(10),
     );
+    // The page works under its Content-Security-Policy: its style sheet applies, and nothing it
+    // does later (markers placed, audio loaded) is refused.
+    assert_eq!(b.js("return getComputedStyle(document.querySelector('#markers')).position"), "relative");
+    b.js("window.cspRefused = []; document.addEventListener('securitypolicyviolation',
+        e => window.cspRefused.push(e.violatedDirective + ' ' + e.blockedURI))");
 
     // A bad token is refused with the server's reason, and the login form stays.
     b.type_into("#token", "cvt_nope");
@@ -450,6 +458,32 @@ fn log_in_search_play_to_the_end_and_seek() {
         Duration::from_secs(10),
     );
     assert!(chain.as_str().unwrap().contains("intact"), "{chain}");
+    b.click("#logout");
+
+    // An admin searches, reads and verifies, but does not listen: no player, a note instead.
+    b.type_into("#token", &admin);
+    b.click("#login");
+    b.wait("the admin's search", "return !document.querySelector('#search-section').hidden", Duration::from_secs(10));
+    b.type_into("#search-call-id", "web-1");
+    b.click("#search");
+    b.wait(
+        "a result row",
+        "return document.querySelectorAll('#results tr[data-id]').length === 1",
+        Duration::from_secs(10),
+    );
+    b.click("#results tr[data-id]");
+    b.wait("the detail", "return !document.querySelector('#detail').hidden", Duration::from_secs(10));
+    assert_eq!(b.js("return document.querySelector('#player-section').hidden"), true);
+    assert_eq!(b.js("return document.querySelector('#no-play').hidden"), false);
+    assert_eq!(b.js("return document.querySelector('#player').getAttribute('src')"), Value::Null);
+    b.click("#verify");
+    let verified = b.wait(
+        "the recording's verification",
+        "const r = document.querySelector('#verify-result'); return !r.hidden && !r.textContent.startsWith('Verifying') && r.textContent",
+        Duration::from_secs(10),
+    );
+    assert!(verified.as_str().unwrap().starts_with("OK"), "{verified}");
+    assert_eq!(b.js("return window.cspRefused"), json!([]), "refused by the page's policy");
     drop(b);
     eprintln!("browser test: daemon and recording {ready:?}, in the browser {:?}", began.elapsed() - ready);
 }

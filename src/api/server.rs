@@ -111,6 +111,8 @@ pub struct ApiContext {
     storage: Option<StorageThread>,
     local_roots: [Option<PathBuf>; 2],
     cache: media::TranscodeCache,
+    /// Transcodes run at once: each takes a core for seconds.
+    transcodes: tokio::sync::Semaphore,
     sampling: sample::Samples,
     pub stats: Arc<ApiStats>,
 }
@@ -141,6 +143,7 @@ impl ApiContext {
             storage,
             local_roots,
             cache: media::TranscodeCache::new((cfg.api.transcode_cache_mib * 1024 * 1024) as usize),
+            transcodes: tokio::sync::Semaphore::new(2),
             sampling,
             stats: Arc::default(),
         })
@@ -702,6 +705,13 @@ async fn audio(
         };
         let ctx2 = ctx.clone();
         let cache_key = format!("{id}/{leg}/{want:?}");
+        // A transcode not yet cached waits for a slot; a cached one is served at once.
+        let _slot = match want {
+            Wants::Encoded(_) if ctx.cache.get(&cache_key).is_none() => {
+                Some(ctx.transcodes.acquire().await.map_err(|_| ApiError::internal("the API is stopping"))?)
+            }
+            _ => None,
+        };
         let (view, ty, ext) = blocking(move || rendition(&ctx2, &file, want, cache_key)).await?.map_err(media_refusal)?;
         let len = view.len();
         let wanted = range::parse(range_header.as_deref(), len);
@@ -734,7 +744,24 @@ async fn audio(
             }
         };
         b = b.header(header::CONTENT_LENGTH, end - start);
-        b.body(stream_body(view, start, end)).map_err(|e| ApiError::internal(e.to_string()))
+        // The first block is read before the answer, so a file that cannot be read or does not
+        // authenticate where the range starts is a clean 502, not a cut connection.
+        let mut view = view;
+        let first_len = ((end - start) as usize).min(64 * 1024);
+        let (view, first) = blocking(move || {
+            let mut buf = vec![0u8; first_len];
+            let r = view.read_at(start, &mut buf).map(|n| {
+                buf.truncate(n);
+                buf
+            });
+            (view, r)
+        })
+        .await?;
+        let first = first.map_err(media_refusal)?;
+        if first.is_empty() && end > start {
+            return Err(media_refusal(MediaError::Read("the audio ended before its length".into())));
+        }
+        b.body(stream_body(view, first, start, end)).map_err(|e| ApiError::internal(e.to_string()))
     }
     .await;
     a.finish(r).await
@@ -743,11 +770,14 @@ async fn audio(
 /// Streams `[start, end)` of a view as the client takes it: each 64 KiB is read and
 /// decrypted on the blocking pool, which is held only for that read, so a paused player holds
 /// a connection and a buffer, never a thread.
-fn stream_body(view: Box<dyn ReadAt>, start: u64, end: u64) -> Body {
+fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64) -> Body {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
         let mut view = Some(view);
-        let mut pos = start;
+        let mut pos = start + first.len() as u64;
+        if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
         while pos < end {
             let mut v = view.take().expect("returned by the last read");
             let want = ((end - pos) as usize).min(64 * 1024);
@@ -892,47 +922,8 @@ fn verify_recording(ctx: &ApiContext, s: &Value) -> Value {
         let key = o["key"].as_str().unwrap_or_default().to_string();
         let role: &'static str = if o["role"] == "backup" { "backup" } else { "primary" };
         let name = key.rsplit('/').next().unwrap_or(&key).to_string();
-        let bytes = match local_path(ctx, role, &key) {
-            Some(p) => std::fs::read(&p).map_err(|e| format!("cannot read {name}: {e}")),
-            None => match &ctx.storage {
-                Some(st) => {
-                    let k = key.clone();
-                    st.call(move |s| {
-                        let t = s
-                            .targets()
-                            .find(|t| t.role.name() == role)
-                            .ok_or("the target is not configured".to_string())?;
-                        s.block_on(t.get(&object_store::path::Path::from(k.as_str()))).map_err(|e| e.to_string())
-                    })
-                    .unwrap_or_else(|| Err("the storage thread stopped".into()))
-                }
-                None => Err("storage is off".into()),
-            },
-        };
         let mut f = json!({"name": name});
-        let result = bytes.and_then(|b| {
-            let sha = crate::seal::format::hex(&crate::seal::sha256(&[&b]));
-            f["sha256"] = json!(sha);
-            if let Some(want) = o["sha256"].as_str()
-                && want != sha
-            {
-                return Err(format!("its SHA-256 is {sha}; {want} was recorded when it was shipped"));
-            }
-            if !name.ends_with(".cvs") {
-                f["signed"] = json!(false);
-                return Ok(());
-            }
-            let Some(sealing) = &ctx.sealing else { return Err("sealed, but this recorder has no keys".into()) };
-            let mut rd = crate::seal::reader::SealedReader::open(std::io::Cursor::new(b), &sealing.keys)
-                .map_err(|e| e.to_string())?;
-            let v = rd.verify(sealing.keys.trusted(), None).map_err(|e| e.to_string())?;
-            f["signed"] = json!(true);
-            f["signer_id"] = json!(v.signer.id);
-            f["plaintext_sha256"] = json!(crate::seal::format::hex(&v.plaintext_sha256));
-            f["body_sha256"] = json!(crate::seal::format::hex(&v.record.body_sha256));
-            f["chunks"] = json!(v.chunks);
-            Ok(())
-        });
+        let result = verify_file(ctx, role, &key, &name, o["sha256"].as_str(), &mut f);
         match result {
             Ok(()) => f["verified"] = json!(true),
             Err(e) => {
@@ -948,6 +939,69 @@ fn verify_recording(ctx: &ApiContext, s: &Value) -> Value {
         "message": if !ok { "verification failed: see files[].error" }
             else if signed { "every file authenticates and its digests are signed by a trusted key" }
             else { "unsealed files (encryption off) match the SHA-256 recorded at shipping; that is no proof against someone who can rewrite both" }})
+}
+
+/// One stored file: its SHA-256 against the one recorded at shipping, then (sealed) every
+/// chunk and the signature. A local archive's file is read from disk as it goes; an object is
+/// fetched whole.
+fn verify_file(
+    ctx: &ApiContext,
+    role: &'static str,
+    key: &str,
+    name: &str,
+    shipped: Option<&str>,
+    f: &mut Value,
+) -> Result<(), String> {
+    let check_sha = |sha: String, f: &mut Value| {
+        f["sha256"] = json!(sha);
+        match shipped {
+            Some(want) if want != sha => Err(format!("its SHA-256 is {sha}; {want} was recorded when it was shipped")),
+            _ => Ok(()),
+        }
+    };
+    let sealed = name.ends_with(".cvs");
+    let keys = ctx.sealing.as_ref().map(|s| &s.keys);
+    let verify =
+        |r: Box<dyn FnOnce(&crate::seal::Keyring) -> Result<crate::seal::reader::Verified, crate::seal::SealError>>,
+         f: &mut Value|
+         -> Result<(), String> {
+            if !sealed {
+                f["signed"] = json!(false);
+                return Ok(());
+            }
+            let keys = keys.ok_or("sealed, but this recorder has no keys")?;
+            let v = r(keys).map_err(|e| e.to_string())?;
+            f["signed"] = json!(true);
+            f["signer_id"] = json!(v.signer.id);
+            f["plaintext_sha256"] = json!(crate::seal::format::hex(&v.plaintext_sha256));
+            f["body_sha256"] = json!(crate::seal::format::hex(&v.record.body_sha256));
+            f["chunks"] = json!(v.chunks);
+            Ok(())
+        };
+    if let Some(path) = local_path(ctx, role, key) {
+        let (sha, _) = crate::storage::file_sha256(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        check_sha(crate::seal::format::hex(&sha), f)?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        return verify(
+            Box::new(move |k| crate::seal::reader::SealedReader::open(file, k)?.verify(k.trusted(), None)),
+            f,
+        );
+    }
+    let st = ctx.storage.as_ref().ok_or("storage is off")?;
+    let k = key.to_string();
+    let bytes = st
+        .call(move |s| {
+            let t = s.targets().find(|t| t.role.name() == role).ok_or("the target is not configured".to_string())?;
+            s.block_on(t.get(&object_store::path::Path::from(k.as_str()))).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|| Err("the storage thread stopped".into()))?;
+    check_sha(crate::seal::format::hex(&crate::seal::sha256(&[&bytes])), f)?;
+    verify(
+        Box::new(move |k| {
+            crate::seal::reader::SealedReader::open(std::io::Cursor::new(bytes), k)?.verify(k.trusted(), None)
+        }),
+        f,
+    )
 }
 
 fn need_storage(ctx: &ApiContext) -> Result<StorageThread, ApiError> {

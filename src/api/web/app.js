@@ -156,11 +156,11 @@
     $('#login-section').hidden = true;
     $('#search-section').hidden = !can('search');
     $('#search-none').hidden = can('search');
-    $('#audit').hidden = !can('audit');
+    $('#audit').hidden = !can('audit.read');
     if (can('search')) {
       $('#search-agent').focus();
     }
-    if (can('audit')) loadAudit(false).catch(fail);
+    if (can('audit.read')) loadAudit(false).catch(fail);
   }
 
   function logout() {
