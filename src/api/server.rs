@@ -941,6 +941,8 @@ fn verify_recording(ctx: &ApiContext, s: &Value) -> Value {
             else { "unsealed files (encryption off) match the SHA-256 recorded at shipping; that is no proof against someone who can rewrite both" }})
 }
 
+type OpenAndVerify = dyn FnOnce(&crate::seal::Keyring) -> Result<crate::seal::reader::Verified, crate::seal::SealError>;
+
 /// One stored file: its SHA-256 against the one recorded at shipping, then (sealed) every
 /// chunk and the signature. A local archive's file is read from disk as it goes; an object is
 /// fetched whole.
@@ -961,23 +963,20 @@ fn verify_file(
     };
     let sealed = name.ends_with(".cvs");
     let keys = ctx.sealing.as_ref().map(|s| &s.keys);
-    let verify =
-        |r: Box<dyn FnOnce(&crate::seal::Keyring) -> Result<crate::seal::reader::Verified, crate::seal::SealError>>,
-         f: &mut Value|
-         -> Result<(), String> {
-            if !sealed {
-                f["signed"] = json!(false);
-                return Ok(());
-            }
-            let keys = keys.ok_or("sealed, but this recorder has no keys")?;
-            let v = r(keys).map_err(|e| e.to_string())?;
-            f["signed"] = json!(true);
-            f["signer_id"] = json!(v.signer.id);
-            f["plaintext_sha256"] = json!(crate::seal::format::hex(&v.plaintext_sha256));
-            f["body_sha256"] = json!(crate::seal::format::hex(&v.record.body_sha256));
-            f["chunks"] = json!(v.chunks);
-            Ok(())
-        };
+    let verify = |r: Box<OpenAndVerify>, f: &mut Value| -> Result<(), String> {
+        if !sealed {
+            f["signed"] = json!(false);
+            return Ok(());
+        }
+        let keys = keys.ok_or("sealed, but this recorder has no keys")?;
+        let v = r(keys).map_err(|e| e.to_string())?;
+        f["signed"] = json!(true);
+        f["signer_id"] = json!(v.signer.id);
+        f["plaintext_sha256"] = json!(crate::seal::format::hex(&v.plaintext_sha256));
+        f["body_sha256"] = json!(crate::seal::format::hex(&v.record.body_sha256));
+        f["chunks"] = json!(v.chunks);
+        Ok(())
+    };
     if let Some(path) = local_path(ctx, role, key) {
         let (sha, _) = crate::storage::file_sha256(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
         check_sha(crate::seal::format::hex(&sha), f)?;
