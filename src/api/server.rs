@@ -101,6 +101,28 @@ impl ApiStats {
     }
 }
 
+/// Runs a store operation on the storage thread from a handler: a store error is 502.
+async fn on_store<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    st: &StorageThread,
+    f: impl FnOnce(&Storage) -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    let st = st.clone();
+    blocking(move || st.call(f))
+        .await?
+        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))
+}
+
+/// The non-empty `reason` of a request body (holds, deletions keep it).
+fn reason_of(v: &Value, kept: &str) -> Result<String, ApiError> {
+    v["reason"]
+        .as_str()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request(format!("give {{\"reason\": \"…\"}}: {kept}")))
+}
+
 /// What the handlers share.
 pub struct ApiContext {
     pub cfg: Config,
@@ -1020,24 +1042,19 @@ async fn hold_place(
     let r = async {
         let p = a.auth(&headers, Permission::Hold).await?;
         let v = json_body(&body)?;
-        let reason = v["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).ok_or_else(|| {
-            ApiError::bad_request("give {\"reason\": \"…\"}: a case or ticket reference, kept with the hold")
-        })?;
-        a.note("reason", reason);
+        let reason = reason_of(&v, "a case or ticket reference, kept with the hold")?;
+        a.note("reason", reason.as_str());
         recording(&ctx, &p, &id).await?;
         let st = need_storage(&ctx)?;
         let hold = crate::storage::retention::Hold {
             kind: crate::storage::retention::HoldKind::Recording,
             value: id.clone(),
-            reason: reason.to_string(),
+            reason,
             placed_at: crate::engine::call::rfc3339(SystemTime::now()),
             placed_by: format!("api:{}", p.user),
         };
         let h2 = hold.clone();
-        let placed = blocking(move || st.call(move |s| crate::storage::retention::place_hold(s, &h2)))
-            .await?
-            .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        let placed = on_store(&st, move |s| crate::storage::retention::place_hold(s, &h2)).await?;
         use crate::storage::retention::Placed;
         let (status, body) = match placed {
             Placed::Placed => (StatusCode::CREATED, json!({"hold": hold.to_json(), "placed": true})),
@@ -1066,14 +1083,10 @@ async fn hold_release(
         recording(&ctx, &p, &id).await?;
         let st = need_storage(&ctx)?;
         let id2 = id.clone();
-        let released = blocking(move || {
-            st.call(move |s| {
-                crate::storage::retention::release_hold(s, crate::storage::retention::HoldKind::Recording, &id2)
-            })
+        let released = on_store(&st, move |s| {
+            crate::storage::retention::release_hold(s, crate::storage::retention::HoldKind::Recording, &id2)
         })
-        .await?
-        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        .await?;
         if !released {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1098,10 +1111,8 @@ async fn delete(
     let r = async {
         let p = a.auth(&headers, Permission::Delete).await?;
         let v = json_body(&body)?;
-        let reason = v["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).ok_or_else(|| {
-            ApiError::bad_request("give {\"reason\": \"…\"}: the request's reference, kept in the deletion log")
-        })?;
-        a.note("reason", reason);
+        let reason = reason_of(&v, "the request's reference, kept in the deletion log")?;
+        a.note("reason", reason.as_str());
         let s = recording(&ctx, &p, &id).await?;
         if s["stored"].is_null() {
             return Err(ApiError::new(
@@ -1113,14 +1124,10 @@ async fn delete(
         let st = need_storage(&ctx)?;
         let data_dir = ctx.cfg.data_dir.clone();
         let why = crate::storage::retention::Reason { kind: "erasure", detail: format!("api:{}: {reason}", p.user) };
-        let report = blocking(move || {
-            st.call(move |storage| {
-                crate::storage::retention::delete_unless_held(storage, &data_dir, vec![(s, why)], false, &mut |_| {})
-            })
+        let report = on_store(&st, move |storage| {
+            crate::storage::retention::delete_unless_held(storage, &data_dir, vec![(s, why)], false, &mut |_| {})
         })
-        .await?
-        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?;
+        .await?;
         if let Some((_, h)) = report.held.first() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -1248,13 +1255,7 @@ async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, 
     let r = async {
         a.auth(&headers, Permission::AuditRead).await?;
         let anchors = match &ctx.storage {
-            Some(st) => {
-                let st = st.clone();
-                blocking(move || st.call(crate::audit::load_anchors))
-                    .await?
-                    .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
-                    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))?
-            }
+            Some(st) => on_store(st, crate::audit::load_anchors).await?,
             None => Vec::new(),
         };
         let data_dir = ctx.cfg.data_dir.clone();
