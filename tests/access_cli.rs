@@ -20,7 +20,29 @@ fn env() -> Env {
     let data = dir.path().join("data");
     let config = dir.path().join("callvault.toml");
     std::fs::write(&config, format!("data_dir = {:?}\n", data.display().to_string())).unwrap();
+    // As `serve` leaves it on its first start.
+    std::fs::create_dir(&data).unwrap();
     Env { _dir: dir, config, data }
+}
+
+/// Run against a data directory that is not there (a wrong --config or working directory), the
+/// commands refuse and create nothing: users made there would be no daemon's.
+#[test]
+fn a_missing_data_directory_is_refused_and_not_created() {
+    let e = env();
+    std::fs::remove_dir(&e.data).unwrap();
+    for args in [
+        &["user", "list"][..],
+        &["user", "add", "sue", "--role", "qa", "--all-recordings"],
+        &["token", "create", "--user", "sue"],
+        &["token", "list"],
+    ] {
+        let o = e.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("does not exist") && err.contains("configuration serve runs with"), "{args:?}: {err}");
+        assert!(!e.data.exists(), "{args:?} created {}", e.data.display());
+    }
 }
 
 impl Env {

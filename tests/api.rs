@@ -155,8 +155,8 @@ fn every_role_against_every_endpoint() {
         ("auditor", "GET", format!("/api/recordings/{north}/verify"), None, 200),
         ("supervisor", "GET", format!("/api/recordings/{sales}/verify"), None, 403),
         ("qa", "GET", format!("/api/recordings/{north}/verify"), None, 403),
-        ("supervisor", "POST", "/api/samples".into(), Some(sample.clone()), 201),
-        ("qa", "POST", "/api/samples".into(), Some(sample.clone()), 201),
+        ("supervisor", "POST", "/api/samples".into(), Some(sample.clone()), 200),
+        ("qa", "POST", "/api/samples".into(), Some(sample.clone()), 200),
         ("admin", "POST", "/api/samples".into(), Some(sample.clone()), 403),
         ("auditor", "POST", "/api/samples".into(), Some(sample.clone()), 403),
         ("supervisor", "PUT", format!("/api/recordings/{sales}/hold"), Some(json!({"reason": "x"})), 403),
@@ -405,6 +405,23 @@ fn every_request_and_control_command_is_in_the_audit_trail() {
     assert!(has("play", "sam", &s.sales, "ok"), "{entries:?}");
     assert!(has("read", "quinn", &s.sales, "not_found"), "refusals are recorded too");
     assert!(has("search", "unauthenticated", "", "unauthorized"));
+    // A range past the end is recorded by its error code, like any refusal.
+    s.range("supervisor", &format!("/api/recordings/{}/audio", s.sales), "bytes=99999999-");
+    // A link asked to download is refused, and the entry names whose link it was.
+    let link = s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), None).json();
+    let dl = http(&s.addr, "GET", &format!("{}&download=1", link["url"].as_str().unwrap()), None, &[], None);
+    assert_eq!(dl.status, 403);
+    let entries: Vec<Value> = s.get("auditor", "/api/audit?limit=1000").json()["entries"].as_array().unwrap().clone();
+    let has = |action: &str, actor: &str, target: &str, result: &str| {
+        entries.iter().any(|e| {
+            e["action"] == action
+                && e["actor"].as_str().unwrap_or_default().contains(actor)
+                && e["target"] == target
+                && e["result"] == result
+        })
+    };
+    assert!(has("play", "sam", &s.sales, "range_not_satisfiable"), "{entries:?}");
+    assert!(has("download", "sam", &s.sales, "forbidden"), "{entries:?}");
     assert!(has("start", "control", "api-sales", "ok"), "control socket commands: {entries:?}");
     assert!(has("stop", "control", "api-sales", "ok"));
     assert!(entries.iter().all(|e| e["source"].as_str().is_some_and(|x| !x.is_empty())), "from where");

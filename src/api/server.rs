@@ -284,6 +284,7 @@ impl Audited {
     async fn finish(self, result: ApiResult) -> Response {
         let outcome = match &result {
             Ok(r) if r.status().is_success() => "ok".to_string(),
+            Ok(r) if r.status() == StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable".to_string(),
             Ok(r) => format!("http {}", r.status().as_u16()),
             Err(e) => e.code.to_string(),
         };
@@ -696,13 +697,13 @@ async fn audio(
     let r = async {
         let p = match params.get("link") {
             Some(link) => {
-                if download {
-                    return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a playback link only plays; it does not download"));
-                }
                 let (ctx2, id2, link) = (ctx.clone(), id.clone(), link.clone());
                 let p = blocking(move || ctx2.access.check_link(&id2, &link, SystemTime::now())).await?.map_err(auth_refusal)?;
                 a.actor = actor_of(&p);
                 a.note("via", via_of(&p));
+                if download {
+                    return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a playback link only plays; it does not download"));
+                }
                 if !p.allows(Permission::Play) {
                     return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("role {} may not play recordings", p.role.name())));
                 }
@@ -1171,7 +1172,9 @@ async fn sample_draw(
                 other => ApiError::internal(other.to_string()),
             })?;
         a.target = drawn["sample_id"].as_str().unwrap_or_default().to_string();
-        Ok((StatusCode::CREATED, Json(drawn)).into_response())
+        // A dry run creates nothing.
+        let status = if drawn["dry_run"] == true { StatusCode::OK } else { StatusCode::CREATED };
+        Ok((status, Json(drawn)).into_response())
     }
     .await;
     a.finish(r).await

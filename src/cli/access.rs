@@ -29,7 +29,7 @@ verify). A supervisor or qa sees only the recordings of its queues and teams (--
 Users live in <data_dir>/access.db; every change is written to the audit trail.
 See docs/access.md.
 
-Exit codes: 0 done; 1 failed; 2 usage error (bad name, role or scope); 4 no such user.";
+Exit codes: 0 done; 1 failed; 2 usage error (bad name, role or scope); 3 no data directory (wrong --config);\n4 no such user.";
 
 pub const TOKEN_EXAMPLES: &str = "\
 Examples:
@@ -43,7 +43,7 @@ A token is shown only when created: it is stored as its SHA-256 alone, so a lost
 shown again (create another and revoke the old one). Clients send it as
 `Authorization: Bearer cvt_…`. `token list` never shows secrets. See docs/access.md.
 
-Exit codes: 0 done; 1 failed; 2 usage error; 4 no such user or token.";
+Exit codes: 0 done; 1 failed; 2 usage error; 3 no data directory (wrong --config); 4 no such user or token.";
 
 /// Options every user and token command takes.
 #[derive(clap::Args)]
@@ -195,6 +195,24 @@ fn load_config(path: &Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+/// A data directory that is not there is a wrong `--config` or working directory, not a new
+/// recorder: users made there would be another daemon's, and their tokens refused (exit 3).
+fn check_data_dir(cfg: &Config, given: bool) -> Result<(), ExitCode> {
+    if cfg.data_dir.is_dir() {
+        return Ok(());
+    }
+    eprintln!(
+        "error: data directory {} does not exist: {}",
+        cfg.data_dir.display(),
+        if given {
+            "is this the configuration serve runs with? (serve creates it on its first start)"
+        } else {
+            "pass --config with the configuration serve runs with, or run this where serve runs (serve creates it on its first start)"
+        }
+    );
+    Err(ExitCode::from(3))
+}
+
 fn scope_text(s: &Scope) -> String {
     if s.all {
         return "all recordings".into();
@@ -244,6 +262,9 @@ fn change(
             return ExitCode::from(2);
         }
     };
+    if let Err(code) = check_data_dir(&cfg, common.config.is_some()) {
+        return code;
+    }
     let store = match AccessStore::open(&cfg.data_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -312,6 +333,9 @@ fn read(common: &Common, f: impl FnOnce(&AccessStore) -> Result<Done, AccessErro
             return ExitCode::from(2);
         }
     };
+    if let Err(code) = check_data_dir(&cfg, common.config.is_some()) {
+        return code;
+    }
     match AccessStore::open(&cfg.data_dir).and_then(|s| f(&s)) {
         Ok(done) => {
             if common.json {

@@ -61,7 +61,7 @@ pub enum AuditCmd {
         /// Before (RFC 3339 or a date).
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
-        /// Who: a user, token:<id>, control:uid=N, cli:<user>, daemon.
+        /// Who: an API user (its token is in detail.via), control:uid=N, cli:<user>, daemon, unauthenticated.
         #[arg(long)]
         actor: Option<String>,
         /// What: start, stop, pause, resume, play, search, token.create, …
@@ -139,9 +139,11 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
         }
     }
     let from_store = anchors.len();
+    let mut in_journal = None;
     if let Some(path) = journal {
         match journal_anchors(path) {
             Ok(found) => {
+                in_journal = Some(found.len());
                 for a in found {
                     if !anchors.contains(&a) {
                         anchors.push(a);
@@ -164,7 +166,7 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
     if json {
         out!("{}", report.to_json());
     } else {
-        print_report(&cfg, &report, from_store, anchors.len() - from_store);
+        print_report(&cfg, &report, from_store, in_journal.map(|n| (n, anchors.len() - from_store)));
     }
     ExitCode::from(if report.ok { 0 } else { 1 })
 }
@@ -184,13 +186,21 @@ fn journal_anchors(path: &Path) -> std::io::Result<Vec<Anchor>> {
     Ok(out)
 }
 
-fn print_report(cfg: &Config, r: &VerifyReport, from_store: usize, from_journal: usize) {
+/// `journal`: the anchors read from the journal, and how many of them storage did not have.
+fn print_report(cfg: &Config, r: &VerifyReport, from_store: usize, journal: Option<(usize, usize)>) {
+    let sources = match journal {
+        None => format!("{from_store} from storage"),
+        Some((read, only)) => format!(
+            "{from_store} from storage, {read} read from the journal ({} of them also in storage)",
+            read.saturating_sub(only)
+        ),
+    };
     let span = match (r.first_seq, r.last_seq) {
         (Some(a), Some(b)) => format!(" (seq {a}-{b})"),
         _ => String::new(),
     };
     out!(
-        "audit trail {}: {} entries{span}; {} anchor(s) checked ({from_store} from storage, {from_journal} from the journal)",
+        "audit trail {}: {} entries{span}; {} anchor(s) checked ({sources})",
         cfg.data_dir.join(audit::DB_FILE).display(),
         r.entries,
         r.anchors_checked
