@@ -538,6 +538,10 @@ pub fn normalize_time(s: &str) -> Result<String, String> {
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
         return Err(bad());
     }
+    // A real calendar date (no 2026-02-30), checked as the catalog's searches check it.
+    if !std::str::from_utf8(&b[..10]).is_ok_and(crate::catalog::valid_utc_time) {
+        return Err(bad());
+    }
     let (mut h, mut mi, mut sec, mut ms, mut offset_min) = (0, 0, 0, 0i64, 0i64);
     if b.len() > 10 {
         if !matches!(b[10], b'T' | b't' | b' ') || b.get(13) != Some(&b':') {
@@ -1312,7 +1316,22 @@ mod tests {
         assert_eq!(normalize_time("2026-12-04T10:00:00.5Z").unwrap(), "2026-12-04T10:00:00.500Z");
         assert_eq!(normalize_time("2026-12-04T10:00+01:00").unwrap(), "2026-12-04T09:00:00.000Z");
         assert_eq!(normalize_time("2026-01-01T00:30:00-01:00").unwrap(), "2026-01-01T01:30:00.000Z");
-        for bad in ["", "2026", "2026-13-01", "2026-12-04T10", "2026-12-04T10:00:00", "2026-12-04T25:00Z"] {
+        assert_eq!(normalize_time("2024-02-29T23:59:59Z").unwrap(), "2024-02-29T23:59:59.000Z");
+        for bad in [
+            "",
+            "2026",
+            "2026-13-01",
+            "2026-12-04T10",
+            "2026-12-04T10:00:00",
+            "2026-12-04T25:00Z",
+            "2026-13-45",
+            "2026-02-30",
+            "2026-02-29",
+            "2026-04-31T10:00:00Z",
+            "2026-12-04T25:61:00Z",
+            "2026-12-04T10:61Z",
+            "9999-99-99",
+        ] {
             assert!(normalize_time(bad).is_err(), "{bad}");
         }
     }

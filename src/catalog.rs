@@ -277,17 +277,21 @@ impl Query {
 
     fn check(&self) -> Result<(), CatalogError> {
         for (name, t) in [("from", &self.from), ("to", &self.to)] {
-            if let Some(t) = t {
-                let ok = t.len() >= 10
-                    && t.as_bytes()[4] == b'-'
-                    && t.as_bytes()[7] == b'-'
-                    && t[..4].bytes().all(|b| b.is_ascii_digit());
-                if !ok {
-                    return Err(CatalogError::Query(format!(
-                        "{name} {t:?} is not a UTC time like 2026-12-04 or 2026-12-04T10:00:00Z"
-                    )));
-                }
+            if let Some(t) = t
+                && !valid_utc_time(t)
+            {
+                return Err(CatalogError::Query(format!(
+                    "{name} {t:?} is not a UTC time like 2026-12-04 or 2026-12-04T10:00:00Z (a real date, \
+                     hours 00-23, minutes and seconds 00-59)"
+                )));
             }
+        }
+        // Each key is a subquery: thousands of them exceed what SQLite can plan.
+        if self.meta.len() > MAX_META_KEYS {
+            return Err(CatalogError::Query(format!(
+                "{} metadata keys given: a search matches at most {MAX_META_KEYS} at once",
+                self.meta.len()
+            )));
         }
         if let Some(c) = &self.cursor
             && decode_cursor(c).is_none()
@@ -326,13 +330,72 @@ fn decode_cursor(c: &str) -> Option<(String, String)> {
 }
 
 /// Normalises a bound: `2026-12-04` is that day's midnight; `…Z` times compare as text.
+/// A time [`valid_utc_time`] took, written as stored times are (`YYYY-MM-DDTHH:MM:SS.mmmZ`) so
+/// that text order is time order.
 fn bound(t: &str) -> String {
-    if t.len() == 10 {
-        return format!("{t}T00:00:00.000Z");
-    }
-    // Stored times always have milliseconds: give the bound them too, so text order is time order.
     let t = t.trim_end_matches('Z');
-    if t.contains('.') { format!("{t}Z") } else { format!("{t}.000Z") }
+    let (date_time, fraction) = t.split_once('.').unwrap_or((t, ""));
+    let date_time = match date_time.len() {
+        10 => format!("{date_time}T00:00:00"),
+        16 => format!("{date_time}:00"),
+        _ => date_time.to_string(),
+    };
+    // Stored times have milliseconds: a finer bound is cut to them.
+    let ms: String = fraction.chars().chain("000".chars()).take(3).collect();
+    format!("{date_time}.{ms}Z")
+}
+
+/// Most metadata keys one search matches.
+pub const MAX_META_KEYS: usize = 20;
+
+/// Whether `s` is a UTC time as searches take it: a real calendar date `YYYY-MM-DD`, optionally
+/// followed by `THH:MM`, `:SS` and a fraction `.f` (1-9 digits), then `Z`.
+pub fn valid_utc_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let t = b.get(r)?;
+        t.iter().all(u8::is_ascii_digit).then(|| t.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
+    if b[4] != b'-' || b[7] != b'-' || !(1..=12).contains(&m) {
+        return false;
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=days).contains(&d) {
+        return false;
+    }
+    if b.len() == 10 {
+        return true;
+    }
+    if b[10] != b'T' || b.get(13) != Some(&b':') || !num(11..13).is_some_and(|h| h < 24) {
+        return false;
+    }
+    if !num(14..16).is_some_and(|mi| mi < 60) {
+        return false;
+    }
+    let mut i = 16;
+    if b.get(i) == Some(&b':') {
+        if !num(17..19).is_some_and(|sec| sec < 60) {
+            return false;
+        }
+        i = 19;
+        if b.get(i) == Some(&b'.') {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=9).contains(&digits) {
+                return false;
+            }
+            i += 1 + digits;
+        }
+    }
+    b.get(i) == Some(&b'Z') && i + 1 == b.len()
 }
 
 /// Searches the catalog at `path` (read-only).
@@ -620,6 +683,83 @@ mod tests {
     }
 
     #[test]
+    fn utc_times_are_checked_in_full() {
+        for good in [
+            "2026-12-04",
+            "2024-02-29",
+            "2000-02-29",
+            "2026-12-31T23:59Z",
+            "2026-12-04T00:00:00Z",
+            "2026-12-04T10:00:59.5Z",
+            "2026-12-04T10:00:00.123456789Z",
+            "0001-01-01",
+        ] {
+            assert!(valid_utc_time(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2026",
+            "2026-13-45",
+            "2026-00-10",
+            "2026-02-30",
+            "2026-02-29",
+            "1900-02-29",
+            "2026-04-31",
+            "2026-12-00",
+            "9999-99-99",
+            "2026-12-04T25:61:00Z",
+            "2026-12-04T24:00Z",
+            "2026-12-04T10:60Z",
+            "2026-12-04T10:00:60Z",
+            "2026-12-04T10:00",
+            "2026-12-04T10:00:00",
+            "2026-12-04T10:00:00.Z",
+            "2026-12-04T10:00:00.1234567890Z",
+            "2026-12-04T10:00:00+01:00",
+            "2026-12-04t10:00:00z",
+            "2026-12-04 10:00:00Z",
+            "2026-12-04T10:00:00ZZ",
+            "2026-12-04T1:00:00Z",
+            "+026-12-04",
+            "2026-1-04",
+            "2026-12-04Z",
+            "２026-12-04",
+        ] {
+            assert!(!valid_utc_time(bad), "{bad}");
+            let e = Query::from_json(&json!({"from": bad})).unwrap_err().to_string();
+            assert!(e.contains("from") && e.contains("UTC time"), "{e}");
+            assert!(Query::from_json(&json!({"to": bad})).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_written_as_stored_times() {
+        assert_eq!(bound("2026-12-04"), "2026-12-04T00:00:00.000Z");
+        assert_eq!(bound("2026-12-04T10:05Z"), "2026-12-04T10:05:00.000Z");
+        assert_eq!(bound("2026-12-04T10:05:07Z"), "2026-12-04T10:05:07.000Z");
+        assert_eq!(bound("2026-12-04T10:05:07.5Z"), "2026-12-04T10:05:07.500Z");
+        assert_eq!(bound("2026-12-04T10:05:07.123456Z"), "2026-12-04T10:05:07.123Z");
+    }
+
+    #[test]
+    fn at_most_twenty_metadata_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        Catalog::open(&path).unwrap();
+        let meta = |n: usize| Value::Object((0..n).map(|i| (format!("k{i}"), json!("v"))).collect());
+        assert!(Query::from_json(&json!({"metadata": meta(20)})).is_ok());
+        let e = Query::from_json(&json!({"metadata": meta(3000)})).unwrap_err().to_string();
+        assert!(e.contains("3000 metadata keys") && e.contains("at most 20"), "{e}");
+        // Built directly (the CLI's way), the search refuses it before SQLite sees it, without
+        // naming the catalog's path.
+        let q = Query { meta: (0..3000).map(|i| (format!("k{i}"), "v".into())).collect(), ..Query::default() };
+        let e = search(&path, &q).unwrap_err().to_string();
+        assert!(e.contains("at most 20") && !e.contains(&dir.path().display().to_string()), "{e}");
+        let q = Query { meta: (0..20).map(|i| (format!("k{i}"), "v".into())).collect(), ..Query::default() };
+        assert!(search(&path, &q).unwrap().recordings.is_empty());
+    }
+
+    #[test]
     fn search_filters_and_pages_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_in(dir.path());
@@ -660,6 +800,19 @@ mod tests {
         assert_eq!(all(Query { meta: vec![("ticket".into(), "12".into())], ..Query::default() }), vec![rid(12)]);
         let day2 = all(Query { from: Some("2026-12-02".into()), to: Some("2026-12-03".into()), ..Query::default() });
         assert_eq!(day2.len(), 10);
+        // To the minute: 2026-12-01T10:00:00-09 are ten recordings, 10:00:00 to 10:00:05 five.
+        let minute = all(Query {
+            from: Some("2026-12-01T10:00Z".into()),
+            to: Some("2026-12-01T10:01Z".into()),
+            ..Query::default()
+        });
+        assert_eq!(minute.len(), 10);
+        let secs = all(Query {
+            from: Some("2026-12-01T10:00:00Z".into()),
+            to: Some("2026-12-01T10:00:05Z".into()),
+            ..Query::default()
+        });
+        assert_eq!(secs.len(), 5);
         assert!(search(&path, &Query { from: Some("yesterday".into()), ..Query::default() }).is_err());
         assert!(search(&path, &Query { cursor: Some("garbage".into()), ..Query::default() }).is_err());
         let q = Query::from_json(&json!({"agent": "bob", "metadata": {"queue": "sales"}, "limit": 2})).unwrap();

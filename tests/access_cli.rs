@@ -199,6 +199,44 @@ fn bad_roles_scopes_names_and_lifetimes_are_usage_errors() {
 }
 
 #[test]
+fn token_list_of_an_unknown_user_is_exit_4() {
+    let e = env();
+    let o = e.run(&["token", "list", "--user", "nobody"]);
+    assert_eq!(code(&o), 4, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("no user `nobody`"), "{}", text(&o.stderr));
+    assert_eq!(code(&e.run(&["token", "list", "--user", "nobody", "--json"])), 4);
+    // A user without tokens is no error, nor is a removed one whose (revoked) tokens remain.
+    assert_eq!(code(&e.run(&["user", "add", "sue", "--role", "supervisor", "--queue", "sales"])), 0);
+    let (c, list) = e.json(&["token", "list", "--user", "sue"]);
+    assert_eq!((c, list["tokens"].as_array().map(Vec::len)), (0, Some(0)));
+    assert_eq!(code(&e.run(&["token", "create", "--user", "sue"])), 0);
+    assert_eq!(code(&e.run(&["user", "remove", "sue"])), 0);
+    let (c, list) = e.json(&["token", "list", "--user", "sue"]);
+    assert_eq!(c, 0);
+    assert!(list["tokens"][0]["revoked_at"].is_string(), "{list}");
+}
+
+#[test]
+fn all_recordings_with_a_queue_or_team_is_a_usage_error() {
+    let e = env();
+    for extra in [&["--queue", "x"][..], &["--team", "t"], &["--queue", "x", "--team", "t"]] {
+        let mut args = vec!["user", "add", "q", "--role", "qa", "--all-recordings"];
+        args.extend(extra);
+        let o = e.run(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("--all-recordings"), "{}", text(&o.stderr));
+    }
+    let (_, users) = e.json(&["user", "list"]);
+    assert_eq!(users["users"], serde_json::json!([]), "nothing was added");
+    assert_eq!(code(&e.run(&["user", "add", "q", "--role", "qa", "--queue", "x"])), 0);
+    let o = e.run(&["user", "scope", "q", "--all-recordings", "--team", "t"]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+    let (_, users) = e.json(&["user", "list"]);
+    assert_eq!(users["users"][0]["scope"]["queues"], serde_json::json!(["x"]), "the scope is unchanged");
+    assert_eq!(users["users"][0]["scope"]["all"], false);
+}
+
+#[test]
 fn a_missing_config_is_a_usage_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_callvault"))
         .args(["user", "list", "--config", "/nonexistent/callvault.toml"])

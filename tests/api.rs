@@ -264,8 +264,8 @@ fn range_playback_decrypts_what_is_asked() {
         assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{end}/{len}").as_str()), "{range}");
         assert_eq!(r.body, plain[start..=end], "{range}");
     }
-    for bad in [format!("bytes={len}-"), "bytes=abc".into(), "bytes=5-1".into(), "lines=0-1".into(), "bytes=-0".into()]
-    {
+    assert_eq!(s.range("supervisor", &url, "lines=0-1").status, 200, "a unit other than bytes is ignored");
+    for bad in [format!("bytes={len}-"), "bytes=abc".into(), "bytes=5-1".into(), "bytes".into(), "bytes=-0".into()] {
         let r = s.range("supervisor", &url, &bad);
         assert_eq!(r.status, 416, "{bad}");
         assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()), "{bad}");
@@ -624,4 +624,115 @@ fn verify_finds_a_tampered_recording() {
     let r = s.range("supervisor", &format!("/api/recordings/{}/audio", s.sales), &format!("bytes={}-{}", at - 200, at));
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("altered"), "{:?}", r.json());
+}
+
+/// Changes are recorded before they are made: with the audit trail unwritable (another process
+/// holds it locked), a hold or a deletion is refused and not carried out.
+#[test]
+fn a_change_the_audit_trail_cannot_record_is_not_made() {
+    let s = setup();
+    let db = rusqlite::Connection::open(s.data.join("audit.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let hold = s.call("admin", "PUT", &format!("/api/recordings/{}/hold", s.north), Some(&json!({"reason": "case 9"})));
+    assert_eq!(hold.status, 503, "{}", String::from_utf8_lossy(&hold.body));
+    assert!(!String::from_utf8_lossy(&hold.body).contains(s.data.to_str().unwrap()), "no host paths");
+    let del = s.call("admin", "DELETE", &format!("/api/recordings/{}", s.support), Some(&json!({"reason": "GDPR 1"})));
+    assert_eq!(del.status, 503);
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    // Nothing was done: the hold is placed now for the first time, the recording still there.
+    let again =
+        s.call("admin", "PUT", &format!("/api/recordings/{}/hold", s.north), Some(&json!({"reason": "case 9"})));
+    assert_eq!(again.status, 201, "{}", String::from_utf8_lossy(&again.body));
+    assert_eq!(s.get("admin", &format!("/api/recordings/{}", s.support)).status, 200);
+    // Each change: asked for, then done.
+    let entries = s.get("auditor", "/api/audit?action=hold.place").json()["entries"].as_array().unwrap().clone();
+    let results: Vec<&str> = entries.iter().map(|e| e["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["requested", "ok"], "{entries:?}");
+}
+
+/// Requests no handler takes (unknown routes, wrong methods, bodies too large) are audited too,
+/// under the caller's name when its token says; a token put in a URL is not kept.
+#[test]
+fn unrouted_requests_are_audited_and_tokens_in_urls_are_not_kept() {
+    let s = setup();
+    assert_eq!(s.get("admin", "/api/nothing-here").status, 404);
+    assert_eq!(s.call("admin", "PATCH", &format!("/api/recordings/{}", s.sales), None).status, 405);
+    let big = json!({"reason": "x".repeat(70 * 1024)});
+    assert_eq!(s.call("admin", "DELETE", &format!("/api/recordings/{}", s.sales), Some(&big)).status, 413);
+    let leaked = s.tokens["supervisor"].clone();
+    assert_eq!(http(&s.addr, "GET", &format!("/api/recordings?access_token={leaked}"), None, &[], None).status, 401);
+    assert_eq!(s.get("supervisor", "/api/recordings?queue=sales&queue=billing").status, 400);
+    let entries = s.get("auditor", "/api/audit?limit=1000").json()["entries"].as_array().unwrap().clone();
+    let found = |target: &str, result: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == "request" && e["actor"] == "ada" && e["target"] == target && e["result"] == result)
+    };
+    assert!(found("/api/nothing-here", "not_found"), "{entries:?}");
+    assert!(found(&format!("/api/recordings/{}", s.sales), "method_not_allowed"), "{entries:?}");
+    assert!(found(&format!("/api/recordings/{}", s.sales), "payload_too_large"), "{entries:?}");
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(!text.contains(&leaked), "a token in a URL is not kept in the audit trail");
+    // The page's files are not recordings: not audited.
+    http(&s.addr, "GET", "/app.js", None, &[], None);
+    let after = s.get("auditor", "/api/audit?limit=1000").json()["entries"].as_array().unwrap().clone();
+    assert!(!after.iter().any(|e| e["target"] == "/app.js"));
+}
+
+/// A sample is its drawer's: not a later user's of the same name, and only what the drawer's
+/// scope still covers.
+#[test]
+fn samples_follow_their_user_and_scope() {
+    let s = setup();
+    let drawn = s.call("supervisor", "POST", "/api/samples", Some(&json!({"count": 5}))).json();
+    let sid = drawn["sample_id"].as_str().unwrap().to_string();
+    assert_eq!(s.get("supervisor", &format!("/api/samples/{sid}")).json()["groups"], drawn["groups"]);
+    let access = AccessStore::open(&s.data).unwrap();
+    access.set_scope("sam", Scope { all: false, queues: vec!["billing".into()], teams: vec![] }).unwrap();
+    let narrowed = s.get("supervisor", &format!("/api/samples/{sid}")).json();
+    let n: usize =
+        narrowed["groups"].as_array().unwrap().iter().map(|g| g["recordings"].as_array().unwrap().len()).sum();
+    assert_eq!(n, 0, "{narrowed}");
+    assert_eq!(narrowed["hidden_out_of_scope_or_deleted"], 2);
+    access.remove_user("sam").unwrap();
+    access
+        .add_user("sam", Role::Supervisor, Scope { all: false, queues: vec!["sales".into()], teams: vec![] })
+        .unwrap();
+    let (_, t) = access.create_token("sam", None, SystemTime::now()).unwrap();
+    assert_eq!(http(&s.addr, "GET", &format!("/api/samples/{sid}"), Some(&t), &[], None).status, 404);
+}
+
+/// One address cannot take every connection: past 64 at once it is closed at once, and
+/// another address is still served.
+#[test]
+fn connections_per_address_are_bounded() {
+    let s = setup();
+    let held: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(&s.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&s.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /api/me HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "the 65th connection is closed");
+    // From 127.0.0.2 (another address on loopback).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let other = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        sock.connect(s.addr.parse().unwrap()).await.unwrap().into_std().unwrap()
+    });
+    other.set_nonblocking(false).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut other = other;
+    write!(
+        other,
+        "GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        s.tokens["admin"]
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = other.read_to_end(&mut raw);
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    drop(held);
 }

@@ -248,6 +248,18 @@ fn send_call(to: (&str, u16)) {
     }
 }
 
+/// Half a second of PCMU on each of a separate-layout call's legs, at real pace.
+fn send_legs(ports: &[u16]) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let payload: Vec<u8> = (0..160).map(|n| if (n / 10) % 2 == 0 { 0x20 } else { 0xa0 }).collect();
+    for i in 0..25u16 {
+        for &port in ports {
+            s.send_to(&rtp(0, i == 0, i, u32::from(i) * 160, &payload), ("127.0.0.1", port)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn log_in_search_play_to_the_end_and_seek() {
     let Some((chromium, chromedriver)) = browser_tools() else { return };
@@ -285,6 +297,23 @@ fn log_in_search_play_to_the_end_and_seek() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let r = c.request(json!({"cmd": "find", "call_id": "web-1"}));
+        if r["recordings"].as_array().is_some_and(|a| a.len() == 1 && !a[0]["stored"].is_null()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A separate-layout call: one audio file per leg.
+    let r = c.request(json!({"cmd": "start", "call_id": "web-2", "format": "wav-ulaw", "layout": "separate",
+        "metadata": {"queue": "sales"},
+        "legs": [{"label": "customer", "payload_types": {"0": "PCMU/8000"}}, {"label": "agent", "payload_types": {"0": "PCMU/8000"}}]}));
+    assert_eq!(r["ok"], true, "{r}");
+    let ports: Vec<u16> = r["legs"].as_array().unwrap().iter().map(|l| l["port"].as_u64().unwrap() as u16).collect();
+    send_legs(&ports);
+    assert_eq!(c.request(json!({"cmd": "stop", "call_id": "web-2"}))["ok"], true);
+    events.wait_event("recording_stored", Some("web-2"), Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let r = c.request(json!({"cmd": "find", "call_id": "web-2"}));
         if r["recordings"].as_array().is_some_and(|a| a.len() == 1 && !a[0]["stored"].is_null()) {
             break;
         }
@@ -421,6 +450,33 @@ fn log_in_search_play_to_the_end_and_seek() {
     assert!((at - at5 / 1000.0).abs() < 0.05, "the '5' marker seeks to {}: {at}", at5 / 1000.0);
     b.wait("playback from the marker", "return !document.querySelector('#player').paused", Duration::from_secs(10));
     b.js("document.querySelector('#player').pause()");
+
+    // A one-file recording offers no choice of leg.
+    assert_eq!(b.js("return document.querySelector('#leg-choice').hidden"), true);
+    // A separate-layout one offers its legs by label, and plays the one chosen.
+    b.type_into("#search-agent", "");
+    b.type_into("#search-call-id", "web-2");
+    b.click("#search");
+    b.wait(
+        "web-2's row",
+        "return document.querySelectorAll('#results tr[data-id]').length === 1 && document.querySelector('#results').textContent.includes('web-2')",
+        Duration::from_secs(10),
+    );
+    b.click("#results tr[data-id]");
+    b.wait("web-2's leg choice", "return !document.querySelector('#leg-choice').hidden", Duration::from_secs(10));
+    let options = b.js("return [...document.querySelectorAll('#leg option')].map(o => [o.value, o.textContent])");
+    assert_eq!(options, json!([["0", "customer"], ["1", "agent"]]));
+    let src = b.wait("leg 0's link", "return document.querySelector('#player').getAttribute('src')", Duration::from_secs(10));
+    assert!(src.as_str().unwrap().contains("&leg=0"), "{src}");
+    b.js("const s = document.querySelector('#leg'); s.value = '1'; s.dispatchEvent(new Event('change', {bubbles: true}))");
+    let src = b.wait(
+        "leg 1's link",
+        "const a = document.querySelector('#player'); const s = a.getAttribute('src') || '';
+         return s.includes('&leg=1') && a.readyState >= 1 && Number.isFinite(a.duration) && s",
+        Duration::from_secs(10),
+    );
+    assert!(src.as_str().unwrap().contains("format=browser"), "{src}");
+    assert_eq!(b.js("return document.querySelector('#error').hidden"), true, "leg 1 plays");
 
     // The server saw the browser's Range requests over the link, audited as the user's plays.
     let plays = http(&addr, "GET", "/api/audit?action=play&limit=1000", Some(&auditor), &[], None).json();

@@ -100,6 +100,31 @@ fn cli(args: &[&str]) -> (Option<i32>, Value, String) {
     (o.status.code(), v, stderr)
 }
 
+/// A reason is one short line: `hold list` prints it on one, and a newline could fake a hold.
+#[test]
+fn hold_and_erase_reasons_must_be_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("callvault.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n", dir.path().join("data").display().to_string())).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let long = "a".repeat(501);
+    for (reason, says) in [
+        ("case 1\nrecording 01FAKE  placed 2026-01-01 by root: fake", "one line"),
+        ("case\u{1b}[2J", "one line"),
+        (long.as_str(), "at most 500"),
+        (" ", "must say why"),
+    ] {
+        for args in [
+            &["hold", "place", "--config", cfg, "--call-id", "c-1", "--reason", reason][..],
+            &["erase", "--config", cfg, "--call-id", "c-1", "--reason", reason],
+        ] {
+            let (code, _, err) = cli(args);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(err.contains("--reason") && err.contains(says), "{args:?}: {err}");
+        }
+    }
+}
+
 #[test]
 fn the_embedded_default_moves_recordings_to_the_local_archive() {
     let d = Daemon::start(Options { extra: "[storage]\nship = true\n".into(), ..Options::default() });

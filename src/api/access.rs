@@ -26,7 +26,8 @@ use zeroize::Zeroizing;
 use crate::engine::call::rfc3339;
 use crate::seal::format::{hex, unhex};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: users have a `uid`.
+const SCHEMA_VERSION: i64 = 2;
 /// What every API token starts with (so secret scanners and people can tell what it is).
 pub const TOKEN_PREFIX: &str = "cvt_";
 /// Hex characters of a token's public id.
@@ -38,8 +39,9 @@ pub const LINK_TTL_DEFAULT: Duration = Duration::from_secs(900);
 /// `last_used_at` is written at most this often: a busy client must not turn every request into
 /// a database write.
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
-/// Domain separation of link MACs from any other use of the key.
-const LINK_CONTEXT: &str = "callvault-link-v1";
+/// Domain separation of link MACs from any other use of the key. v2 binds the user's `uid`, so
+/// v1 links (which did not) stop working with the upgrade.
+const LINK_CONTEXT: &str = "callvault-link-v2";
 
 /// `<data_dir>/access.db`.
 pub fn db_path(data_dir: &Path) -> PathBuf {
@@ -209,6 +211,14 @@ impl Scope {
 
     /// The scope a user of `role` gets from what was asked for.
     fn for_role(self, role: Role) -> Result<Scope, AccessError> {
+        // Said together, one of them would be dropped without a word.
+        if self.all && !(self.queues.is_empty() && self.teams.is_empty()) {
+            return Err(AccessError::BadScope(
+                "every recording (CLI: --all-recordings) already covers all queues and teams: give either it or \
+                 queues and teams (--queue, --team), not both"
+                    .into(),
+            ));
+        }
         if role.scoped() {
             if self.is_empty() {
                 return Err(AccessError::BadScope(format!(
@@ -240,6 +250,8 @@ pub enum Via {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user: String,
+    /// The user's [`User::uid`]: which user of that name (a name can be removed and given again).
+    pub uid: String,
     pub role: Role,
     pub scope: Scope,
     pub via: Via,
@@ -275,6 +287,11 @@ impl Principal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     pub name: String,
+    /// Random, made when the user is added and never reused: tells this user from an earlier
+    /// or later one of the same name (links and QA samples are bound to it). Not secret, but
+    /// internal, so not listed.
+    #[serde(skip)]
+    pub uid: String,
     pub role: Role,
     pub scope: Scope,
     pub disabled: bool,
@@ -475,7 +492,7 @@ impl AccessStore {
             source,
         })?;
         let db = |source| AccessError::Db { path: path.clone(), source };
-        let conn = Connection::open(&path).map_err(db)?;
+        let mut conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
@@ -483,14 +500,15 @@ impl AccessStore {
         if version > SCHEMA_VERSION {
             return Err(AccessError::NewerSchema { path, found: version });
         }
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS users (
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS users (
                  name TEXT PRIMARY KEY,
                  role TEXT NOT NULL,
                  scope TEXT NOT NULL,
                  disabled INTEGER NOT NULL DEFAULT 0,
-                 created_at TEXT NOT NULL
+                 created_at TEXT NOT NULL,
+                 uid TEXT
              );
              CREATE TABLE IF NOT EXISTS tokens (
                  id TEXT PRIMARY KEY,
@@ -501,11 +519,22 @@ impl AccessStore {
                  revoked_at TEXT,
                  last_used_at TEXT
              );
-             CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user);
-             PRAGMA user_version = 1;
-             COMMIT;",
+             CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user);",
         )
         .map_err(db)?;
+        // Schema 1 had no uid: add the column and give the users there one each.
+        let has_uid: bool = tx
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('users') WHERE name = 'uid'", [], |r| r.get(0))
+            .map_err(db)?;
+        if !has_uid {
+            tx.execute_batch("ALTER TABLE users ADD COLUMN uid TEXT").map_err(db)?;
+        }
+        tx.execute_batch(
+            "UPDATE users SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL OR uid = '';
+             PRAGMA user_version = 2;",
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
         Ok(AccessStore { conn: Mutex::new(conn), key_path: link_key_path(data_dir), path, link_key: Mutex::new(None) })
     }
 
@@ -530,12 +559,13 @@ impl AccessStore {
         scope: &str,
         disabled: bool,
         created_at: String,
+        uid: String,
     ) -> Result<User, AccessError> {
         let role =
             Role::parse(role).ok_or_else(|| self.corrupt(format!("user `{name}` has an unknown role {role:?}")))?;
         let scope: Scope = serde_json::from_str(scope)
             .map_err(|e| self.corrupt(format!("user `{name}` has an unreadable scope: {e}")))?;
-        Ok(User { name, role, scope, disabled, created_at })
+        Ok(User { name, role, scope, disabled, created_at, uid })
     }
 
     /// Adds a user. Supervisors and qa need a non-empty scope; admins and auditors always cover
@@ -544,9 +574,10 @@ impl AccessStore {
         check_name(name)?;
         let scope = scope.for_role(role)?;
         let scope_json = serde_json::to_string(&scope).unwrap_or_default();
+        let uid = hex(&random::<16>()?[..]);
         let r = self.conn().execute(
-            "INSERT INTO users (name, role, scope, disabled, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
-            params![name, role.name(), scope_json, rfc3339(SystemTime::now())],
+            "INSERT INTO users (name, role, scope, disabled, created_at, uid) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+            params![name, role.name(), scope_json, rfc3339(SystemTime::now()), uid],
         );
         match r {
             Ok(_) => Ok(()),
@@ -561,12 +592,19 @@ impl AccessStore {
     pub fn user(&self, name: &str) -> Result<Option<User>, AccessError> {
         let row = self
             .conn()
-            .query_row("SELECT name, role, scope, disabled, created_at FROM users WHERE name = ?1", [name], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+            .query_row("SELECT name, role, scope, disabled, created_at, uid FROM users WHERE name = ?1", [name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                ))
             })
             .optional()
             .map_err(self.db())?;
-        row.map(|(n, role, scope, disabled, created)| self.user_from_row(n, &role, &scope, disabled, created))
+        row.map(|(n, role, scope, disabled, created, uid)| self.user_from_row(n, &role, &scope, disabled, created, uid))
             .transpose()
     }
 
@@ -575,16 +613,25 @@ impl AccessStore {
         let rows = {
             let conn = self.conn();
             let mut st = conn
-                .prepare("SELECT name, role, scope, disabled, created_at FROM users ORDER BY name")
+                .prepare("SELECT name, role, scope, disabled, created_at, uid FROM users ORDER BY name")
                 .map_err(self.db())?;
             st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                ))
             })
-            .and_then(|rows| rows.collect::<Result<Vec<(String, String, String, bool, String)>, _>>())
+            .and_then(|rows| rows.collect::<Result<Vec<(String, String, String, bool, String, String)>, _>>())
             .map_err(self.db())?
         };
         rows.into_iter()
-            .map(|(n, role, scope, disabled, created)| self.user_from_row(n, &role, &scope, disabled, created))
+            .map(|(n, role, scope, disabled, created, uid)| {
+                self.user_from_row(n, &role, &scope, disabled, created, uid)
+            })
             .collect()
     }
 
@@ -729,7 +776,7 @@ impl AccessStore {
         let row = conn
             .query_row(
                 "SELECT t.user, t.sha256, t.expires_at, t.revoked_at, t.last_used_at, u.role, u.scope, u.disabled,
-                        u.created_at
+                        u.created_at, u.uid
                  FROM tokens t LEFT JOIN users u ON u.name = t.user WHERE t.id = ?1",
                 [id],
                 |r| {
@@ -743,12 +790,14 @@ impl AccessStore {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<bool>>(7)?,
                         r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| AuthError::Store(self.db()(e)))?;
-        let Some((user, stored, expires_at, revoked_at, last_used_at, role, scope, disabled, created)) = row else {
+        let Some((user, stored, expires_at, revoked_at, last_used_at, role, scope, disabled, created, uid)) = row
+        else {
             return Err(AuthError::Unknown);
         };
         let stored = unhex::<32>(&stored).ok_or_else(|| self.corrupt(format!("token {id} has an unreadable hash")))?;
@@ -766,7 +815,7 @@ impl AccessStore {
         let (Some(role), Some(scope), Some(disabled), Some(created)) = (role, scope, disabled, created) else {
             return Err(AuthError::Revoked);
         };
-        let user = self.user_from_row(user, &role, &scope, disabled, created)?;
+        let user = self.user_from_row(user, &role, &scope, disabled, created, uid.unwrap_or_default())?;
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
@@ -778,7 +827,7 @@ impl AccessStore {
             }
         }
         let scope = if user.role.scoped() { user.scope } else { Scope::everything() };
-        Ok(Principal { user: user.name, role: user.role, scope, via: Via::Token(id.to_string()) })
+        Ok(Principal { user: user.name, uid: user.uid, role: user.role, scope, via: Via::Token(id.to_string()) })
     }
 
     fn link_key(&self) -> Result<hmac::Key, AccessError> {
@@ -792,8 +841,10 @@ impl AccessStore {
         Ok(key)
     }
 
-    fn link_mac(&self, recording_id: &str, exp: u64, user: &str) -> Result<String, AccessError> {
-        let msg = format!("{LINK_CONTEXT}\n{recording_id}\n{exp}\n{user}");
+    /// The MAC covers the user's `uid` as well as its name: a link outlives neither its user's
+    /// removal nor a new user given the same name.
+    fn link_mac(&self, recording_id: &str, exp: u64, user: &str, uid: &str) -> Result<String, AccessError> {
+        let msg = format!("{LINK_CONTEXT}\n{recording_id}\n{exp}\n{user}\n{uid}");
         Ok(b64url(hmac::sign(&self.link_key()?, msg.as_bytes()).as_ref()))
     }
 
@@ -809,7 +860,7 @@ impl AccessStore {
             return Err(AccessError::CannotPlay { user: user.to_string(), role: u.role });
         }
         let exp = unix_secs(expires);
-        Ok(format!("{exp}.{user}.{}", self.link_mac(recording_id, exp, user)?))
+        Ok(format!("{exp}.{user}.{}", self.link_mac(recording_id, exp, user, &u.uid)?))
     }
 
     /// Checks a link for a recording. Its user must still exist, be enabled and have a role that
@@ -826,14 +877,16 @@ impl AccessStore {
         if !valid_name(user) || !is_b64url_32(mac) {
             return Err(AuthError::LinkInvalid);
         }
-        let expected = self.link_mac(recording_id, exp, user)?;
-        if constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes()).is_err() {
+        // The user's uid is part of what was signed: a removed user (or a new one of that name)
+        // fails the MAC check.
+        let u = self.user(user)?.ok_or(AuthError::LinkInvalid)?;
+        let expected = self.link_mac(recording_id, exp, user, &u.uid)?;
+        if u.uid.is_empty() || constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes()).is_err() {
             return Err(AuthError::LinkInvalid);
         }
         if unix_secs(now) >= exp {
             return Err(AuthError::LinkExpired);
         }
-        let u = self.user(user)?.ok_or(AuthError::LinkInvalid)?;
         if u.disabled {
             return Err(AuthError::UserDisabled);
         }
@@ -842,6 +895,7 @@ impl AccessStore {
         }
         Ok(Principal {
             user: u.name,
+            uid: u.uid,
             role: u.role,
             scope: u.scope,
             via: Via::Link { recording_id: recording_id.to_string() },
@@ -980,6 +1034,13 @@ mod tests {
         s.set_scope("sue", Scope { all: false, queues: vec![], teams: vec!["blue".into()] }).unwrap();
         assert_eq!(s.user("sue").unwrap().unwrap().scope.teams, ["blue"]);
         assert!(matches!(s.set_scope("sue", Scope::default()), Err(AccessError::BadScope(_))));
+        // Every recording and a list at once: refused, not one of them silently dropped.
+        let both = Scope { all: true, queues: vec!["x".into()], teams: vec![] };
+        assert!(matches!(s.add_user("q2", Role::Qa, both.clone()), Err(AccessError::BadScope(_))));
+        assert!(matches!(s.set_scope("sue", both), Err(AccessError::BadScope(_))));
+        let both = Scope { all: true, queues: vec![], teams: vec!["t".into()] };
+        assert!(matches!(s.add_user("a2", Role::Admin, both), Err(AccessError::BadScope(_))));
+        assert_eq!(s.user("sue").unwrap().unwrap().scope.teams, ["blue"]);
         assert!(matches!(s.set_scope("ann.admin@example-1_x", queues(&["a"])), Err(AccessError::BadScope(_))));
         assert!(s.set_scope("nobody", queues(&["a"])).unwrap_err().is_not_found());
         assert!(s.set_disabled("nobody", true).unwrap_err().is_not_found());
@@ -999,6 +1060,7 @@ mod tests {
             p,
             Principal {
                 user: "sue".into(),
+                uid: s.user("sue").unwrap().unwrap().uid,
                 role: Role::Supervisor,
                 scope: queues(&["sales"]),
                 via: Via::Token(info.id.clone())
@@ -1154,6 +1216,56 @@ mod tests {
         s.add_user("ann", Role::Admin, Scope::default()).unwrap();
         assert!(matches!(s.sign_link("01REC", "ann", at(900)), Err(AccessError::CannotPlay { .. })));
         assert!(s.sign_link("01REC", "nobody", at(900)).unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn a_new_user_of_a_removed_name_gets_none_of_its_links() {
+        let (_d, s) = store();
+        s.add_user("quinn", Role::Qa, queues(&["sales"])).unwrap();
+        let first = s.user("quinn").unwrap().unwrap().uid;
+        let link = s.sign_link("01REC", "quinn", at(900)).unwrap();
+        assert_eq!(s.check_link("01REC", &link, at(1)).unwrap().uid, first);
+        s.remove_user("quinn").unwrap();
+        // Same name, role and scope, at once: still another user.
+        s.add_user("quinn", Role::Qa, queues(&["sales"])).unwrap();
+        let second = s.user("quinn").unwrap().unwrap().uid;
+        assert_ne!(first, second);
+        assert_eq!(second.len(), 32);
+        assert!(matches!(s.check_link("01REC", &link, at(1)), Err(AuthError::LinkInvalid)));
+        let new_link = s.sign_link("01REC", "quinn", at(900)).unwrap();
+        assert_eq!(s.check_link("01REC", &new_link, at(1)).unwrap().uid, second);
+    }
+
+    #[test]
+    fn a_schema_1_database_gets_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let path = dir.path().join("access.db");
+            fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, scope TEXT NOT NULL,
+                     disabled INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+                 CREATE TABLE tokens (id TEXT PRIMARY KEY, user TEXT NOT NULL, sha256 TEXT NOT NULL,
+                     created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, last_used_at TEXT);
+                 INSERT INTO users VALUES ('sue', 'supervisor', '{\"all\":false,\"queues\":[\"sales\"],\"teams\":[]}', 0,
+                     '2026-01-01T00:00:00.000Z');
+                 INSERT INTO users VALUES ('ann', 'admin', '{\"all\":true,\"queues\":[],\"teams\":[]}', 0,
+                     '2026-01-01T00:00:00.000Z');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = AccessStore::open(dir.path()).unwrap();
+        let users = s.users().unwrap();
+        assert!(users.iter().all(|u| u.uid.len() == 32), "{users:?}");
+        assert_ne!(users[0].uid, users[1].uid);
+        let link = s.sign_link("01REC", "sue", at(900)).unwrap();
+        drop(s);
+        // Reopening keeps them.
+        let s = AccessStore::open(dir.path()).unwrap();
+        assert_eq!(s.users().unwrap(), users);
+        assert!(s.check_link("01REC", &link, at(1)).is_ok());
     }
 
     #[test]

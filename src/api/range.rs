@@ -13,12 +13,15 @@ pub enum Wanted {
 }
 
 /// Reads a `Range` header value. Several ranges in one request are served whole (a server may
-/// ignore Range; no player needs multipart/byteranges); a range that is malformed or lies past
-/// the end is refused, so a client learns its mistake instead of getting bytes it did not ask
-/// for.
+/// ignore Range; no player needs multipart/byteranges), and so is a unit other than bytes (RFC
+/// 9110 says to ignore it); a byte range that is malformed or lies past the end is refused, so
+/// a client learns its mistake instead of getting bytes it did not ask for.
 pub fn parse(header: Option<&str>, len: u64) -> Wanted {
     let Some(h) = header else { return Wanted::Whole };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else { return Wanted::Unsatisfiable };
+    let Some((unit, spec)) = h.trim().split_once('=') else { return Wanted::Unsatisfiable };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Wanted::Whole;
+    }
     if spec.contains(',') {
         return Wanted::Whole;
     }
@@ -63,6 +66,8 @@ mod tests {
         assert_eq!(p("bytes=-5000"), Wanted::Part { start: 0, end: 999 });
         assert_eq!(p("bytes=999-"), Wanted::Part { start: 999, end: 999 });
         assert_eq!(p("bytes=0-1,5-6"), Wanted::Whole);
+        assert_eq!(p("items=0-1"), Wanted::Whole, "another unit is ignored");
+        assert_eq!(p("Bytes=0-1"), Wanted::Part { start: 0, end: 1 });
         for bad in [
             "bytes=1000-",
             "bytes=1000-1001",
@@ -71,7 +76,6 @@ mod tests {
             "bytes=-",
             "bytes=a-b",
             "bytes=1-2-3",
-            "items=0-1",
             "bytes=+1-2",
             "bytes=99999999999999999999999-",
             "",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::catalog::{self, Query, ScopeFilter};
@@ -49,6 +49,10 @@ pub struct Request {
 
 /// Most recordings a draw looks through.
 const MAX_CANDIDATES: usize = 200_000;
+/// The catalog filters a draw takes (its `limit` and `cursor` are the draw's own business).
+const FILTER_KEYS: [&str; 9] = ["call_id", "agent", "queue", "caller", "called", "direction", "from", "to", "metadata"];
+/// Most metadata keys a filter may name.
+const MAX_META_KEYS: usize = 20;
 
 impl Request {
     /// From the API's JSON body: `{"filter": {…catalog filters…}, "per": "agent", "count": 5,
@@ -70,6 +74,20 @@ impl Request {
         }
         if filter.get("limit").is_some() || filter.get("cursor").is_some() {
             return Err("filter takes no limit or cursor: count says how many are drawn".into());
+        }
+        // A mistyped key must not silently widen the draw to every recording.
+        for k in filter.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !FILTER_KEYS.contains(&k.as_str()) {
+                return Err(format!("unknown filter key {k:?}: the filter takes {}", FILTER_KEYS.join(", ")));
+            }
+        }
+        if let Some(m) = filter["metadata"].as_object()
+            && m.len() > MAX_META_KEYS
+        {
+            return Err(format!(
+                "filter.metadata names {} keys: at most {MAX_META_KEYS} can be matched at once",
+                m.len()
+            ));
         }
         let query = Query::from_json(&filter).map_err(|e| e.to_string())?;
         let per = match v["per"].as_str() {
@@ -142,6 +160,21 @@ impl Samples {
                 recording_id TEXT PRIMARY KEY, sample_id TEXT NOT NULL REFERENCES samples (sample_id));",
         )
         .map_err(err)?;
+        // Added later: which user of that name drew it (stores from before have none, so their
+        // samples match nobody).
+        let has_uid: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('samples') WHERE name = 'drawn_by_uid'", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
+        if !has_uid {
+            match conn.execute_batch("ALTER TABLE samples ADD COLUMN drawn_by_uid TEXT") {
+                Ok(()) => {}
+                // Another process added it in the meantime.
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
         Ok(Samples { conn: Mutex::new(conn), path: ps })
     }
 
@@ -150,13 +183,15 @@ impl Samples {
     }
 
     /// Draws (and, unless a dry run, records) a sample from the catalog at `catalog_path`,
-    /// within `scope`.
+    /// within `scope`, for the user named `by` whose [`User::uid`](super::access::User::uid)
+    /// is `by_uid` (which tells them from a later user of the same name).
     pub fn draw(
         &self,
         catalog_path: &Path,
         req: &Request,
         scope: Option<ScopeFilter>,
         by: &str,
+        by_uid: &str,
     ) -> Result<Value, SampleError> {
         let mut q = req.query.clone();
         q.scope = scope;
@@ -233,8 +268,9 @@ impl Samples {
         if !req.dry_run {
             let tx = conn.unchecked_transaction().map_err(self.err())?;
             tx.execute(
-                "INSERT INTO samples (sample_id, drawn_at, drawn_by, seed, request, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sample_id, drawn_at, by, req.seed, per, result.to_string()],
+                "INSERT INTO samples (sample_id, drawn_at, drawn_by, drawn_by_uid, seed, request, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![sample_id, drawn_at, by, by_uid, req.seed, per, result.to_string()],
             )
             .map_err(self.err())?;
             for rid in &drawn_ids {
@@ -249,7 +285,20 @@ impl Samples {
         Ok(result)
     }
 
-    /// A sample drawn before.
+    /// Who drew a sample: the user's name and uid, as given to [`Samples::draw`] (the uid is
+    /// empty for samples drawn before it was recorded). `None`: no such sample. A caller hands
+    /// a stored sample back only to the same name *and* uid.
+    pub fn drawn_by_identity(&self, sample_id: &str) -> Result<Option<(String, String)>, SampleError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("SELECT drawn_by, drawn_by_uid FROM samples WHERE sample_id = ?1", params![sample_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default()))
+        })
+        .optional()
+        .map_err(self.err())
+    }
+
+    /// A sample drawn before, as [`Samples::draw`] returned it. Its recordings are as they were
+    /// at the draw: the caller checks each against the asker's scope now ([`retain_recordings`]).
     pub fn get(&self, sample_id: &str) -> Result<Option<Value>, SampleError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = conn.prepare("SELECT result FROM samples WHERE sample_id = ?1").map_err(self.err())?;
@@ -257,6 +306,17 @@ impl Samples {
         match rows.next() {
             Some(r) => Ok(serde_json::from_str(&r.map_err(self.err())?).ok()),
             None => Ok(None),
+        }
+    }
+}
+
+/// Keeps, in every group of a sample, only the recordings (`{recording_id, call_id, metadata, …}`)
+/// for which `keep` is true, e.g. those still in the asker's scope; `available` is left as it
+/// was at the draw.
+pub fn retain_recordings(sample: &mut Value, mut keep: impl FnMut(&Value) -> bool) {
+    for g in sample["groups"].as_array_mut().into_iter().flatten() {
+        if let Some(recs) = g["recordings"].as_array_mut() {
+            recs.retain(&mut keep);
         }
     }
 }
@@ -309,20 +369,23 @@ mod tests {
         let s = Samples::open(dir.path()).unwrap();
         let cat = catalog::path_in(dir.path());
         let req = |body: Value| Request::from_json(&body).unwrap();
-        let preview =
-            s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1", "dry_run": true})), None, "q").unwrap();
+        let preview = s
+            .draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1", "dry_run": true})), None, "q", "u1")
+            .unwrap();
         assert_eq!(preview["groups"].as_array().unwrap().len(), 3);
         assert_eq!(ids(&preview).len(), 6);
         assert_eq!(preview["considered"], 30, "the unfinished recording is never drawn");
-        let again =
-            s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1", "dry_run": true})), None, "q").unwrap();
+        let again = s
+            .draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1", "dry_run": true})), None, "q", "u1")
+            .unwrap();
         assert_eq!(ids(&preview), ids(&again), "same seed, same sample");
-        let other =
-            s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s2", "dry_run": true})), None, "q").unwrap();
+        let other = s
+            .draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s2", "dry_run": true})), None, "q", "u1")
+            .unwrap();
         assert_ne!(ids(&preview), ids(&other));
-        let real = s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1"})), None, "q").unwrap();
+        let real = s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1"})), None, "q", "u1").unwrap();
         assert_eq!(ids(&real), ids(&preview), "a dry run previews the real draw");
-        let next = s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1"})), None, "q").unwrap();
+        let next = s.draw(&cat, &req(json!({"per": "agent", "count": 2, "seed": "s1"})), None, "q", "u1").unwrap();
         assert_eq!(next["excluded_already_sampled"], 6);
         assert!(ids(&next).iter().all(|id| !ids(&real).contains(id)), "nothing is drawn twice");
         let incl = s
@@ -331,6 +394,7 @@ mod tests {
                 &req(json!({"per": "agent", "count": 2, "seed": "s1", "include_sampled": true, "dry_run": true})),
                 None,
                 "q",
+                "u1",
             )
             .unwrap();
         assert_eq!(ids(&incl), ids(&real));
@@ -343,6 +407,7 @@ mod tests {
                 &req(json!({"count": 100, "dry_run": true, "include_sampled": true})),
                 Some(ScopeFilter { queues: vec!["sales".into()], teams: vec![] }),
                 "q",
+                "u1",
             )
             .unwrap();
         assert_eq!(scoped["considered"], 15);
@@ -352,9 +417,67 @@ mod tests {
                 &req(json!({"filter": {"agent": "agent1"}, "count": 100, "dry_run": true, "include_sampled": true})),
                 None,
                 "q",
+                "u1",
             )
             .unwrap();
         assert!(ids(&filtered).len() == 10);
+    }
+
+    fn meta(n: usize) -> Value {
+        Value::Object((0..n).map(|i| (format!("k{i}"), json!("v"))).collect())
+    }
+
+    #[test]
+    fn every_filter_key_and_twenty_metadata_keys_are_taken() {
+        let mut filter = json!({"call_id": "c", "agent": "a", "queue": "q", "caller": "1", "called": "2",
+            "direction": "inbound", "from": "2026-12-01", "to": "2026-12-02"});
+        filter["metadata"] = meta(20);
+        let r = Request::from_json(&json!({"count": 1, "filter": filter})).unwrap();
+        assert_eq!(r.query.meta.len(), 20);
+        assert_eq!(r.query.agent.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_sample_remembers_which_user_of_a_name_drew_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 5);
+        let s = Samples::open(dir.path()).unwrap();
+        let cat = catalog::path_in(dir.path());
+        let drawn =
+            s.draw(&cat, &Request::from_json(&json!({"count": 2, "seed": "x"})).unwrap(), None, "quinn", "uid-a");
+        let id = drawn.unwrap()["sample_id"].as_str().unwrap().to_string();
+        assert_eq!(s.drawn_by_identity(&id).unwrap(), Some(("quinn".into(), "uid-a".into())));
+        assert_eq!(s.drawn_by_identity("01NOSUCHSAMPLE").unwrap(), None);
+        drop(s);
+        // Reopened (the column already there), still known.
+        let s = Samples::open(dir.path()).unwrap();
+        assert_eq!(s.drawn_by_identity(&id).unwrap(), Some(("quinn".into(), "uid-a".into())));
+        // Filtering the stored sample's recordings.
+        let mut got = s.get(&id).unwrap().unwrap();
+        let first = ids(&got)[0].clone();
+        retain_recordings(&mut got, |r| r["recording_id"] == first.as_str());
+        assert_eq!(ids(&got), [first]);
+    }
+
+    #[test]
+    fn a_store_from_before_uids_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("qa.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE samples (sample_id TEXT PRIMARY KEY, drawn_at TEXT NOT NULL, drawn_by TEXT NOT NULL,
+                    seed TEXT NOT NULL, request TEXT NOT NULL, result TEXT NOT NULL);
+                 INSERT INTO samples VALUES ('01OLD', '2026-01-01T00:00:00.000Z', 'quinn', 's', 'all', '{}');",
+            )
+            .unwrap();
+        }
+        let s = Samples::open(dir.path()).unwrap();
+        assert_eq!(s.drawn_by_identity("01OLD").unwrap(), Some(("quinn".into(), String::new())));
+        fill(dir.path(), 3);
+        let cat = catalog::path_in(dir.path());
+        let drawn = s.draw(&cat, &Request::from_json(&json!({"count": 1})).unwrap(), None, "quinn", "uid-b").unwrap();
+        let id = drawn["sample_id"].as_str().unwrap();
+        assert_eq!(s.drawn_by_identity(id).unwrap(), Some(("quinn".into(), "uid-b".into())));
     }
 
     #[test]
@@ -368,6 +491,10 @@ mod tests {
             (json!({"count": 5, "filter": {"limit": 3}}), "limit"),
             (json!({"count": 5, "colour": "red"}), "colour"),
             (json!({"count": 5, "dry_run": "yes"}), "dry_run"),
+            (json!({"count": 5, "filter": {"agnet": "bob"}}), "\"agnet\""),
+            (json!({"count": 5, "filter": {"agnet": "bob"}}), "call_id, agent, queue"),
+            (json!({"count": 5, "filter": {"scope": {"all": true}}}), "scope"),
+            (json!({"count": 5, "filter": {"metadata": meta(21)}}), "at most 20"),
         ] {
             let e = Request::from_json(&body).unwrap_err();
             assert!(e.contains(says), "{body}: {e}");

@@ -215,6 +215,59 @@ pub struct Peer(pub SocketAddr);
 type Ctx = Arc<ApiContext>;
 type ApiResult = Result<Response, ApiError>;
 
+/// URL parameters, each at most once: a repeated one (`queue=a&queue=b`) is refused, not
+/// silently narrowed to the last.
+type RawParams = Query<Vec<(String, String)>>;
+
+fn unique_params(raw: Vec<(String, String)>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for (k, v) in raw {
+        if out.contains_key(&k) {
+            return Err(ApiError::bad_request(format!("parameter {k:?} is given more than once")));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Query parameters as recorded in the audit trail: a value that looks like a token (a client
+/// that put one in the URL) is not kept.
+fn redacted(params: &[(String, String)]) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in params {
+        let v = if v.contains("cvt_") { "(redacted: looks like an API token)".to_string() } else { v.clone() };
+        m.insert(k.clone(), json!(v));
+    }
+    Value::Object(m)
+}
+
+/// `1`/`true` or `0`/`false`.
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("{name} must be 1, true, 0 or false, not {other:?}"))),
+    }
+}
+
+/// The token of an `Authorization` header (scheme `Bearer`, any case).
+fn bearer_of(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string())
+}
+
+/// The public id of a token-shaped credential, for the audit entry of a refused one.
+fn token_id_of(bearer: &str) -> Option<&str> {
+    let id = bearer.strip_prefix("cvt_")?.split('_').next()?;
+    (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Set on every response whose request was audited by its handler; the rest (unknown routes,
+/// wrong methods, bodies too large, undecodable paths) are audited by [`audit_unhandled`].
+#[derive(Debug, Clone, Copy)]
+struct AuditedMarker;
+
 /// Runs blocking work (SQLite, files, decryption) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a worker failed: {e}")))
@@ -228,6 +281,9 @@ struct Audited {
     target: String,
     actor: String,
     detail: Value,
+    /// An entry saying the change was asked for is already written (changes are recorded
+    /// before they are made).
+    intent: bool,
 }
 
 impl Audited {
@@ -239,6 +295,28 @@ impl Audited {
             target: target.into(),
             actor: "unauthenticated".into(),
             detail: json!({}),
+            intent: false,
+        }
+    }
+
+    /// Before a change (a hold, a deletion): records that it was asked for, so it is never
+    /// made unrecorded; refused with 503 if the trail cannot take it.
+    async fn intent(&mut self) -> Result<(), ApiError> {
+        let entry = Entry {
+            actor: self.actor.clone(),
+            action: self.action.to_string(),
+            target: self.target.clone(),
+            source: self.peer.to_string(),
+            result: "requested".into(),
+            detail: self.detail.clone(),
+        };
+        let audit = self.ctx.audit.clone();
+        match blocking(move || audit.append(entry)).await? {
+            Ok(_) => {
+                self.intent = true;
+                Ok(())
+            }
+            Err(e) => Err(audit_unavailable(&e)),
         }
     }
 
@@ -248,14 +326,16 @@ impl Audited {
 
     /// The caller from `Authorization: Bearer …`: 401 without a valid token.
     async fn authenticate(&mut self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(|s| s.trim().to_string());
+        let bearer = bearer_of(headers);
+        if let Some(id) = bearer.as_deref().and_then(token_id_of) {
+            // Kept even if the token is refused: which token was tried, never its secret.
+            self.note("via", format!("token:{id}"));
+        }
         let ctx = self.ctx.clone();
         let got = blocking(move || match bearer {
             None => Err(AuthError::Missing),
+            // One token, nothing else (`Bearer bearer cvt_…` is not one).
+            Some(b) if b.contains(char::is_whitespace) => Err(AuthError::Malformed),
             Some(b) => ctx.access.authenticate(&b, SystemTime::now()),
         })
         .await?;
@@ -282,6 +362,12 @@ impl Audited {
     /// Writes the entry, then answers. A refusal is answered even if the entry cannot be
     /// written; an allowed request is not served unrecorded.
     async fn finish(self, result: ApiResult) -> Response {
+        let mut r = self.finish_unmarked(result).await;
+        r.extensions_mut().insert(AuditedMarker);
+        r
+    }
+
+    async fn finish_unmarked(self, result: ApiResult) -> Response {
         let outcome = match &result {
             Ok(r) if r.status().is_success() => "ok".to_string(),
             Ok(r) if r.status() == StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable".to_string(),
@@ -307,19 +393,71 @@ impl Audited {
         self.ctx.stats.count(self.action, counted);
         match (result, written) {
             (Ok(r), Ok(Ok(_))) => r,
-            (Ok(_), Ok(Err(e))) => {
-                crate::log::warn(&format!("api: audit trail not written, request refused: {e}"));
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "audit_unavailable",
-                    format!("the audit trail cannot be written: {e}"),
-                )
-                .into_response()
+            // The change was recorded as asked for before it was made: its answer stands.
+            (Ok(r), Ok(Err(e))) if self.intent => {
+                crate::log::warn(&format!("api: the outcome of a recorded {} was not written: {e}", self.action));
+                r
             }
+            (Ok(_), Ok(Err(e))) => audit_unavailable(&e).into_response(),
             (Ok(_), Err(e)) => e.into_response(),
             (Err(e), _) => e.into_response(),
         }
     }
+}
+
+/// 503 for a trail that cannot be written; the reason (it names files) goes to the log.
+fn audit_unavailable(e: &crate::audit::AuditError) -> ApiError {
+    crate::log::warn(&format!("api: audit trail not written, request refused: {e}"));
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit trail cannot be written, so the request is refused (the recorder's log says why)",
+    )
+}
+
+/// Audits what no handler did: unknown routes, wrong methods, bodies too large, paths that do
+/// not decode. The page's static files are not recordings and are not audited.
+async fn audit_unhandled(
+    State(ctx): State<Ctx>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<Peer>().copied();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(256).collect();
+    let headers = req.headers().clone();
+    let resp = next.run(req).await;
+    let static_file = (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+        && ["/", "/app.js", "/app.css", "/api/openapi.json"].contains(&path.as_str());
+    if resp.extensions().get::<AuditedMarker>().is_some() || (static_file && resp.status().is_success()) {
+        return resp;
+    }
+    let Some(peer) = peer else { return resp };
+    let mut a = Audited::new(&ctx, peer, "request", path);
+    a.note("method", method.as_str());
+    // Whose request it was, when the token says (a refused admin's delete is still theirs).
+    let _ = a.authenticate(&headers).await;
+    let code = match resp.status() {
+        StatusCode::NOT_FOUND => "not_found".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".to_string(),
+        StatusCode::BAD_REQUEST => "bad_request".to_string(),
+        other => format!("http {}", other.as_u16()),
+    };
+    let entry = Entry {
+        actor: a.actor,
+        action: "request".into(),
+        target: a.target,
+        source: peer.0.to_string(),
+        result: code.clone(),
+        detail: a.detail,
+    };
+    let audit = ctx.audit.clone();
+    if let Ok(Err(e)) = blocking(move || audit.append(entry)).await {
+        crate::log::warn(&format!("api: audit trail not written for a refused request: {e}"));
+    }
+    ctx.stats.count("request", &code);
+    resp
 }
 
 /// The audit actor is the user; how they proved it goes in the entry's detail.
@@ -446,6 +584,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/audit/verify", get(audit_verify))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), audit_unhandled))
         .with_state(ctx)
 }
 
@@ -538,17 +677,17 @@ async fn search(
     State(ctx): State<Ctx>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    Query(raw): RawParams,
 ) -> Response {
     let mut a = Audited::new(&ctx, peer, "search", "");
-    a.detail = json!({"query": params});
+    a.detail = json!({"query": redacted(&raw)});
     let r = async {
         let p = a.auth(&headers, Permission::Search).await?;
+        let params = unique_params(raw)?;
         let mut q = catalog_query(&params)?;
         q.scope = scope_filter(&p);
         let path = catalog::path_in(&ctx.cfg.data_dir);
-        let page =
-            blocking(move || catalog::search(&path, &q)).await?.map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let page = blocking(move || catalog::search(&path, &q)).await?.map_err(catalog_refusal)?;
         a.note("results", page.recordings.len());
         Ok(Json(json!({
             "recordings": page.recordings.iter().map(brief).collect::<Vec<_>>(),
@@ -570,12 +709,22 @@ async fn read(
     let r = async {
         let p = a.auth(&headers, Permission::Read).await?;
         let s = recording(&ctx, &p, &id).await?;
+        // From the full summary: the spool's files are named by the paths left out below.
+        let audio = audio_names(&ctx, &s);
         let mut out = public_summary(s);
-        out["audio"] = json!(audio_names(&ctx, &out));
+        out["audio"] = json!(audio);
         Ok(Json(out).into_response())
     }
     .await;
     a.finish(r).await
+}
+
+/// A search the catalog refuses is the caller's mistake (400); anything else is ours.
+fn catalog_refusal(e: catalog::CatalogError) -> ApiError {
+    match e {
+        catalog::CatalogError::Query(m) => ApiError::bad_request(m),
+        other => ApiError::internal(other.to_string()),
+    }
 }
 
 fn audio_names(ctx: &Ctx, s: &Value) -> Vec<Value> {
@@ -684,12 +833,23 @@ fn media_refusal(e: MediaError) -> ApiError {
 async fn audio(
     State(ctx): State<Ctx>,
     Extension(peer): Extension<Peer>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(raw): RawParams,
 ) -> Response {
-    let download = params.get("download").is_some_and(|v| v == "1" || v == "true");
+    let params = match unique_params(raw) {
+        Ok(p) => p,
+        Err(e) => return Audited::new(&ctx, peer, "play", &id).finish(Err(e)).await,
+    };
+    let download = match flag(&params, "download") {
+        Ok(d) => d,
+        Err(e) => return Audited::new(&ctx, peer, "play", &id).finish(Err(e)).await,
+    };
     let mut a = Audited::new(&ctx, peer, if download { "download" } else { "play" }, &id);
+    if method != axum::http::Method::GET {
+        a.note("method", method.as_str());
+    }
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(r) = &range_header {
         a.note("range", r.as_str());
@@ -937,8 +1097,12 @@ fn verify_recording(ctx: &ApiContext, s: &Value) -> Value {
         })
         .unwrap_or_default();
     if objects.is_empty() {
-        return json!({"recording_id": rid, "ok": false, "files": [],
-            "message": "not stored yet: verify it after it is shipped (or with `callvault verify` on the spool file)"});
+        let message = if ctx.cfg.storage.ship {
+            "not stored yet: verify it after it is shipped (or with `callvault verify` on the spool file)"
+        } else {
+            "[storage] ship = false: the recording stays in the spool; verify it there with `callvault verify`"
+        };
+        return json!({"recording_id": rid, "ok": false, "files": [], "message": message});
     }
     let mut ok = true;
     for o in &objects {
@@ -1047,6 +1211,7 @@ async fn hold_place(
         a.note("reason", reason.as_str());
         recording(&ctx, &p, &id).await?;
         let st = need_storage(&ctx)?;
+        a.intent().await?;
         let hold = crate::storage::retention::Hold {
             kind: crate::storage::retention::HoldKind::Recording,
             value: id.clone(),
@@ -1083,6 +1248,7 @@ async fn hold_release(
         let p = a.auth(&headers, Permission::Hold).await?;
         recording(&ctx, &p, &id).await?;
         let st = need_storage(&ctx)?;
+        a.intent().await?;
         let id2 = id.clone();
         let released = on_store(&st, move |s| {
             crate::storage::retention::release_hold(s, crate::storage::retention::HoldKind::Recording, &id2)
@@ -1115,6 +1281,7 @@ async fn delete(
         let reason = reason_of(&v, "the request's reference, kept in the deletion log")?;
         a.note("reason", reason.as_str());
         let s = recording(&ctx, &p, &id).await?;
+        let st = need_storage(&ctx)?;
         if s["stored"].is_null() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -1122,7 +1289,7 @@ async fn delete(
                 "the recording is not shipped yet; delete it once it is stored",
             ));
         }
-        let st = need_storage(&ctx)?;
+        a.intent().await?;
         let data_dir = ctx.cfg.data_dir.clone();
         let why = crate::storage::retention::Reason { kind: "erasure", detail: format!("api:{}: {reason}", p.user) };
         let report = on_store(&st, move |storage| {
@@ -1165,12 +1332,21 @@ async fn sample_draw(
         let ctx2 = ctx.clone();
         let scope = scope_filter(&p);
         let user = p.user.clone();
-        let drawn = blocking(move || ctx2.sampling.draw(&catalog::path_in(&ctx2.cfg.data_dir), &req, scope, &user))
-            .await?
-            .map_err(|e| match e {
-                sample::SampleError::Query(m) => ApiError::bad_request(m),
-                other => ApiError::internal(other.to_string()),
-            })?;
+        let drawn = blocking(move || {
+            // Bound to this user, not the name: a later user of the same name never sees it.
+            let uid = ctx2
+                .access
+                .user(&user)
+                .map_err(|e| sample::SampleError::Store { path: "access.db".into(), message: e.to_string() })?
+                .map(|u| u.uid)
+                .unwrap_or_default();
+            ctx2.sampling.draw(&catalog::path_in(&ctx2.cfg.data_dir), &req, scope, &user, &uid)
+        })
+        .await?
+        .map_err(|e| match e {
+            sample::SampleError::Query(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other.to_string()),
+        })?;
         a.target = drawn["sample_id"].as_str().unwrap_or_default().to_string();
         // A dry run creates nothing.
         let status = if drawn["dry_run"] == true { StatusCode::OK } else { StatusCode::CREATED };
@@ -1190,12 +1366,39 @@ async fn sample_get(
     let r = async {
         let p = a.auth(&headers, Permission::Sample).await?;
         let ctx2 = ctx.clone();
-        let id2 = id.clone();
-        let got = blocking(move || ctx2.sampling.get(&id2)).await?.map_err(|e| ApiError::internal(e.to_string()))?;
-        // Another's sample is theirs: a caller sees only their own (an admin's role has no sampling).
+        let (id2, p2) = (id.clone(), p.clone());
+        let got = blocking(move || -> Result<Option<Value>, String> {
+            // Another's sample is theirs: a caller sees only their own, drawn by this very user
+            // (not an earlier one of the same name).
+            let Some((by, by_uid)) = ctx2.sampling.drawn_by_identity(&id2).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let me = ctx2.access.user(&p2.user).map_err(|e| e.to_string())?;
+            if by != p2.user || me.is_none_or(|u| u.uid != by_uid) {
+                return Ok(None);
+            }
+            let Some(mut sample) = ctx2.sampling.get(&id2).map_err(|e| e.to_string())? else { return Ok(None) };
+            // And only what the caller's scope covers today: a narrowed scope narrows old samples.
+            let path = catalog::path_in(&ctx2.cfg.data_dir);
+            let mut hidden = 0u64;
+            for g in sample["groups"].as_array_mut().into_iter().flatten() {
+                if let Some(recs) = g["recordings"].as_array_mut() {
+                    let before = recs.len();
+                    recs.retain(|r| {
+                        let rid = r["recording_id"].as_str().unwrap_or_default();
+                        matches!(catalog::get(&path, rid), Ok(Some(s)) if may_see(&p2, &s))
+                    });
+                    hidden += (before - recs.len()) as u64;
+                }
+            }
+            sample["hidden_out_of_scope_or_deleted"] = json!(hidden);
+            Ok(Some(sample))
+        })
+        .await?
+        .map_err(ApiError::internal)?;
         match got {
-            Some(s) if s["drawn_by"] == p.user.as_str() => Ok(Json(s).into_response()),
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such sample")),
+            Some(s) => Ok(Json(s).into_response()),
+            None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such sample")),
         }
     }
     .await;
@@ -1206,12 +1409,13 @@ async fn audit_read(
     State(ctx): State<Ctx>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    Query(raw): RawParams,
 ) -> Response {
     let mut a = Audited::new(&ctx, peer, "audit.read", "");
-    a.detail = json!({"query": params});
+    a.detail = json!({"query": redacted(&raw)});
     let r = async {
         a.auth(&headers, Permission::AuditRead).await?;
+        let params = unique_params(raw)?;
         let mut q = crate::audit::ReadQuery { limit: 100, ..Default::default() };
         for (k, v) in &params {
             match k.as_str() {
@@ -1320,6 +1524,105 @@ pub fn bind(cfg: &Config) -> Result<Bound, ApiStartError> {
 
 /// Most connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 512;
+/// Most connections from one address at once: one client cannot take every slot.
+const MAX_PER_ADDRESS: usize = 64;
+/// A client that takes no bytes of a response for this long is cut off: a player that stopped
+/// reading must not hold its slot for ever.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Fails a connection's writes once the peer has taken nothing for `WRITE_STALL`.
+struct StallGuard<I> {
+    io: I,
+    limit: Duration,
+    stalled_since: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I> StallGuard<I> {
+    /// `Pending` from the peer: start (or check) the stall clock.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::future::Future;
+        let limit = self.limit;
+        let timer = self.stalled_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending if self.stalled(cx) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.stalled_since = None;
+                ready
+            }
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending if self.stalled(cx) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.stalled_since = None;
+                ready
+            }
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Connections per peer address, released when a connection ends.
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+impl PerAddress {
+    fn take(&self, ip: std::net::IpAddr) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_PER_ADDRESS {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+    fn release(&self, ip: std::net::IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
 
 /// Serves the API from a thread of its own (a small runtime, kept off the RTP cores).
 pub fn spawn(bound: Bound, ctx: ApiContext) -> Result<std::thread::JoinHandle<()>, ApiStartError> {
@@ -1346,6 +1649,7 @@ async fn serve(bound: Bound, app: Router) {
         }
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
@@ -1357,10 +1661,17 @@ async fn serve(bound: Bound, app: Router) {
                 continue;
             }
         };
+        if !per_address.take(peer.ip()) {
+            // Closed at once: the client's other connections are still served.
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let tls = bound.tls.clone();
+        let per_address = per_address.clone();
         tokio::spawn(async move {
+            let tcp = StallGuard { io: tcp, limit: WRITE_STALL, stalled_since: None };
             match tls {
                 Some(acceptor) => {
                     // A failed handshake (a plain-HTTP client, a scanner) ends the connection only.
@@ -1370,6 +1681,7 @@ async fn serve(bound: Bound, app: Router) {
                 }
                 None => serve_connection(tcp, peer, app).await,
             }
+            per_address.release(peer.ip());
             drop(permit);
         });
     }
@@ -1390,4 +1702,77 @@ where
         .header_read_timeout(Duration::from_secs(15))
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_peer_that_stops_reading_is_cut_off_and_one_that_reads_is_not() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut guarded = StallGuard { io: a, limit: Duration::from_millis(200), stalled_since: None };
+            // Reading slowly but steadily: every write completes.
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 512];
+                let mut total = 0;
+                while total < 8 * 1024 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    total += b.read(&mut buf).await.unwrap();
+                }
+                b
+            });
+            for _ in 0..16 {
+                guarded.write_all(&[7u8; 512]).await.unwrap();
+            }
+            let _b = reader.await.unwrap();
+            // Now nobody reads: the write fails once the limit has passed, not before.
+            let t = std::time::Instant::now();
+            let mut err = None;
+            for _ in 0..64 {
+                if let Err(e) = guarded.write_all(&[7u8; 512]).await {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let e = err.expect("the stalled write fails");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+            assert!(t.elapsed() >= Duration::from_millis(190), "{:?}", t.elapsed());
+        });
+    }
+
+    #[test]
+    fn connections_per_address_are_bounded_and_released() {
+        let p = PerAddress::default();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..MAX_PER_ADDRESS {
+            assert!(p.take(ip));
+        }
+        assert!(!p.take(ip));
+        assert!(p.take(other), "another address is not held back");
+        p.release(ip);
+        assert!(p.take(ip));
+    }
+
+    #[test]
+    fn parameters_tokens_and_flags() {
+        assert!(unique_params(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).is_err());
+        let v = redacted(&[("q".into(), "x".into()), ("access_token".into(), "cvt_0123456789ab_secret".into())]);
+        assert_eq!(v["q"], "x");
+        assert!(!v.to_string().contains("secret"), "{v}");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER cvt_0123456789ab_s"));
+        assert_eq!(bearer_of(&h).as_deref(), Some("cvt_0123456789ab_s"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_of(&h), None);
+        assert_eq!(token_id_of("cvt_0123456789ab_s"), Some("0123456789ab"));
+        assert_eq!(token_id_of("cvt_zz_s"), None);
+        let params: HashMap<String, String> = [("d".to_string(), "yes".to_string())].into();
+        assert!(flag(&params, "d").is_err());
+        assert!(!flag(&params, "other").unwrap());
+    }
 }

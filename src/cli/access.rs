@@ -519,6 +519,13 @@ pub fn token_cmd(args: TokenArgs) -> ExitCode {
         ),
         TokenCmd::List { user, common } => read(&common, |s| {
             let tokens = s.tokens(user.as_deref())?;
+            // A removed user's tokens stay listed (revoked); a name that never had any is a typo.
+            if let Some(u) = &user
+                && tokens.is_empty()
+                && s.user(u)?.is_none()
+            {
+                return Err(AccessError::UserNotFound(u.clone()));
+            }
             if tokens.is_empty() && !common.json {
                 eprintln!("no tokens");
             }

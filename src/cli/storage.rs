@@ -341,6 +341,11 @@ fn open(config: &Option<PathBuf>) -> Result<(Config, Storage), ExitCode> {
 pub fn hold_cmd(args: HoldArgs) -> ExitCode {
     match args.cmd {
         HoldCmd::Place { target, reason, config } => {
+            // Usage errors first: they need no store.
+            if let Err(e) = retention::check_reason(&reason) {
+                eprintln!("error: --reason: {e}");
+                return ExitCode::from(2);
+            }
             let (cfg, storage) = match open(&config) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -348,10 +353,6 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
             let (kind, value) = target.kind_value();
             if value.trim().is_empty() {
                 eprintln!("error: the {} id must not be empty", kind.name());
-                return ExitCode::from(2);
-            }
-            if reason.trim().is_empty() {
-                eprintln!("error: --reason must say why (a case or ticket reference)");
                 return ExitCode::from(2);
             }
             let hold = Hold {
@@ -369,7 +370,7 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
                         h.value,
                         h.placed_at,
                         h.placed_by,
-                        h.reason
+                        one_line(&h.reason)
                     );
                     out!("{}", h.to_json());
                     ExitCode::SUCCESS
@@ -452,7 +453,7 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
                                 h.value,
                                 h.placed_at,
                                 h.placed_by,
-                                h.reason
+                                one_line(&h.reason)
                             );
                         }
                     }
@@ -465,6 +466,12 @@ pub fn hold_cmd(args: HoldArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// A reason as printed: quoted and escaped when it is not one plain line (a hold placed before
+/// reasons were checked, or written into the store by hand), so it cannot pass for more lines.
+fn one_line(reason: &str) -> String {
+    if retention::check_reason(reason).is_ok() { reason.to_string() } else { format!("{reason:?}") }
 }
 
 /// Every recording the query matches, from every page.
@@ -498,7 +505,7 @@ fn print_report(report: &Report, json: bool, dry_run: bool, what: &str) {
         );
     }
     for (rid, h) in &report.held {
-        out!("{rid} kept: legal hold on {} {} ({})", h.kind.name(), h.value, h.reason);
+        out!("{rid} kept: legal hold on {} {} ({})", h.kind.name(), h.value, one_line(&h.reason));
     }
     for rid in &report.pending {
         out!("{rid} kept: still in the spool, not yet stored; run again once it is");
@@ -516,14 +523,14 @@ fn print_report(report: &Report, json: bool, dry_run: bool, what: &str) {
 }
 
 pub fn erase_cmd(a: EraseArgs) -> ExitCode {
+    if let Err(e) = retention::check_reason(&a.reason) {
+        eprintln!("error: --reason names the request, kept in the deletion log: {e}");
+        return ExitCode::from(2);
+    }
     let (cfg, storage) = match open(&a.config) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if a.reason.trim().is_empty() {
-        eprintln!("error: --reason must name the request (it is kept in the deletion log)");
-        return ExitCode::from(2);
-    }
     let q = Query {
         call_id: a.call_id.clone(),
         caller: a.caller.clone(),

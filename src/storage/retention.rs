@@ -79,6 +79,26 @@ impl Hold {
     }
 }
 
+/// Most characters a hold's or an erasure's reason may have.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Whether `r` can be a hold's or an erasure's reason: 1 to 500 characters, not only spaces, and
+/// no control characters or line separators (it is printed on one line by `hold list` and kept
+/// in the deletion log, where a newline could pass for another entry). The error says so.
+pub fn check_reason(r: &str) -> Result<(), String> {
+    let n = r.chars().count();
+    if r.trim().is_empty() {
+        return Err("the reason must say why (a case or ticket reference)".into());
+    }
+    if n > MAX_REASON_CHARS {
+        return Err(format!("the reason has {n} characters: at most {MAX_REASON_CHARS}"));
+    }
+    if let Some(c) = r.chars().find(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(format!("the reason must be one line without control characters (it has {c:?})"));
+    }
+    Ok(())
+}
+
 fn hold_key(t: &Target, kind: HoldKind, value: &str) -> object_store::path::Path {
     // Hex: any call id is a valid object name, and none is read from the key.
     t.key(&format!("_holds/{}/{}.json", kind.name(), hex(value.as_bytes())))
@@ -487,6 +507,30 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 91 * 86_400); // 2026-04-02
         assert!(expired(&c, &s(json!({"queue": "sales"})), now).is_some());
         assert!(expired(&c, &s(json!({"queue": "support"})), now).is_none());
+    }
+
+    #[test]
+    fn reasons_are_one_short_line() {
+        for good in ["case 2026-117", "x", "GDPR-Anfrage für Müller", &"é".repeat(500)] {
+            assert_eq!(check_reason(good), Ok(()), "{good:?}");
+        }
+        for (bad, says) in [
+            ("", "must say why"),
+            ("   ", "must say why"),
+            ("case 1\nhold 2  placed 2026 by root: fake", "one line"),
+            ("case\r1", "one line"),
+            ("case\u{0}1", "one line"),
+            ("case\u{1b}[2J", "one line"),
+            ("case\u{7f}", "one line"),
+            ("case\u{85}", "one line"),
+            ("case\u{2028}1", "one line"),
+            ("\tcase", "one line"),
+        ] {
+            let e = check_reason(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let e = check_reason(&"a".repeat(501)).unwrap_err();
+        assert!(e.contains("501 characters") && e.contains("at most 500"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@
     recording: null,
     linkExpires: 0,
     linkRetried: false,
+    // Which audio file plays (a separate-layout recording has one per leg).
+    leg: 0,
     dragging: false,
     auditAfter: null,
   };
@@ -277,6 +279,7 @@
     $('#verify').hidden = !can('verify');
     $('#verify-result').hidden = true;
     stopPlayer();
+    renderLegChoice(s);
     renderTimeline(s);
     if (playable) await loadAudio(mine);
   }
@@ -378,11 +381,30 @@
     showTime();
   }
 
+  // A separate-layout recording has an audio file per leg: a choice of which one plays, named
+  // by the legs' labels.
+  function renderLegChoice(s) {
+    const files = s.audio || [];
+    const select = $('#leg');
+    select.replaceChildren();
+    state.leg = 0;
+    $('#leg-choice').hidden = files.length < 2;
+    if (files.length < 2) return;
+    files.forEach((f, i) => {
+      const n = f.leg ?? i;
+      const leg = (s.legs || [])[n];
+      select.append(el('option', { value: String(n), text: leg && leg.label ? leg.label : 'leg ' + n }));
+    });
+    state.leg = Number(select.value);
+  }
+
   async function newLink(id) {
     const r = await api('POST', '/api/recordings/' + encodeURIComponent(id) + '/link', { ttl_s: LINK_TTL_S });
     state.linkExpires = Date.parse(r.expires_at) || Date.now() + LINK_TTL_S * 1000;
     // G.711 WAV is served as 16-bit PCM WAV, which every browser plays; other formats as stored.
-    return r.url + (r.url.includes('?') ? '&' : '?') + 'format=browser';
+    let url = r.url + (r.url.includes('?') ? '&' : '?') + 'format=browser';
+    if ((state.recording.audio || []).length > 1) url += '&leg=' + state.leg;
+    return url;
   }
 
   async function loadAudio(mine) {
@@ -485,6 +507,11 @@
       const codes = { 1: 'aborted', 2: 'a network error', 3: 'the audio could not be decoded', 4: 'the format is not supported by this browser' };
       const why = audio.error ? codes[audio.error.code] || 'error ' + audio.error.code : 'unknown';
       showError('Playback failed: ' + why + '. Select the recording again to retry.');
+    });
+    // Another leg plays from the same position, playing on if it played.
+    $('#leg').addEventListener('change', () => {
+      state.leg = Number($('#leg').value);
+      renewLink(!audio.paused && !audio.ended).catch(fail);
     });
     seek.addEventListener('pointerdown', () => { state.dragging = true; });
     const release = () => { state.dragging = false; };
