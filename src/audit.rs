@@ -417,6 +417,23 @@ fn read_key(path: &Path) -> Result<Option<Zeroizing<[u8; 32]>>, AuditError> {
             message: format!("{} bytes, expected 32 (restore it from its backup)", bytes.len()),
         });
     }
+    // Whoever can read the key can rewrite the chain unnoticed: it is the writer's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| AuditError::Io { action: "cannot read", path: path.to_path_buf(), source: e })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AuditError::BadKey {
+                path: path.to_path_buf(),
+                message: format!(
+                    "mode {:o}: others may read it, and whoever reads it can rewrite the trail unnoticed; chmod 600 it (and check who could have read it)",
+                    mode & 0o777
+                ),
+            });
+        }
+    }
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&bytes);
     Ok(Some(key))
@@ -1250,11 +1267,16 @@ mod tests {
     #[test]
     fn files_are_private() {
         use std::os::unix::fs::PermissionsExt;
-        let (dir, _log) = log_with(1);
+        let (dir, log) = log_with(1);
         for f in [KEY_FILE, DB_FILE] {
             let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
+        // A key others may read is refused, not used.
+        drop(log);
+        std::fs::set_permissions(dir.path().join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = AuditLog::open(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
         assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap().len(), 32);
     }
 

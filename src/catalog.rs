@@ -375,15 +375,15 @@ pub fn valid_utc_time(s: &str) -> bool {
     if b.len() == 10 {
         return true;
     }
-    if b[10] != b'T' || b.get(13) != Some(&b':') || !num(11..13).is_some_and(|h| h < 24) {
+    if b[10] != b'T' || b.get(13) != Some(&b':') || num(11..13).is_none_or(|h| h >= 24) {
         return false;
     }
-    if !num(14..16).is_some_and(|mi| mi < 60) {
+    if num(14..16).is_none_or(|mi| mi >= 60) {
         return false;
     }
     let mut i = 16;
     if b.get(i) == Some(&b':') {
-        if !num(17..19).is_some_and(|sec| sec < 60) {
+        if num(17..19).is_none_or(|sec| sec >= 60) {
             return false;
         }
         i = 19;

@@ -505,6 +505,38 @@ fn tls_serves_and_plain_http_to_it_fails_alone() {
     let (cert_path, key_path) = (dir.path().join("api.crt"), dir.path().join("api.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // `serve --check` loads the pair as serve would: a world-readable key is refused, and a key
+    // that is not the certificate's.
+    let check = |cert: &Path, key: &Path| {
+        let cfg = dir.path().join("check.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                dir.path().join("d").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let o =
+            Command::new(live::bin()).args(["serve", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = check(&cert_path, &key_path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("readable by every user"), "{err}");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(check(&cert_path, &key_path).0, Some(0));
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = check(&cert_path, &other_key);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("do not go together"), "{err}");
     let port = free_port();
     let d = Daemon::start(Options {
         extra: format!(

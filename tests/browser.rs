@@ -466,7 +466,8 @@ fn log_in_search_play_to_the_end_and_seek() {
     b.wait("web-2's leg choice", "return !document.querySelector('#leg-choice').hidden", Duration::from_secs(10));
     let options = b.js("return [...document.querySelectorAll('#leg option')].map(o => [o.value, o.textContent])");
     assert_eq!(options, json!([["0", "customer"], ["1", "agent"]]));
-    let src = b.wait("leg 0's link", "return document.querySelector('#player').getAttribute('src')", Duration::from_secs(10));
+    let src =
+        b.wait("leg 0's link", "return document.querySelector('#player').getAttribute('src')", Duration::from_secs(10));
     assert!(src.as_str().unwrap().contains("&leg=0"), "{src}");
     b.js("const s = document.querySelector('#leg'); s.value = '1'; s.dispatchEvent(new Event('change', {bubbles: true}))");
     let src = b.wait(

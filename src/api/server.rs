@@ -1477,7 +1477,13 @@ async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, 
     a.finish(r).await
 }
 
-/// TLS from `[api] tls_cert` and `tls_key` (PEM).
+/// Loads and matches the TLS certificate and key as `serve` would (`serve --check`).
+pub fn check_tls(cfg: &Config) -> Result<(), ApiStartError> {
+    tls_config(cfg).map(drop)
+}
+
+/// TLS from `[api] tls_cert` and `tls_key` (PEM). A key others may read is refused: whoever
+/// reads it can pose as the recorder to every user.
 fn tls_config(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ApiStartError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -1490,6 +1496,20 @@ fn tls_config(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ApiStar
         .map_err(|e| ApiStartError::Tls(format!("cannot read the certificate chain {}: {e}", cert.display())))?;
     if certs.is_empty() {
         return Err(ApiStartError::Tls(format!("{} holds no PEM certificate", cert.display())));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .map_err(|e| ApiStartError::Tls(format!("cannot read the private key {}: {e}", key.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o004 != 0 {
+            return Err(ApiStartError::Tls(format!(
+                "the private key {} is readable by every user (mode {:o}): chmod 600 it (or 640 with the service's group)",
+                key.display(),
+                mode & 0o777
+            )));
+        }
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ApiStartError::Tls(format!("cannot read the private key {}: {e}", key.display())))?;

@@ -171,6 +171,13 @@ pub fn serve_cmd(args: ServeArgs) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
+        // The API's certificate and key are loaded and matched as serve loads them.
+        if !cfg.api.listen.is_empty()
+            && let Err(e) = callvault::api::server::check_tls(&cfg)
+        {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
         out!("config ok");
         return ExitCode::SUCCESS;
     }
