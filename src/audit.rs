@@ -1275,7 +1275,7 @@ mod tests {
         // A key others may read is refused, not used.
         drop(log);
         std::fs::set_permissions(dir.path().join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = AuditLog::open(dir.path()).err().expect("refused");
+        let Err(e) = AuditLog::open(dir.path()) else { panic!("a key others may read was used") };
         assert!(e.to_string().contains("chmod 600"), "{e}");
         assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap().len(), 32);
     }

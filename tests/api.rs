@@ -173,6 +173,8 @@ fn every_role_against_every_endpoint() {
         ("admin", "DELETE", format!("/api/recordings/{north}/hold"), None, 200),
         ("admin", "DELETE", format!("/api/recordings/{north}/hold"), None, 404),
         ("admin", "DELETE", format!("/api/recordings/{north}"), None, 400),
+        ("admin", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "a\nfake line"})), 400),
+        ("admin", "PUT", format!("/api/recordings/{north}/hold"), Some(json!({"reason": "x".repeat(501)})), 400),
         ("admin", "DELETE", format!("/api/recordings/{north}"), Some(json!({"reason": "GDPR 12"})), 200),
         ("admin", "GET", format!("/api/recordings/{north}"), None, 404),
         ("auditor", "GET", "/api/audit".into(), None, 200),
