@@ -202,3 +202,41 @@ pub fn sealed_file(data: &[u8]) {
     let _ = r.write_body_prefix(&rec, rec.body_len, &mut out);
     assert!(out.len() as u64 <= rec.body_len);
 }
+
+/// The API's `Range` header parser: any header for any length; a range it grants lies inside
+/// the body and is never empty.
+pub fn range_header(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let len = u64::from_le_bytes(data[..8].try_into().unwrap()) % (1 << 40);
+    let header = String::from_utf8_lossy(&data[8..]);
+    match crate::api::range::parse(Some(&header), len) {
+        crate::api::range::Wanted::Part { start, end } => {
+            assert!(start <= end && end < len, "{header:?} on {len}: {start}-{end}");
+        }
+        crate::api::range::Wanted::Whole | crate::api::range::Wanted::Unsatisfiable => {}
+    }
+}
+
+/// A stored WAV as the API reads it for playback: any bytes as the plaintext; the header
+/// parser and the G.711-as-PCM view never read out of bounds and give the bytes they promise.
+pub fn wav_view(data: &[u8]) {
+    use crate::api::media::{self, ReadAt};
+    let mut src: Box<dyn ReadAt> = Box::new(media::InMemory(std::sync::Arc::new(data.to_vec())));
+    let Ok(layout) = media::wav_layout(&mut *src) else { return };
+    assert!(layout.data_offset + layout.data_len <= data.len() as u64, "{layout:?} past {} bytes", data.len());
+    if layout.format_tag != 6 && layout.format_tag != 7 {
+        return;
+    }
+    let mut view = media::G711AsPcm::new(src, layout);
+    let len = view.len();
+    let mut whole = vec![0u8; len as usize];
+    assert_eq!(view.read_at(0, &mut whole).unwrap(), len as usize);
+    // Any window reads the same bytes as the whole.
+    let at = (u64::from(data.first().copied().unwrap_or(0)) * 7) % (len + 1);
+    let mut part = vec![0u8; 33];
+    let n = view.read_at(at, &mut part).unwrap();
+    assert_eq!(&part[..n], &whole[at as usize..(at as usize + n)]);
+    assert_eq!(n as u64, 33.min(len - at));
+}

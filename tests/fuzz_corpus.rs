@@ -109,3 +109,13 @@ fn replay_one_timeline_input() {
     fuzz_targets::timeline(&data);
     eprintln!("{} bytes in {:?}", data.len(), t.elapsed());
 }
+
+#[test]
+fn range_header_corpus() {
+    mutations(&corpus("range_header"), 2000).iter().for_each(|d| fuzz_targets::range_header(d));
+}
+
+#[test]
+fn wav_view_corpus() {
+    mutations(&corpus("wav_view"), 2000).iter().for_each(|d| fuzz_targets::wav_view(d));
+}

@@ -317,6 +317,11 @@ pub fn wav_layout(r: &mut dyn ReadAt) -> Result<WavLayout, MediaError> {
             }
             b"data" => {
                 let (tag, channels, sample_rate, bits) = fmt.ok_or_else(|| bad("data before fmt"))?;
+                // What a recording can be: a header claiming more is damage (found by fuzzing:
+                // it overflowed the PCM header's byte rate).
+                if !(1..=64).contains(&channels) || !(1..=384_000).contains(&sample_rate) || ![8, 16].contains(&bits) {
+                    return Err(bad(&format!("{channels} channels, {sample_rate} Hz, {bits}-bit")));
+                }
                 let available = r.len().saturating_sub(body as u64);
                 let declared = if size == u32::MAX as usize { ds64_data.unwrap_or(available) } else { size as u64 };
                 return Ok(WavLayout {
@@ -566,6 +571,16 @@ mod tests {
             let end = (off as usize + len).min(whole.len());
             assert_eq!(&buf[..n], &whole[off as usize..end], "at {off} len {len}");
         }
+    }
+
+    #[test]
+    fn a_header_claiming_impossible_audio_is_refused() {
+        // Found by fuzzing: 60,000 channels at 4 GHz overflowed the PCM header's byte rate.
+        let mut w = ulaw_wav(&[1, 2, 3, 4], 1);
+        w[22..24].copy_from_slice(&60000u16.to_le_bytes());
+        w[24..28].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+        let e = wav_layout(&mut *mem(w)).unwrap_err();
+        assert!(e.to_string().contains("60000 channels"), "{e}");
     }
 
     #[test]
