@@ -244,3 +244,13 @@ fn a_missing_config_is_a_usage_error() {
         .unwrap();
     assert_eq!(code(&o), 2, "{}", text(&o.stderr));
 }
+
+/// The audit trail's own actors cannot be user names: a user called `daemon` would pass for it.
+#[test]
+fn the_audit_trails_actors_are_not_user_names() {
+    let e = env();
+    for name in ["unauthenticated", "daemon", "control", "cli"] {
+        let o = e.run(&["user", "add", name, "--role", "qa", "--all-recordings"]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -706,8 +706,34 @@ fn unrouted_requests_are_audited_and_tokens_in_urls_are_not_kept() {
     assert!(found("/api/nothing-here", "not_found"), "{entries:?}");
     assert!(found(&format!("/api/recordings/{}", s.sales), "method_not_allowed"), "{entries:?}");
     assert!(found(&format!("/api/recordings/{}", s.sales), "payload_too_large"), "{entries:?}");
+    // Nor in a parameter's name, nor in the path.
+    http(&s.addr, "GET", &format!("/api/recordings?{leaked}=1"), None, &[], None);
+    http(&s.addr, "GET", &format!("/api/recordings/{leaked}"), None, &[], None);
+    http(&s.addr, "GET", &format!("/api/nothing/{leaked}"), None, &[], None);
+    // Typos are refused, not taken for defaults.
+    assert_eq!(
+        s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl": 900}))).status,
+        400
+    );
+    assert_eq!(s.get("supervisor", &format!("/api/recordings/{}/audio?downlaod=1", s.sales)).status, 400);
+    assert_eq!(
+        s.call("admin", "PUT", &format!("/api/recordings/{}/hold", s.sales), Some(&json!({"reason": "r", "x": 1})))
+            .status,
+        400
+    );
+    // One token per request.
+    let two = http(
+        &s.addr,
+        "GET",
+        "/api/me",
+        Some(&s.tokens["admin"]),
+        &[("Authorization", &format!("Bearer {}", s.tokens["supervisor"]))],
+        None,
+    );
+    assert_eq!(two.status, 401);
+    let entries = s.get("auditor", "/api/audit?limit=1000").json()["entries"].as_array().unwrap().clone();
     let text = serde_json::to_string(&entries).unwrap();
-    assert!(!text.contains(&leaked), "a token in a URL is not kept in the audit trail");
+    assert!(!text.contains(&leaked[4..]), "a token in a URL is not kept in the audit trail: {text}");
     // The page's files are not recordings: not audited.
     http(&s.addr, "GET", "/app.js", None, &[], None);
     let after = s.get("auditor", "/api/audit?limit=1000").json()["entries"].as_array().unwrap().clone();
@@ -725,9 +751,7 @@ fn samples_follow_their_user_and_scope() {
     let access = AccessStore::open(&s.data).unwrap();
     access.set_scope("sam", Scope { all: false, queues: vec!["billing".into()], teams: vec![] }).unwrap();
     let narrowed = s.get("supervisor", &format!("/api/samples/{sid}")).json();
-    let n: usize =
-        narrowed["groups"].as_array().unwrap().iter().map(|g| g["recordings"].as_array().unwrap().len()).sum();
-    assert_eq!(n, 0, "{narrowed}");
+    assert_eq!(narrowed["groups"], json!([]), "not even the group's key is shown: {narrowed}");
     assert_eq!(narrowed["hidden_out_of_scope_or_deleted"], 2);
     access.remove_user("sam").unwrap();
     access
@@ -737,18 +761,18 @@ fn samples_follow_their_user_and_scope() {
     assert_eq!(http(&s.addr, "GET", &format!("/api/samples/{sid}"), Some(&t), &[], None).status, 404);
 }
 
-/// One address cannot take every connection: past 64 at once it is closed at once, and
+/// One address cannot take every connection: past 16 at once it is closed at once, and
 /// another address is still served.
 #[test]
 fn connections_per_address_are_bounded() {
     let s = setup();
-    let held: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(&s.addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(&s.addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut extra = TcpStream::connect(&s.addr).unwrap();
     extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = extra.write_all(b"GET /api/me HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut buf = [0u8; 64];
-    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "the 65th connection is closed");
+    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "the 17th connection is closed");
     // From 127.0.0.2 (another address on loopback).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let other = rt.block_on(async {

@@ -370,7 +370,9 @@ pub enum AccessError {
          signed with the old key stops working)"
     )]
     KeyFile { path: PathBuf, len: usize },
-    #[error("`{0}` is not a user name: use 1 to 64 of a-z 0-9 . _ @ -")]
+    #[error(
+        "`{0}` is not a user name: use 1 to 64 of a-z 0-9 . _ @ - (unauthenticated, daemon, control and cli are the audit trail's own)"
+    )]
     BadName(String),
     #[error("{0}")]
     BadScope(String),
@@ -407,9 +409,13 @@ pub struct AccessStore {
 }
 
 /// `[a-z0-9._@-]{1,64}`
+/// Actors the audit trail writes for others: a user of that name would pass for them.
+pub const RESERVED_NAMES: [&str; 4] = ["unauthenticated", "daemon", "control", "cli"];
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._@-".contains(&b))
+        && !RESERVED_NAMES.contains(&name)
 }
 
 fn check_name(name: &str) -> Result<(), AccessError> {

@@ -249,7 +249,9 @@ pub fn open(
 ) -> Result<Box<dyn ReadAt>, MediaError> {
     match &file.location {
         Location::Local(path) => {
-            let f = File::open(path).map_err(|e| MediaError::Read(format!("cannot open {}: {e}", path.display())))?;
+            // The file's name, not its path: the message may reach the client.
+            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let f = File::open(path).map_err(|e| MediaError::Read(format!("cannot open {name}: {e}")))?;
             let len = f.metadata().map_err(|e| MediaError::Read(e.to_string()))?.len();
             wrap(f, len, file.sealed, keys)
         }

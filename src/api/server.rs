@@ -107,10 +107,11 @@ async fn on_store<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     f: impl FnOnce(&Storage) -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     let st = st.clone();
-    blocking(move || st.call(f))
-        .await?
-        .ok_or_else(|| ApiError::internal("the storage thread stopped"))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.to_string()))
+    blocking(move || st.call(f)).await?.ok_or_else(|| ApiError::internal("the storage thread stopped"))?.map_err(|e| {
+        // The store's message names files and endpoints of this host: the log has it.
+        crate::log::warn(&format!("api: storage: {e}"));
+        ApiError::new(StatusCode::BAD_GATEWAY, "storage", "the store failed the operation; the recorder's log says why")
+    })
 }
 
 /// The non-empty `reason` of a request body (holds, deletions keep it).
@@ -138,6 +139,9 @@ pub struct ApiContext {
     transcodes: tokio::sync::Semaphore,
     sampling: sample::Samples,
     pub stats: Arc<ApiStats>,
+    /// Outcomes of recorded changes that could not be written yet (a full disk): written before
+    /// the next entry.
+    pending_outcomes: std::sync::Mutex<Vec<Entry>>,
 }
 
 impl ApiContext {
@@ -169,6 +173,7 @@ impl ApiContext {
             transcodes: tokio::sync::Semaphore::new(2),
             sampling,
             stats: Arc::default(),
+            pending_outcomes: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -231,15 +236,38 @@ fn unique_params(raw: Vec<(String, String)>) -> Result<HashMap<String, String>, 
     Ok(out)
 }
 
-/// Query parameters as recorded in the audit trail: a value that looks like a token (a client
-/// that put one in the URL) is not kept.
+/// Text as recorded in the audit trail: anything that looks like a token (a client that put one
+/// in a URL's path, parameter name or value) is cut to its public part.
+fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("cvt_") {
+        out.push_str(&rest[..i]);
+        out.push_str("cvt_(redacted)");
+        rest =
+            rest[i + 4..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '%');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Query parameters as recorded in the audit trail, tokens scrubbed from names and values.
 fn redacted(params: &[(String, String)]) -> Value {
     let mut m = serde_json::Map::new();
     for (k, v) in params {
-        let v = if v.contains("cvt_") { "(redacted: looks like an API token)".to_string() } else { v.clone() };
-        m.insert(k.clone(), json!(v));
+        m.insert(scrub(k), json!(scrub(v)));
     }
     Value::Object(m)
+}
+
+/// Refuses fields or parameters a request does not take: a typo must not pass as a default.
+fn only_keys<'a>(keys: impl IntoIterator<Item = &'a String>, allowed: &[&str], what: &str) -> Result<(), ApiError> {
+    for k in keys {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown {what} {k:?}: {}", allowed.join(", "))));
+        }
+    }
+    Ok(())
 }
 
 /// `1`/`true` or `0`/`false`.
@@ -293,7 +321,7 @@ impl Audited {
             ctx: ctx.clone(),
             peer: peer.0,
             action,
-            target: target.into(),
+            target: scrub(&target.into()),
             actor: "unauthenticated".into(),
             detail: json!({}),
             intent: false,
@@ -327,6 +355,13 @@ impl Audited {
 
     /// The caller from `Authorization: Bearer …`: 401 without a valid token.
     async fn authenticate(&mut self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "more than one Authorization header: send one token",
+            ));
+        }
         let bearer = bearer_of(headers);
         if let Some(id) = bearer.as_deref().and_then(token_id_of) {
             // Kept even if the token is refused: which token was tried, never its secret.
@@ -385,7 +420,24 @@ impl Audited {
             detail: self.detail,
         };
         let audit = self.ctx.audit.clone();
-        let written = blocking(move || audit.append(entry)).await;
+        let ctx = self.ctx.clone();
+        let intent = self.intent;
+        let written = blocking(move || {
+            // Outcomes of changes whose entry could not be written before go first.
+            let mut pending = ctx.pending_outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(e) = pending.first() {
+                if audit.append(e.clone()).is_err() {
+                    break;
+                }
+                pending.remove(0);
+            }
+            let r = audit.append(entry.clone());
+            if r.is_err() && intent && pending.len() < 10_000 {
+                pending.push(entry);
+            }
+            r
+        })
+        .await;
         let counted = match &written {
             Ok(Ok(_)) | Err(_) => entry_result.as_str(),
             Ok(Err(_)) if entry_result == "ok" => "audit_unavailable",
@@ -394,9 +446,10 @@ impl Audited {
         self.ctx.stats.count(self.action, counted);
         match (result, written) {
             (Ok(r), Ok(Ok(_))) => r,
-            // The change was recorded as asked for before it was made: its answer stands.
+            // The change was recorded as asked for before it was made: its answer stands, and
+            // its outcome is written with the next entry that can be.
             (Ok(r), Ok(Err(e))) if self.intent => {
-                crate::log::warn(&format!("api: the outcome of a recorded {} was not written: {e}", self.action));
+                crate::log::error(&format!("api: the outcome of a recorded {} waits to be written: {e}", self.action));
                 r
             }
             (Ok(_), Ok(Err(e))) => audit_unavailable(&e).into_response(),
@@ -426,6 +479,7 @@ async fn audit_unhandled(
     let peer = req.extensions().get::<Peer>().copied();
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(256).collect();
+    let path = scrub(&path);
     let headers = req.headers().clone();
     let resp = next.run(req).await;
     let static_file = (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
@@ -843,6 +897,9 @@ async fn audio(
         Ok(p) => p,
         Err(e) => return Audited::new(&ctx, peer, "play", &id).finish(Err(e)).await,
     };
+    if let Err(e) = only_keys(params.keys(), &["format", "leg", "download", "link"], "parameter") {
+        return Audited::new(&ctx, peer, "play", &id).finish(Err(e)).await;
+    }
     let download = match flag(&params, "download") {
         Ok(d) => d,
         Err(e) => return Audited::new(&ctx, peer, "play", &id).finish(Err(e)).await,
@@ -1029,6 +1086,7 @@ async fn link(
     let r = async {
         let p = a.auth(&headers, Permission::Link).await?;
         let v = json_body(&body)?;
+        only_keys(v.as_object().into_iter().flat_map(|o| o.keys()), &["ttl_s"], "field")?;
         let max = ctx.cfg.api.link_max_ttl_s;
         let ttl = match &v["ttl_s"] {
             Value::Null => 900.min(max),
@@ -1166,9 +1224,12 @@ fn verify_file(
         Ok(())
     };
     if let Some(path) = local_path(ctx, role, key) {
-        let (sha, _) = crate::storage::file_sha256(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let (sha, _) = crate::storage::file_sha256(&path).map_err(|e| {
+            crate::log::warn(&format!("api: verify: {e}"));
+            format!("cannot read {name} (the recorder's log says why)")
+        })?;
         check_sha(crate::seal::format::hex(&sha), f)?;
-        let file = std::fs::File::open(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("cannot read {name}: {}", e.kind()))?;
         return verify(
             Box::new(move |k| crate::seal::reader::SealedReader::open(file, k)?.verify(k.trusted(), None)),
             f,
@@ -1208,9 +1269,10 @@ async fn hold_place(
     let r = async {
         let p = a.auth(&headers, Permission::Hold).await?;
         let v = json_body(&body)?;
+        only_keys(v.as_object().into_iter().flat_map(|o| o.keys()), &["reason"], "field")?;
         let reason = reason_of(&v, "a case or ticket reference, kept with the hold")?;
         a.note("reason", reason.as_str());
-        recording(&ctx, &p, &id).await?;
+        let s = recording(&ctx, &p, &id).await?;
         let st = need_storage(&ctx)?;
         a.intent().await?;
         let hold = crate::storage::retention::Hold {
@@ -1221,7 +1283,22 @@ async fn hold_place(
             placed_by: format!("api:{}", p.user),
         };
         let h2 = hold.clone();
-        let placed = on_store(&st, move |s| crate::storage::retention::place_hold(s, &h2)).await?;
+        let audio_key = s["stored"]["primary"]["objects"][0]["key"].as_str().map(str::to_string);
+        // On the storage thread, which takes this API's deletions one at a time too: a deletion
+        // that ran first has left nothing to hold, and the answer says so.
+        let placed = on_store(
+            &st,
+            move |s| -> Result<Option<crate::storage::retention::Placed>, crate::storage::StorageError> {
+                if let Some(k) = &audio_key
+                    && s.block_on(s.primary.exists(&object_store::path::Path::from(k.as_str())))?.is_none()
+                {
+                    return Ok(None);
+                }
+                crate::storage::retention::place_hold(s, &h2).map(Some)
+            },
+        )
+        .await?
+        .ok_or_else(ApiError::not_found)?;
         use crate::storage::retention::Placed;
         let (status, body) = match placed {
             Placed::Placed => (StatusCode::CREATED, json!({"hold": hold.to_json(), "placed": true})),
@@ -1279,6 +1356,7 @@ async fn delete(
     let r = async {
         let p = a.auth(&headers, Permission::Delete).await?;
         let v = json_body(&body)?;
+        only_keys(v.as_object().into_iter().flat_map(|o| o.keys()), &["reason"], "field")?;
         let reason = reason_of(&v, "the request's reference, kept in the deletion log")?;
         a.note("reason", reason.as_str());
         let s = recording(&ctx, &p, &id).await?;
@@ -1305,7 +1383,12 @@ async fn delete(
             ));
         }
         if let Some((_, e)) = report.failed.first() {
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "storage", e.clone()));
+            crate::log::warn(&format!("api: delete {id}: {e}"));
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "storage",
+                "the store failed the deletion (partly done deletions finish on retry); the recorder's log says why",
+            ));
         }
         if let Some(w) = &ctx.catalog_writer {
             w.remove(&id);
@@ -1384,6 +1467,11 @@ async fn sample_get(
                     });
                     hidden += (before - recs.len()) as u64;
                 }
+            }
+            // A group none of whose recordings the caller may see now is not shown at all (its
+            // key names an agent or queue outside the scope).
+            if let Some(groups) = sample["groups"].as_array_mut() {
+                groups.retain(|g| g["recordings"].as_array().is_some_and(|r| !r.is_empty()) || g["available"] == 0);
             }
             sample["hidden_out_of_scope_or_deleted"] = json!(hidden);
             Ok(Some(sample))
@@ -1539,7 +1627,7 @@ pub fn bind(cfg: &Config) -> Result<Bound, ApiStartError> {
 /// Most connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 512;
 /// Most connections from one address at once: one client cannot take every slot.
-const MAX_PER_ADDRESS: usize = 64;
+const MAX_PER_ADDRESS: usize = 16;
 /// A client that takes no bytes of a response for this long is cut off: a player that stopped
 /// reading must not hold its slot for ever.
 const WRITE_STALL: Duration = Duration::from_secs(30);
