@@ -342,7 +342,7 @@ fn signed_links_play_one_recording_only() {
     let link = url.split("link=").nth(1).unwrap();
     let other = format!("/api/recordings/{}/audio?link={link}", s.ulaw);
     assert_eq!(http(&s.addr, "GET", &other, None, &[], None).status, 401);
-    assert_eq!(http(&s.addr, "GET", &format!("/api/recordings/{}?link={link}", s.sales), None, &[], None).status, 401);
+    assert_eq!(http(&s.addr, "GET", &format!("/api/recordings/{}?link={link}", s.sales), None, &[], None).status, 400);
     assert_eq!(http(&s.addr, "GET", &format!("{url}&download=1"), None, &[], None).status, 403);
     let mut bad = url.clone();
     let c = bad.pop().unwrap();
@@ -710,7 +710,12 @@ fn unrouted_requests_are_audited_and_tokens_in_urls_are_not_kept() {
     http(&s.addr, "GET", &format!("/api/recordings?{leaked}=1"), None, &[], None);
     http(&s.addr, "GET", &format!("/api/recordings/{leaked}"), None, &[], None);
     http(&s.addr, "GET", &format!("/api/nothing/{leaked}"), None, &[], None);
-    // Typos are refused, not taken for defaults.
+    // Typos are refused, not taken for defaults: a parameter where none is taken too (a
+    // `?dry_run=1` must not erase).
+    let del =
+        s.call("admin", "DELETE", &format!("/api/recordings/{}?dry_run=1", s.support), Some(&json!({"reason": "r"})));
+    assert_eq!(del.status, 400);
+    assert_eq!(s.get("admin", &format!("/api/recordings/{}", s.support)).status, 200, "not erased");
     assert_eq!(
         s.call("supervisor", "POST", &format!("/api/recordings/{}/link", s.sales), Some(&json!({"ttl": 900}))).status,
         400

@@ -239,8 +239,15 @@ fn unique_params(raw: Vec<(String, String)>) -> Result<HashMap<String, String>, 
 /// Text as recorded in the audit trail: anything that looks like a token (a client that put one
 /// in a URL's path, parameter name or value) is cut to its public part.
 fn scrub(text: &str) -> String {
+    // A path arrives percent-encoded (`cvt%5F…` is a token too); control characters would let a
+    // client forge lines in a text listing of the trail.
+    let decoded = percent_decoded(text);
+    let text: String = decoded
+        .chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(i) = rest.find("cvt_") {
         out.push_str(&rest[..i]);
         out.push_str("cvt_(redacted)");
@@ -249,6 +256,46 @@ fn scrub(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `%XX` escapes decoded (invalid UTF-8 replaced); text without them is returned as it is.
+fn percent_decoded(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every string in an audit entry's detail scrubbed (a token pasted into a reason or a seed).
+fn scrub_json(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = scrub(s),
+        Value::Array(a) => a.iter_mut().for_each(scrub_json),
+        Value::Object(m) => {
+            let entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+            for (k, mut val) in entries {
+                scrub_json(&mut val);
+                m.insert(scrub(&k), val);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Query parameters as recorded in the audit trail, tokens scrubbed from names and values.
@@ -337,7 +384,11 @@ impl Audited {
             target: self.target.clone(),
             source: self.peer.to_string(),
             result: "requested".into(),
-            detail: self.detail.clone(),
+            detail: {
+                let mut d = self.detail.clone();
+                scrub_json(&mut d);
+                d
+            },
         };
         let audit = self.ctx.audit.clone();
         match blocking(move || audit.append(entry)).await? {
@@ -411,13 +462,15 @@ impl Audited {
             Err(e) => e.code.to_string(),
         };
         let entry_result = outcome.clone();
+        let mut detail = self.detail;
+        scrub_json(&mut detail);
         let entry = Entry {
             actor: self.actor,
             action: self.action.to_string(),
             target: self.target,
             source: self.peer.to_string(),
             result: outcome,
-            detail: self.detail,
+            detail,
         };
         let audit = self.ctx.audit.clone();
         let ctx = self.ctx.clone();
@@ -478,12 +531,19 @@ async fn audit_unhandled(
 ) -> Response {
     let peer = req.extensions().get::<Peer>().copied();
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(256).collect();
-    let path = scrub(&path);
+    let raw_path = req.uri().path().to_string();
+    let path: String = scrub(&raw_path.chars().take(256).collect::<String>());
     let headers = req.headers().clone();
-    let resp = next.run(req).await;
     let static_file = (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
-        && ["/", "/app.js", "/app.css", "/api/openapi.json"].contains(&path.as_str());
+        && ["/", "/app.js", "/app.css", "/api/openapi.json"].contains(&raw_path.as_str());
+    // Only search, audio and the audit trail take parameters; elsewhere one is a mistake (a
+    // `?dry_run=1` on a DELETE must not erase), refused before the handler runs.
+    let takes_query = raw_path == "/api/recordings" || raw_path.ends_with("/audio") || raw_path == "/api/audit";
+    let resp = if !takes_query && !static_file && req.uri().query().is_some_and(|q| !q.is_empty()) {
+        ApiError::bad_request("this endpoint takes no URL parameters (docs/api.md)").into_response()
+    } else {
+        next.run(req).await
+    };
     if resp.extensions().get::<AuditedMarker>().is_some() || (static_file && resp.status().is_success()) {
         return resp;
     }
@@ -1411,7 +1471,7 @@ async fn sample_draw(
     let r = async {
         let p = a.auth(&headers, Permission::Sample).await?;
         let v = json_body(&body)?;
-        a.detail = json!({"request": v});
+        a.note("request", v.clone());
         let req = sample::Request::from_json(&v).map_err(ApiError::bad_request)?;
         let ctx2 = ctx.clone();
         let scope = scope_filter(&p);
@@ -1701,6 +1761,30 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<I> {
     }
 }
 
+/// Writes the outcomes of recorded changes that could not be written at the time (a full
+/// disk), every second, so they do not wait for the next request (nor die with a clean stop).
+async fn flush_pending_outcomes(ctx: Ctx) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if ctx.pending_outcomes.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            continue;
+        }
+        let c = ctx.clone();
+        let _ = blocking(move || {
+            let mut pending = c.pending_outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(e) = pending.first() {
+                if c.audit.append(e.clone()).is_err() {
+                    break;
+                }
+                crate::log::info(&format!("api: the outcome of a recorded {} is written", e.action));
+                pending.remove(0);
+            }
+        })
+        .await;
+    }
+}
+
 /// Connections per peer address, released when a connection ends.
 #[derive(Default)]
 struct PerAddress(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
@@ -1735,10 +1819,16 @@ pub fn spawn(bound: Bound, ctx: ApiContext) -> Result<std::thread::JoinHandle<()
         .enable_all()
         .build()
         .map_err(ApiStartError::Thread)?;
-    let app = router(Arc::new(ctx));
+    let ctx = Arc::new(ctx);
+    let app = router(ctx.clone());
     std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || rt.block_on(serve(bound, app)))
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::spawn(flush_pending_outcomes(ctx));
+                serve(bound, app).await
+            })
+        })
         .map_err(ApiStartError::Thread)
 }
 
@@ -1866,6 +1956,12 @@ mod tests {
         let v = redacted(&[("q".into(), "x".into()), ("access_token".into(), "cvt_0123456789ab_secret".into())]);
         assert_eq!(v["q"], "x");
         assert!(!v.to_string().contains("secret"), "{v}");
+        // Percent-encoded, in a path, and with control characters that would forge a line.
+        assert_eq!(scrub("/api/nothing/cvt%5F0123456789ab%5Fsecret"), "/api/nothing/cvt_(redacted)");
+        assert_eq!(scrub("/x%0a999  forged"), "/x\\n999  forged");
+        let mut d = json!({"reason": "see cvt_0123456789ab_secret", "cvt_0123456789ab_k": [1, "cvt_x"]});
+        scrub_json(&mut d);
+        assert!(!d.to_string().contains("secret") && !d.to_string().contains("0123456789ab_k"), "{d}");
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER cvt_0123456789ab_s"));
         assert_eq!(bearer_of(&h).as_deref(), Some("cvt_0123456789ab_s"));

@@ -251,7 +251,9 @@ fn list_cmd(config: &Option<PathBuf>, q: &ReadQuery, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for e in &entries {
-        let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        // Fields come from clients (a request's path): a newline or an escape sequence in them
+        // must not forge a line or drive the auditor's terminal.
+        let s = |k: &str| e[k].as_str().unwrap_or_default().escape_debug().to_string();
         let target = if s("target").is_empty() { "-".to_string() } else { s("target") };
         let detail = match &e["detail"] {
             serde_json::Value::Object(m) if m.is_empty() => String::new(),
