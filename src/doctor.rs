@@ -169,6 +169,19 @@ pub struct Facts {
     pub keys: Option<KeysFact>,
     /// Where finished recordings go, and whether it answers.
     pub storage: Option<StorageFact>,
+    /// The search and playback API and the files its security rests on.
+    pub api: Option<ApiFact>,
+}
+
+/// What `callvault doctor` found of the API ([api]) and the audit trail's and access store's
+/// files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFact {
+    /// `[api] listen`; empty when the API is off.
+    pub listen: String,
+    pub tls: bool,
+    /// What serve would refuse or what leaves the trail or the tokens open to others.
+    pub problems: Vec<String>,
 }
 
 /// What `callvault doctor` found of the storage targets.
@@ -239,6 +252,7 @@ impl Facts {
         self.disk = Some(disk_space(&cfg.data_dir));
         self.keys = Some(keys_fact(cfg));
         self.storage = Some(storage_fact(cfg));
+        self.api = Some(api_fact(cfg));
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page > 0 {
@@ -484,6 +498,7 @@ pub fn check(cfg: &Config, config: Option<&Path>, facts: &Facts) -> Report {
     check_disk(&mut b, cfg, facts);
     check_keys(&mut b, facts);
     check_storage(&mut b, facts);
+    check_api(&mut b, facts);
     counters(&mut b, facts);
     let warnings = b.findings.iter().filter(|f| f.status == Status::Warn).count();
     Report { config: config.map(|p| p.display().to_string()), ok: warnings == 0, warnings, findings: b.findings }
@@ -844,6 +859,64 @@ fn check_keys(b: &mut Builder, facts: &Facts) {
             b.push("keys", Status::Warn, setting, format!("unusable: {e}"), recommended, "serve would refuse to start")
         }
         None => b.push("keys", Status::Unknown, setting, "not probed", recommended, "checked with the live probes"),
+    }
+}
+
+/// Loads the API's TLS pair as `serve` would and looks at the modes of the files the audit
+/// trail and the tokens rest on (a read: nothing is written).
+pub fn api_fact(cfg: &Config) -> ApiFact {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    if !cfg.api.listen.is_empty()
+        && let Err(e) = crate::api::server::check_tls(cfg)
+    {
+        problems.push(e.to_string());
+    }
+    for name in [crate::audit::KEY_FILE, crate::audit::DB_FILE, "access.db", "link.key", "qa.db"] {
+        let path = cfg.data_dir.join(name);
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            problems.push(format!("{} is mode {:o}: chmod 600 it", path.display(), m.permissions().mode() & 0o777));
+        }
+    }
+    ApiFact { listen: cfg.api.listen.clone(), tls: cfg.api.tls(), problems }
+}
+
+fn check_api(b: &mut Builder, facts: &Facts) {
+    let setting = "search and playback API ([api], docs/api.md) and the audit trail's files";
+    let recommended = "on loopback behind the site's proxy, or TLS on the users' network; private files 0600";
+    match &facts.api {
+        Some(f) if !f.problems.is_empty() => b.push(
+            "api",
+            Status::Warn,
+            setting,
+            f.problems.join("; "),
+            recommended,
+            "serve refuses a TLS pair it cannot use and an audit key others may read; loose token or audit files let \
+             others read who listened to what",
+        ),
+        Some(f) if f.listen.is_empty() => b.push(
+            "api",
+            Status::Info,
+            setting,
+            "off (listen = \"\")",
+            recommended,
+            "nobody searches or plays from this recorder",
+        ),
+        Some(f) => b.push(
+            "api",
+            Status::Ok,
+            setting,
+            format!("{} {}", if f.tls { "https" } else { "http" }, f.listen),
+            recommended,
+            if f.tls {
+                "TLS: rotate the certificate before it expires"
+            } else {
+                "loopback only: nothing else reaches it"
+            },
+        ),
+        None => b.push("api", Status::Unknown, setting, "not probed", recommended, "checked with the live probes"),
     }
 }
 

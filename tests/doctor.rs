@@ -461,3 +461,38 @@ fn the_storage_targets_are_checked_without_writing() {
         assert_eq!(status(&r, check), want, "{fact:?}: {}", doctor::human(&r));
     }
 }
+
+/// The API: a TLS pair serve would refuse and files of the audit trail or the tokens that
+/// others may read are warnings; a loopback API with private files is fine; off is said.
+#[test]
+fn the_api_and_its_files_are_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let cfg = config(&format!("data_dir = \"{}\"\n", data.display()));
+    let fact = doctor::api_fact(&cfg);
+    assert!(fact.problems.is_empty(), "{fact:?}");
+    std::fs::write(data.join("audit.key"), [0u8; 32]).unwrap();
+    std::fs::set_permissions(data.join("audit.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = doctor::api_fact(&cfg);
+    assert!(loose.problems.iter().any(|p| p.contains("audit.key") && p.contains("chmod 600")), "{loose:?}");
+    let tls = config(&format!(
+        "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        data.display(),
+        dir.path().join("missing.crt").display(),
+        dir.path().join("missing.key").display()
+    ));
+    assert!(doctor::api_fact(&tls).problems.iter().any(|p| p.contains("TLS")), "{:?}", doctor::api_fact(&tls));
+    let p = FakeProc::tuned();
+    for (fact, want) in [
+        (doctor::ApiFact { listen: "127.0.0.1:8080".into(), tls: false, problems: vec![] }, Status::Ok),
+        (doctor::ApiFact { listen: String::new(), tls: false, problems: vec![] }, Status::Info),
+        (loose, Status::Warn),
+    ] {
+        let mut f = facts(&p, &cfg);
+        f.api = Some(fact.clone());
+        let r = doctor::check(&cfg, None, &f);
+        assert_eq!(status(&r, "api"), want, "{fact:?}: {}", doctor::human(&r));
+    }
+}
