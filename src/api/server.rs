@@ -1123,11 +1123,71 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64) -> B
     Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
+/// A JSON value read with every object's keys unique. A body such as `{"ttl_s":60,"ttl_s":86400}`
+/// is refused: a parser keeps one of the two, a proxy or log reader may show the other, and the
+/// audit trail must record what was acted on.
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key \"{}\" appears twice", scrub(&key))));
+            }
+            let StrictJson(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    let v: Value =
+    let StrictJson(v) =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     if !v.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
@@ -1948,6 +2008,21 @@ mod tests {
         assert!(p.take(other), "another address is not held back");
         p.release(ip);
         assert!(p.take(ip));
+    }
+
+    #[test]
+    fn json_bodies_with_a_repeated_key_are_refused_at_any_depth() {
+        let ok = json_body(&Bytes::from_static(br#"{"a":[1,-2,3.5,"x",null,true],"b":{"c":{}}}"#)).unwrap();
+        assert_eq!(ok, json!({"a":[1,-2,3.5,"x",null,true],"b":{"c":{}}}));
+        for body in [&br#"{"ttl_s":60,"ttl_s":86400}"#[..], br#"{"b":{"c":1,"c":2}}"#, br#"[{"x":1,"x":1}]"#] {
+            let e = json_body(&Bytes::copy_from_slice(body)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(body));
+            assert!(e.message.contains("appears twice"), "{}", e.message);
+        }
+        // The repeated key is named, but a token used as one is not written back.
+        let e = json_body(&Bytes::from_static(br#"{"cvt_0123456789ab_secret":1,"cvt_0123456789ab_secret":2}"#))
+            .unwrap_err();
+        assert!(!e.message.contains("secret"), "{}", e.message);
     }
 
     #[test]
