@@ -836,6 +836,41 @@ impl AccessStore {
         Ok(Principal { user: user.name, uid: user.uid, role: user.role, scope, via: Via::Token(id.to_string()) })
     }
 
+    /// Whether what let `p` in still holds, for a response that outlives its request (a long
+    /// download): `Some(why)` once its token is revoked or its user disabled, removed, or given a
+    /// role without `perm`, or the recording (its catalog `summary`) leaves the user's scope. Expiry is not checked: it bounds when a request may start, and a
+    /// listener is not cut off mid-call by a clock. A store that cannot be read is an error, not
+    /// a refusal: the caller decides.
+    pub fn withdrawn(
+        &self,
+        p: &Principal,
+        perm: Permission,
+        summary: &Value,
+    ) -> Result<Option<&'static str>, AccessError> {
+        let conn = self.conn();
+        if let Via::Token(id) = &p.via {
+            let revoked = conn
+                .query_row("SELECT revoked_at IS NOT NULL, user FROM tokens WHERE id = ?1", [id], |r| {
+                    Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(self.db())?;
+            match revoked {
+                Some((false, user)) if user == p.user => {}
+                _ => return Ok(Some("its token was revoked")),
+            }
+        }
+        drop(conn);
+        Ok(match self.user(&p.user)? {
+            None => Some("its user was removed"),
+            Some(u) if u.uid != p.uid => Some("its user was removed"),
+            Some(u) if u.disabled => Some("its user was disabled"),
+            Some(u) if !u.role.allows(perm) => Some("its user's role no longer allows it"),
+            Some(u) if u.role.scoped() && !u.scope.covers(summary) => Some("the recording left its user's scope"),
+            Some(_) => None,
+        })
+    }
+
     fn link_key(&self) -> Result<hmac::Key, AccessError> {
         let mut cached = self.link_key.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = &*cached {
@@ -1222,6 +1257,47 @@ mod tests {
         s.add_user("ann", Role::Admin, Scope::default()).unwrap();
         assert!(matches!(s.sign_link("01REC", "ann", at(900)), Err(AccessError::CannotPlay { .. })));
         assert!(s.sign_link("01REC", "nobody", at(900)).unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn access_withdrawn_after_the_request_began_is_noticed() {
+        let (_d, s) = store();
+        s.add_user("sue", Role::Supervisor, queues(&["sales"])).unwrap();
+        s.add_user("ann", Role::Admin, Scope::default()).unwrap();
+        let sales = json!({"metadata": {"queue": "sales"}});
+        let (_, token) = s.create_token("sue", None, at(0)).unwrap();
+        let p = s.authenticate(&token, at(1)).unwrap();
+        assert_eq!(s.withdrawn(&p, Permission::Download, &sales).unwrap(), None);
+        let link = s.sign_link("01REC", "sue", at(900)).unwrap();
+        let by_link = s.check_link("01REC", &link, at(1)).unwrap();
+        assert_eq!(s.withdrawn(&by_link, Permission::Play, &sales).unwrap(), None);
+        // Disabled, then enabled again: the token is good again.
+        s.set_disabled("sue", true).unwrap();
+        assert_eq!(s.withdrawn(&p, Permission::Play, &sales).unwrap(), Some("its user was disabled"));
+        assert_eq!(s.withdrawn(&by_link, Permission::Play, &sales).unwrap(), Some("its user was disabled"));
+        s.set_disabled("sue", false).unwrap();
+        assert_eq!(s.withdrawn(&p, Permission::Play, &sales).unwrap(), None);
+        // Moved to another queue while listening to a sales call.
+        s.set_scope("sue", queues(&["support"])).unwrap();
+        assert_eq!(s.withdrawn(&p, Permission::Play, &sales).unwrap(), Some("the recording left its user's scope"));
+        s.set_scope("sue", queues(&["sales", "support"])).unwrap();
+        assert_eq!(s.withdrawn(&p, Permission::Play, &sales).unwrap(), None);
+        // Revoked: the token's streams end; a link of the same user does not.
+        let id = match &p.via {
+            Via::Token(id) => id.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(s.revoke_token(&id, at(2)).unwrap());
+        assert_eq!(s.withdrawn(&p, Permission::Play, &sales).unwrap(), Some("its token was revoked"));
+        assert_eq!(s.withdrawn(&by_link, Permission::Play, &sales).unwrap(), None);
+        // Removed, and a new user of the same name: not the one that was let in.
+        s.remove_user("sue").unwrap();
+        s.add_user("sue", Role::Supervisor, queues(&["sales"])).unwrap();
+        assert_eq!(s.withdrawn(&by_link, Permission::Play, &sales).unwrap(), Some("its user was removed"));
+        // A role that never had the permission (an admin does not play).
+        let (_, admin_token) = s.create_token("ann", None, at(0)).unwrap();
+        let admin = s.authenticate(&admin_token, at(1)).unwrap();
+        assert_eq!(s.withdrawn(&admin, Permission::Play, &sales).unwrap(), Some("its user's role no longer allows it"));
     }
 
     #[test]

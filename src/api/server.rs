@@ -1062,16 +1062,54 @@ async fn audio(
         if first.is_empty() && end > start {
             return Err(media_refusal(MediaError::Read("the audio ended before its length".into())));
         }
-        b.body(stream_body(view, first, start, end)).map_err(|e| ApiError::internal(e.to_string()))
+        let guard = still_allowed(&ctx, &a, &p, if download { Permission::Download } else { Permission::Play }, s);
+        b.body(stream_body(view, first, start, end, Some(guard))).map_err(|e| ApiError::internal(e.to_string()))
     }
     .await;
     a.finish(r).await
 }
 
+/// How often a response being streamed re-checks that its caller may still have it.
+const RECHECK_ACCESS_EVERY: Duration = Duration::from_secs(5);
+
+/// A streamed response's re-check of its caller's access: a download of an hour-long call can
+/// outlast the token that began it, and revoking a token or disabling a user must end it.
+struct StillAllowed {
+    /// `Some(why)` once access is withdrawn; an error (the store unreadable) is logged and the
+    /// stream goes on, to be checked again: a busy database must not cut listeners off.
+    check: Box<dyn Fn() -> Result<Option<&'static str>, String> + Send + Sync>,
+    /// Records the cut-off (why, bytes sent); run on the blocking pool.
+    on_withdrawn: Box<dyn FnOnce(&'static str, u64) + Send>,
+    every: Duration,
+}
+
+fn still_allowed(ctx: &Ctx, a: &Audited, p: &Principal, perm: Permission, summary: Value) -> StillAllowed {
+    let (ctx1, ctx2, p1) = (ctx.clone(), ctx.clone(), p.clone());
+    let entry = Entry {
+        actor: actor_of(p),
+        action: format!("{}.stopped", a.action),
+        target: a.target.clone(),
+        source: a.peer.to_string(),
+        result: "access_withdrawn".into(),
+        detail: json!({"via": via_of(p)}),
+    };
+    StillAllowed {
+        check: Box::new(move || ctx1.access.withdrawn(&p1, perm, &summary).map_err(|e| e.to_string())),
+        on_withdrawn: Box::new(move |why, sent| {
+            let mut entry = entry;
+            entry.detail["why"] = why.into();
+            entry.detail["bytes_sent"] = sent.into();
+            ctx2.audit.record(entry);
+        }),
+        every: RECHECK_ACCESS_EVERY,
+    }
+}
+
 /// Streams `[start, end)` of a view as the client takes it: each 64 KiB is read and
 /// decrypted on the blocking pool, which is held only for that read, so a paused player holds
-/// a connection and a buffer, never a thread.
-fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64) -> Body {
+/// a connection and a buffer, never a thread. With a `guard`, access is checked again every
+/// `guard.every`, and a body whose access was withdrawn ends short of its length.
+fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guard: Option<StillAllowed>) -> Body {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
         let mut view = Some(view);
@@ -1079,7 +1117,32 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64) -> B
         if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
             return;
         }
+        let (check, mut on_withdrawn, every) = match guard {
+            Some(g) => (Some(Arc::new(g.check)), Some(g.on_withdrawn), g.every),
+            None => (None, None, Duration::MAX),
+        };
+        let mut checked = tokio::time::Instant::now();
         while pos < end {
+            if let Some(c) = check.as_ref().filter(|_| checked.elapsed() >= every) {
+                let c = c.clone();
+                match tokio::task::spawn_blocking(move || c()).await {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(why))) => {
+                        crate::log::warn(&format!("api: playback stopped: {why}"));
+                        let sent = pos - start;
+                        if let Some(record) = on_withdrawn.take() {
+                            let _ = tokio::task::spawn_blocking(move || record(why, sent)).await;
+                        }
+                        let _ = tx.send(Err(std::io::Error::other(format!("playback stopped: {why}")))).await;
+                        return;
+                    }
+                    Ok(Err(e)) => crate::log::warn(&format!(
+                        "api: cannot re-check a listener's access (checked again in {every:?}): {e}"
+                    )),
+                    Err(e) => crate::log::warn(&format!("api: cannot re-check a listener's access: {e}")),
+                }
+                checked = tokio::time::Instant::now();
+            }
             let mut v = view.take().expect("returned by the last read");
             let want = ((end - pos) as usize).min(64 * 1024);
             let read = tokio::task::spawn_blocking(move || {
@@ -2008,6 +2071,74 @@ mod tests {
         assert!(p.take(other), "another address is not held back");
         p.release(ip);
         assert!(p.take(ip));
+    }
+
+    /// `len` bytes of 7s.
+    struct Sevens(u64);
+
+    impl ReadAt for Sevens {
+        fn len(&self) -> u64 {
+            self.0
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, MediaError> {
+            let n = (self.0.saturating_sub(offset) as usize).min(buf.len());
+            buf[..n].fill(7);
+            Ok(n)
+        }
+    }
+
+    /// Reads a streamed body to its end or its error: (bytes, whether it failed).
+    async fn drain(body: Body) -> (u64, bool) {
+        use futures::StreamExt;
+        let mut s = body.into_data_stream();
+        let mut n = 0;
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(c) => n += c.len() as u64,
+                Err(_) => return (n, true),
+            }
+        }
+        (n, false)
+    }
+
+    #[test]
+    fn a_stream_whose_access_is_withdrawn_ends_short_and_the_cut_is_recorded() {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            const LEN: u64 = 4 << 20;
+            let first = || vec![7u8; 64 * 1024];
+            // Checks answer "allowed" three times, then "revoked".
+            let checks = Arc::new(AtomicU32::new(0));
+            let recorded = Arc::new(Mutex::new(None));
+            let (c, r) = (checks.clone(), recorded.clone());
+            let guard = StillAllowed {
+                check: Box::new(move || Ok((c.fetch_add(1, Ordering::SeqCst) >= 3).then_some("its token was revoked"))),
+                on_withdrawn: Box::new(move |why, sent| *r.lock().unwrap() = Some((why, sent))),
+                every: Duration::ZERO,
+            };
+            let (got, failed) = drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await;
+            assert!(failed, "the body ends in an error, not as if complete");
+            assert_eq!(got, 4 * 64 * 1024, "the first block and three checked ones");
+            assert_eq!(*recorded.lock().unwrap(), Some(("its token was revoked", got)));
+            assert_eq!(checks.load(Ordering::SeqCst), 4, "no check after the cut");
+
+            // A store that cannot be read does not cut the listener off.
+            let guard = StillAllowed {
+                check: Box::new(|| Err("database is locked".into())),
+                on_withdrawn: Box::new(|_, _| panic!("not withdrawn")),
+                every: Duration::ZERO,
+            };
+            assert_eq!(drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await, (LEN, false));
+            // Nor is one checked only every minute, within its first minute.
+            let guard = StillAllowed {
+                check: Box::new(|| Ok(Some("its user was disabled"))),
+                on_withdrawn: Box::new(|_, _| panic!("not checked yet")),
+                every: Duration::from_secs(60),
+            };
+            assert_eq!(drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await, (LEN, false));
+        });
     }
 
     #[test]
