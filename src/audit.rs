@@ -616,7 +616,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The head of the chain as it was at a moment, kept outside the log, signed with the log's key
 /// so that a made-up anchor is detected.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Anchor {
     /// The last entry's seq.
     pub seq: u64,
@@ -709,8 +709,43 @@ pub fn node_name() -> String {
     if host.is_empty() { "localhost".into() } else { host }
 }
 
+/// `PREFIX/_audit/anchors/<node>/<seq>.<chain>.<mac>.<anchor_mac>.<at>.json`: the name holds the
+/// whole anchor (`:` in the time written `_`, which RFC 3339 never uses), so `verify` needs one
+/// listing per thousand anchors, not one read each; at a minute's interval a year is over half a
+/// million of them. The body, the same anchor as JSON, is for people.
 fn anchor_key(t: &crate::storage::Target, a: &Anchor) -> object_store::path::Path {
-    t.key(&format!("{ANCHOR_DIR}/{}/{:020}.json", a.node, a.seq))
+    t.key(&format!(
+        "{ANCHOR_DIR}/{}/{:020}.{}.{}.{}.{}.json",
+        a.node,
+        a.seq,
+        a.chain,
+        a.mac,
+        a.anchor_mac,
+        a.at.replace(':', "_")
+    ))
+}
+
+/// The anchor an object's name holds ([`anchor_key`]); `None` for a name of another form (the
+/// first anchors were `<seq>.json`, read whole).
+fn anchor_from_key(key: &str) -> Option<Anchor> {
+    let mut parts = key.rsplit('/');
+    let file = parts.next()?.strip_suffix(".json")?;
+    let node = parts.next()?;
+    let mut fields = file.splitn(5, '.');
+    let seq = fields.next()?;
+    let (chain, mac, anchor_mac, at) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if seq.len() != 20 || !hex_of(chain, 32) || !hex_of(mac, 64) || !hex_of(anchor_mac, 64) || at.contains(':') {
+        return None;
+    }
+    Some(Anchor {
+        seq: seq.parse().ok()?,
+        mac: mac.to_string(),
+        at: at.replace('_', ":"),
+        node: node.to_string(),
+        chain: chain.to_string(),
+        anchor_mac: anchor_mac.to_string(),
+    })
 }
 
 /// Anchors the head to every storage target and to the journal; `None` when the log is empty or
@@ -750,14 +785,22 @@ pub fn anchor_to_journal(log: &AuditLog, node: &str) -> Result<Option<Anchor>, A
     Ok(Some(anchor))
 }
 
-/// Every anchor in every target (the same anchor in two targets counted once). An object that
-/// is not an anchor is returned as one that fails its check, so tampering with anchors shows.
+/// Every anchor in every target (the same anchor in two targets counted once), from the
+/// listing's names; only objects named otherwise are read. An object that is not an anchor is
+/// returned as one that fails its check, so tampering with anchors shows.
 pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, AuditError> {
     storage.block_on(async {
         let mut out: Vec<Anchor> = Vec::new();
+        let mut seen: std::collections::HashSet<Anchor> = std::collections::HashSet::new();
         for t in storage.targets() {
             let listed = t.list(ANCHOR_DIR).await.map_err(|e| AuditError::Anchor(e.to_string()))?;
             for m in listed {
+                if let Some(a) = anchor_from_key(m.location.as_ref()) {
+                    if seen.insert(a.clone()) {
+                        out.push(a);
+                    }
+                    continue;
+                }
                 let bytes = match t.get(&m.location).await {
                     Ok(b) => b,
                     Err(e) if e.is_not_found() => continue,
@@ -774,7 +817,7 @@ pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, Au
                         anchor_mac: String::new(),
                     },
                 };
-                if !out.contains(&a) {
+                if seen.insert(a.clone()) {
                     out.push(a);
                 }
             }
@@ -785,7 +828,8 @@ pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, Au
 }
 
 fn seq_from_name(name: &str) -> u64 {
-    name.rsplit('/').next().and_then(|f| f.strip_suffix(".json")).and_then(|s| s.parse().ok()).unwrap_or(0)
+    let file = name.rsplit('/').next().and_then(|f| f.strip_suffix(".json")).unwrap_or_default();
+    file.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// One thing `verify` found wrong.
@@ -1392,13 +1436,55 @@ mod tests {
         log.append(entry("stop", "c-1")).unwrap();
         let a2 = anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
         let loaded = load_anchors(&storage).unwrap();
-        assert_eq!(loaded, vec![a1, a2]);
-        let file = cfg.archive_dir(&cfg.storage.primary).join(format!("{ANCHOR_DIR}/n1/{:020}.json", 2));
-        assert!(file.exists(), "{}", file.display());
-        // An anchor object that is not one fails its check.
-        std::fs::write(file.with_file_name(format!("{:020}.json", 9)), b"not json").unwrap();
-        let loaded = load_anchors(&storage).unwrap();
-        let r = verify(dir.path(), &loaded).unwrap();
+        assert_eq!(loaded, vec![a1.clone(), a2.clone()]);
+        let anchors = cfg.archive_dir(&cfg.storage.primary).join(format!("{ANCHOR_DIR}/n1"));
+        let file =
+            anchors.join(anchor_key(storage.targets().next().unwrap(), &a2).as_ref().rsplit('/').next().unwrap());
+        assert!(file.exists(), "{} in {:?}", file.display(), std::fs::read_dir(&anchors).unwrap().collect::<Vec<_>>());
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.starts_with(&format!("{:020}.{}.{}.{}.", 2, a2.chain, a2.mac, a2.anchor_mac)), "{name}");
+        assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap(), a2.to_json());
+        // The listing is enough: a body gone bad is not read, the name holds the anchor.
+        std::fs::write(&file, b"not json").unwrap();
+        assert_eq!(load_anchors(&storage).unwrap(), vec![a1.clone(), a2.clone()]);
+        assert!(verify(dir.path(), &load_anchors(&storage).unwrap()).unwrap().ok);
+        // A name changed to say another seq or head fails the anchor's check.
+        let renamed = name.replacen(&format!("{:020}", 2), &format!("{:020}", 7), 1);
+        std::fs::rename(&file, anchors.join(&renamed)).unwrap();
+        let r = verify(dir.path(), &load_anchors(&storage).unwrap()).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(7), "forged_anchor")]);
+        std::fs::rename(anchors.join(&renamed), &file).unwrap();
+        // The first form, `<seq>.json`, is still read (its body); one that is not an anchor fails.
+        std::fs::write(anchors.join(format!("{:020}.json", 1)), serde_json::to_vec(&a1.to_json()).unwrap()).unwrap();
+        assert_eq!(load_anchors(&storage).unwrap(), vec![a1.clone(), a2.clone()], "the same anchor counted once");
+        std::fs::write(anchors.join(format!("{:020}.json", 9)), b"not json").unwrap();
+        let r = verify(dir.path(), &load_anchors(&storage).unwrap()).unwrap();
         assert_eq!(kinds(&r), vec![(Some(9), "forged_anchor")]);
+    }
+
+    #[test]
+    fn an_anchor_survives_its_name() {
+        let a = Anchor::sign(
+            &[3u8; 32],
+            42,
+            "ab".repeat(32),
+            "2026-12-04T12:00:00.123Z".into(),
+            "rec-1.example".into(),
+            "cd".repeat(16),
+        );
+        let cfg = crate::config::Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..cfg };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        let key = anchor_key(storage.targets().next().unwrap(), &a);
+        assert_eq!(anchor_from_key(key.as_ref()), Some(a.clone()), "{key}");
+        for bad in [
+            "x/00000000000000000042.json",
+            "x/42.cd.ab.ef.2026.json",
+            &key.as_ref().replace(".json", ".txt"),
+            &key.as_ref().replacen("00000000000000000042", "0000000000000000004x", 1),
+        ] {
+            assert_eq!(anchor_from_key(bad), None, "{bad}");
+        }
     }
 }
