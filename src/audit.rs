@@ -896,7 +896,16 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
         ),
     })?;
     let mut report = VerifyReport::default();
-    let mut rows: Vec<Row> = Vec::new();
+    let ours = chain_id(&key);
+    // The macs of the entries that anchors name, filled in as the log streams past: what is held
+    // grows with the anchors, not with the log (a year of a busy API is millions of entries).
+    let mut anchored: std::collections::HashMap<i64, Option<String>> = anchors
+        .iter()
+        .filter(|a| a.chain.is_empty() || a.chain == ours)
+        .map(|a| (a.seq.min(i64::MAX as u64) as i64, None))
+        .collect();
+    let mut chain_problems = Vec::new();
+    let mut any_mac_ok = false;
     let mut stored_check = None;
     if path.exists() {
         let conn = open_read_only(&path)?;
@@ -929,22 +938,66 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
                 })
             })
             .map_err(&err)?;
+        // The previous entry's seq and mac.
+        let mut prev: Option<(u64, String)> = None;
         for row in mapped {
-            rows.push(row.map_err(&err)?);
+            let row = row.map_err(&err)?;
+            let mac_ok = row.mac_ok(&key);
+            any_mac_ok |= mac_ok;
+            let seq = row.seq.max(0) as u64;
+            report.entries += 1;
+            report.first_seq.get_or_insert(seq);
+            report.last_seq = Some(seq);
+            if let Some(slot) = anchored.get_mut(&row.seq) {
+                *slot = Some(row.mac.clone());
+            }
+            let expected = prev.as_ref().map_or(1, |(p, _)| p + 1);
+            let prev_mac = prev.as_ref().map_or(GENESIS, |(_, m)| m.as_str());
+            if seq > expected {
+                let n = seq - expected;
+                let around = match &prev {
+                    Some((p, _)) => format!("the log goes from {p} to {seq}"),
+                    None => format!("the log starts at {seq}"),
+                };
+                chain_problems.push(Problem {
+                    seq: Some(expected),
+                    kind: "removed",
+                    message: if n == 1 {
+                        format!("entry {expected} was removed ({around})")
+                    } else {
+                        format!("entries {expected} to {} ({n}) were removed ({around})", seq - 1)
+                    },
+                });
+            } else if row.prev_mac != prev_mac {
+                chain_problems.push(Problem {
+                    seq: Some(seq),
+                    kind: "chain_broken",
+                    message: format!(
+                        "entry {seq} does not follow entry {}: an entry was replaced, inserted or moved here",
+                        expected.saturating_sub(1)
+                    ),
+                });
+            }
+            if !mac_ok {
+                chain_problems.push(Problem {
+                    seq: Some(seq),
+                    kind: "edited",
+                    message: format!(
+                        "entry {seq} was changed after it was written (its mac does not match its content)"
+                    ),
+                });
+            }
+            prev = Some((seq, row.mac));
         }
     } else if anchors.is_empty() {
         return Err(AuditError::NoLog { dir: data_dir.to_path_buf() });
     } else {
         // Anchors say there was a log: its removal is the cut of every entry, reported below.
     }
-    report.entries = rows.len() as u64;
-    report.first_seq = rows.first().map(|r| r.seq.max(0) as u64);
-    report.last_seq = rows.last().map(|r| r.seq.max(0) as u64);
 
-    let macs_ok: Vec<bool> = rows.iter().map(|r| r.mac_ok(&key)).collect();
     let wrong_key = match &stored_check {
         Some(c) => *c != key_check(&key),
-        None => !rows.is_empty() && !macs_ok.iter().any(|ok| *ok),
+        None => report.entries > 0 && !any_mac_ok,
     };
     if wrong_key {
         report.problems.push(Problem {
@@ -957,49 +1010,9 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
         });
         return Ok(report);
     }
-
-    let mut prev: Option<&Row> = None;
-    for (row, mac_ok) in rows.iter().zip(&macs_ok) {
-        let seq = row.seq.max(0) as u64;
-        let expected = prev.map_or(1, |p| p.seq.max(0) as u64 + 1);
-        let prev_mac = prev.map_or(GENESIS, |p| p.mac.as_str());
-        if seq > expected {
-            let n = seq - expected;
-            let around = match prev {
-                Some(p) => format!("the log goes from {} to {seq}", p.seq),
-                None => format!("the log starts at {seq}"),
-            };
-            report.problems.push(Problem {
-                seq: Some(expected),
-                kind: "removed",
-                message: if n == 1 {
-                    format!("entry {expected} was removed ({around})")
-                } else {
-                    format!("entries {expected} to {} ({n}) were removed ({around})", seq - 1)
-                },
-            });
-        } else if row.prev_mac != prev_mac {
-            report.problems.push(Problem {
-                seq: Some(seq),
-                kind: "chain_broken",
-                message: format!(
-                    "entry {seq} does not follow entry {}: an entry was replaced, inserted or moved here",
-                    expected.saturating_sub(1)
-                ),
-            });
-        }
-        if !mac_ok {
-            report.problems.push(Problem {
-                seq: Some(seq),
-                kind: "edited",
-                message: format!("entry {seq} was changed after it was written (its mac does not match its content)"),
-            });
-        }
-        prev = Some(row);
-    }
+    report.problems = chain_problems;
 
     let last = report.last_seq.unwrap_or(0);
-    let ours = chain_id(&key);
     for a in anchors {
         // One without a chain is checked (and fails): made-up objects show.
         if !a.chain.is_empty() && a.chain != ours {
@@ -1025,7 +1038,7 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
             report.problems.push(Problem {
                 seq: Some(a.seq),
                 kind: "cut_off",
-                message: if rows.is_empty() {
+                message: if report.entries == 0 {
                     format!(
                         "the log is empty but {} anchored seq {} at {}: every entry was cut off",
                         a.node, a.seq, a.at
@@ -1043,9 +1056,9 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
             });
             continue;
         }
-        match rows.binary_search_by_key(&(a.seq as i64), |r| r.seq) {
-            Ok(i) if rows[i].mac == a.mac => {}
-            Ok(_) => report.problems.push(Problem {
+        match anchored.get(&(a.seq.min(i64::MAX as u64) as i64)) {
+            Some(Some(mac)) if *mac == a.mac => {}
+            Some(Some(_)) => report.problems.push(Problem {
                 seq: Some(a.seq),
                 kind: "anchor_mismatch",
                 message: format!(
@@ -1053,7 +1066,7 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
                     a.seq, a.node, a.at
                 ),
             }),
-            Err(_) => report.problems.push(Problem {
+            _ => report.problems.push(Problem {
                 seq: Some(a.seq),
                 kind: "anchor_mismatch",
                 message: format!("entry {} that {} anchored at {} is missing", a.seq, a.node, a.at),
@@ -1256,6 +1269,21 @@ mod tests {
         tamper(dir.path(), "UPDATE entries SET mac = prev_mac WHERE seq = 3");
         let k = kinds(&verify(dir.path(), &[a]).unwrap());
         assert!(k.contains(&(Some(3), "anchor_mismatch")) && k.contains(&(Some(3), "edited")), "{k:?}");
+    }
+
+    #[test]
+    fn an_anchored_entry_removed_from_inside_the_log_is_named() {
+        let (dir, log) = log_with(3);
+        let a3 = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        log.append(entry("stop", "c-1")).unwrap();
+        log.append(entry("stop", "c-2")).unwrap();
+        let a5 = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        tamper(dir.path(), "DELETE FROM entries WHERE seq = 3");
+        let r = verify(dir.path(), &[a3, a5]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(3), "removed"), (Some(3), "anchor_mismatch")]);
+        assert!(r.problems[1].message.contains("entry 3 that node-a anchored"), "{}", r.problems[1].message);
+        assert_eq!(r.anchors_checked, 2);
+        assert_eq!(r.latest_anchor.as_ref().map(|a| a.seq), Some(5));
     }
 
     #[test]
