@@ -837,10 +837,11 @@ impl AccessStore {
     }
 
     /// Whether what let `p` in still holds, for a response that outlives its request (a long
-    /// download): `Some(why)` once its token is revoked or its user disabled, removed, or given a
-    /// role without `perm`, or the recording (its catalog `summary`) leaves the user's scope. Expiry is not checked: it bounds when a request may start, and a
-    /// listener is not cut off mid-call by a clock. A store that cannot be read is an error, not
-    /// a refusal: the caller decides.
+    /// download): `Some(why)` once its token is revoked, its user disabled, removed or given a
+    /// role without `perm`, or the recording (its catalog `summary`, as read now) is outside the
+    /// user's scope. Expiry is not checked: it bounds when a request may start, and a listener
+    /// is not cut off mid-call by a clock. A store that cannot be read is an error, not a
+    /// refusal: the caller decides.
     pub fn withdrawn(
         &self,
         p: &Principal,

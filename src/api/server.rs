@@ -311,7 +311,8 @@ fn redacted(params: &[(String, String)]) -> Value {
 fn only_keys<'a>(keys: impl IntoIterator<Item = &'a String>, allowed: &[&str], what: &str) -> Result<(), ApiError> {
     for k in keys {
         if !allowed.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!("unknown {what} {k:?}: {}", allowed.join(", "))));
+            // Scrubbed: a token pasted as a name must not come back in the answer.
+            return Err(ApiError::bad_request(format!("unknown {what} {:?}: {}", scrub(k), allowed.join(", "))));
         }
     }
     Ok(())
@@ -989,6 +990,7 @@ async fn audio(
             }
             None => a.auth(&headers, if download { Permission::Download } else { Permission::Play }).await?,
         };
+        let authorized_at = std::time::Instant::now();
         let want = wants(&params)?;
         a.note("format", format!("{want:?}").to_lowercase());
         let s = recording(&ctx, &p, &id).await?;
@@ -1062,7 +1064,8 @@ async fn audio(
         if first.is_empty() && end > start {
             return Err(media_refusal(MediaError::Read("the audio ended before its length".into())));
         }
-        let guard = still_allowed(&ctx, &a, &p, if download { Permission::Download } else { Permission::Play }, s);
+        let perm = if download { Permission::Download } else { Permission::Play };
+        let guard = still_allowed(&ctx, &a, &p, perm, &id, authorized_at);
         b.body(stream_body(view, first, start, end, Some(guard))).map_err(|e| ApiError::internal(e.to_string()))
     }
     .await;
@@ -1081,10 +1084,22 @@ struct StillAllowed {
     /// Records the cut-off (why, bytes sent); run on the blocking pool.
     on_withdrawn: Box<dyn FnOnce(&'static str, u64) + Send>,
     every: Duration,
+    /// When the caller was let in: the first check is due `every` after it.
+    since: std::time::Instant,
 }
 
-fn still_allowed(ctx: &Ctx, a: &Audited, p: &Principal, perm: Permission, summary: Value) -> StillAllowed {
-    let (ctx1, ctx2, p1) = (ctx.clone(), ctx.clone(), p.clone());
+/// The re-check of a stream's access: the caller's token and user as for
+/// [`AccessStore::withdrawn`], against the recording as the catalog has it now (an erased
+/// recording, or one whose queue or team changed, is seen).
+fn still_allowed(
+    ctx: &Ctx,
+    a: &Audited,
+    p: &Principal,
+    perm: Permission,
+    recording_id: &str,
+    since: std::time::Instant,
+) -> StillAllowed {
+    let (ctx1, ctx2, p1, id) = (ctx.clone(), ctx.clone(), p.clone(), recording_id.to_string());
     let entry = Entry {
         actor: actor_of(p),
         action: format!("{}.stopped", a.action),
@@ -1094,7 +1109,11 @@ fn still_allowed(ctx: &Ctx, a: &Audited, p: &Principal, perm: Permission, summar
         detail: json!({"via": via_of(p)}),
     };
     StillAllowed {
-        check: Box::new(move || ctx1.access.withdrawn(&p1, perm, &summary).map_err(|e| e.to_string())),
+        check: Box::new(move || {
+            let summary = catalog::get(&catalog::path_in(&ctx1.cfg.data_dir), &id).map_err(|e| e.to_string())?;
+            let Some(summary) = summary else { return Ok(Some("the recording was erased")) };
+            ctx1.access.withdrawn(&p1, perm, &summary).map_err(|e| e.to_string())
+        }),
         on_withdrawn: Box::new(move |why, sent| {
             let mut entry = entry;
             entry.detail["why"] = why.into();
@@ -1102,6 +1121,7 @@ fn still_allowed(ctx: &Ctx, a: &Audited, p: &Principal, perm: Permission, summar
             ctx2.audit.record(entry);
         }),
         every: RECHECK_ACCESS_EVERY,
+        since,
     }
 }
 
@@ -1113,23 +1133,22 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guar
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
         let mut view = Some(view);
-        let mut pos = start + first.len() as u64;
-        if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
-            return;
-        }
-        let (check, mut on_withdrawn, every) = match guard {
-            Some(g) => (Some(Arc::new(g.check)), Some(g.on_withdrawn), g.every),
-            None => (None, None, Duration::MAX),
+        let mut sent = 0u64;
+        // The next block to send: the one read before answering, then each one read here.
+        let mut ready = (!first.is_empty()).then_some(first);
+        let mut pos = start + ready.as_ref().map_or(0, |b| b.len() as u64);
+        let (check, mut on_withdrawn, every, mut checked) = match guard {
+            Some(g) => (Some(Arc::new(g.check)), Some(g.on_withdrawn), g.every, g.since),
+            None => (None, None, Duration::MAX, std::time::Instant::now()),
         };
-        let mut checked = tokio::time::Instant::now();
-        while pos < end {
+        loop {
+            // Due counting from when the caller was let in: a wait for a transcode slot counts.
             if let Some(c) = check.as_ref().filter(|_| checked.elapsed() >= every) {
                 let c = c.clone();
                 match tokio::task::spawn_blocking(move || c()).await {
                     Ok(Ok(None)) => {}
                     Ok(Ok(Some(why))) => {
                         crate::log::warn(&format!("api: playback stopped: {why}"));
-                        let sent = pos - start;
                         if let Some(record) = on_withdrawn.take() {
                             let _ = tokio::task::spawn_blocking(move || record(why, sent)).await;
                         }
@@ -1141,43 +1160,51 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guar
                     )),
                     Err(e) => crate::log::warn(&format!("api: cannot re-check a listener's access: {e}")),
                 }
-                checked = tokio::time::Instant::now();
+                checked = std::time::Instant::now();
             }
-            let mut v = view.take().expect("returned by the last read");
-            let want = ((end - pos) as usize).min(64 * 1024);
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; want];
-                let r = v.read_at(pos, &mut buf).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                (v, r)
-            })
-            .await;
-            let chunk = match read {
-                Ok((v, Ok(buf))) if !buf.is_empty() => {
-                    view = Some(v);
-                    buf
-                }
-                Ok((_, Ok(_))) => {
-                    crate::log::warn("api: playback stopped: the audio ended before its length");
-                    Vec::new()
-                }
-                Ok((_, Err(e))) => {
-                    crate::log::warn(&format!("api: playback stopped: {e}"));
-                    Vec::new()
-                }
-                Err(e) => {
-                    crate::log::warn(&format!("api: playback stopped: {e}"));
-                    Vec::new()
+            let chunk = match ready.take() {
+                Some(block) => block,
+                None if pos >= end => return,
+                None => {
+                    let mut v = view.take().expect("returned by the last read");
+                    let want = ((end - pos) as usize).min(64 * 1024);
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; want];
+                        let r = v.read_at(pos, &mut buf).map(|n| {
+                            buf.truncate(n);
+                            buf
+                        });
+                        (v, r)
+                    })
+                    .await;
+                    let chunk = match read {
+                        Ok((v, Ok(buf))) if !buf.is_empty() => {
+                            view = Some(v);
+                            buf
+                        }
+                        Ok((_, Ok(_))) => {
+                            crate::log::warn("api: playback stopped: the audio ended before its length");
+                            Vec::new()
+                        }
+                        Ok((_, Err(e))) => {
+                            crate::log::warn(&format!("api: playback stopped: {e}"));
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            crate::log::warn(&format!("api: playback stopped: {e}"));
+                            Vec::new()
+                        }
+                    };
+                    if chunk.is_empty() {
+                        // The client sees the body end short of Content-Length: an error, not a file.
+                        let _ = tx.send(Err(std::io::Error::other("playback stopped"))).await;
+                        return;
+                    }
+                    pos += chunk.len() as u64;
+                    chunk
                 }
             };
-            if chunk.is_empty() {
-                // The client sees the body end short of Content-Length: an error, not a file.
-                let _ = tx.send(Err(std::io::Error::other("playback stopped"))).await;
-                return;
-            }
-            pos += chunk.len() as u64;
+            sent += chunk.len() as u64;
             if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }
@@ -2117,10 +2144,11 @@ mod tests {
                 check: Box::new(move || Ok((c.fetch_add(1, Ordering::SeqCst) >= 3).then_some("its token was revoked"))),
                 on_withdrawn: Box::new(move |why, sent| *r.lock().unwrap() = Some((why, sent))),
                 every: Duration::ZERO,
+                since: std::time::Instant::now(),
             };
             let (got, failed) = drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await;
             assert!(failed, "the body ends in an error, not as if complete");
-            assert_eq!(got, 4 * 64 * 1024, "the first block and three checked ones");
+            assert_eq!(got, 3 * 64 * 1024, "three blocks, each checked before it was sent (the first too)");
             assert_eq!(*recorded.lock().unwrap(), Some(("its token was revoked", got)));
             assert_eq!(checks.load(Ordering::SeqCst), 4, "no check after the cut");
 
@@ -2129,6 +2157,7 @@ mod tests {
                 check: Box::new(|| Err("database is locked".into())),
                 on_withdrawn: Box::new(|_, _| panic!("not withdrawn")),
                 every: Duration::ZERO,
+                since: std::time::Instant::now(),
             };
             assert_eq!(drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await, (LEN, false));
             // Nor is one checked only every minute, within its first minute.
@@ -2136,8 +2165,21 @@ mod tests {
                 check: Box::new(|| Ok(Some("its user was disabled"))),
                 on_withdrawn: Box::new(|_, _| panic!("not checked yet")),
                 every: Duration::from_secs(60),
+                since: std::time::Instant::now(),
             };
             assert_eq!(drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await, (LEN, false));
+            // Access withdrawn while the request waited (for a transcode slot) longer than the
+            // interval: cut before the first byte, and the cut recorded.
+            let recorded = Arc::new(Mutex::new(None));
+            let r = recorded.clone();
+            let guard = StillAllowed {
+                check: Box::new(|| Ok(Some("its token was revoked"))),
+                on_withdrawn: Box::new(move |why, sent| *r.lock().unwrap() = Some((why, sent))),
+                every: Duration::from_secs(5),
+                since: std::time::Instant::now() - Duration::from_secs(6),
+            };
+            assert_eq!(drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await, (0, true));
+            assert_eq!(*recorded.lock().unwrap(), Some(("its token was revoked", 0)));
         });
     }
 
@@ -2150,6 +2192,8 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(body));
             assert!(e.message.contains("appears twice"), "{}", e.message);
         }
+        let e = only_keys([&"cvt_0123456789ab_secret".to_string()], &["ttl_s"], "field").unwrap_err();
+        assert!(e.message.contains("unknown field") && !e.message.contains("secret"), "{}", e.message);
         // The repeated key is named, but a token used as one is not written back.
         let e = json_body(&Bytes::from_static(br#"{"cvt_0123456789ab_secret":1,"cvt_0123456789ab_secret":2}"#))
             .unwrap_err();
