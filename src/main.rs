@@ -43,16 +43,22 @@ mod live;
 #[path = "cli/storage.rs"]
 mod storage;
 
+/// Indented lines: a `\` line continuation would eat the leading spaces.
+const TOP_HELP: &str = concat!(
+    "Exit codes: 0 success, 1 failure (the message says what failed), 2 usage error.\n",
+    "Some commands add their own, listed in their --help and in docs/cli.md:\n",
+    "  3  import, replay: capture partly unreadable; audit: the trail, its key or anchors unreadable;\n",
+    "     user, token: no data directory (a wrong --config)\n",
+    "  4  ctl: control socket unreachable; erase: recordings kept by a hold or still in the spool;\n",
+    "     user, token: no such user or token\n",
+    "  5  verify, decrypt, catalog rebuild: keys unloadable\n",
+    "audit verify exits 1 when it finds tampering.\n",
+    "Run `callvault help <command>` for each command's options and examples."
+);
+
 #[derive(Parser)]
 #[command(name = "callvault", version, about = "Call recording for contact centres: RTP in, recordings out")]
-#[command(
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 capture partly unreadable (import, replay)\n\
-or audit trail unreadable (audit), 1 tampering found (audit verify),\n\
-4 control socket unreachable (ctl), some recordings kept by a hold or still in the spool (erase),\n\
-or no such user or token (user, token),\n\
-5 keys unloadable (verify, decrypt, catalog rebuild).\n\
-Run `callvault help <command>` for each command's options and examples."
-)]
+#[command(after_help = TOP_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -342,7 +342,17 @@ fn signed_links_play_one_recording_only() {
     let link = url.split("link=").nth(1).unwrap();
     let other = format!("/api/recordings/{}/audio?link={link}", s.ulaw);
     assert_eq!(http(&s.addr, "GET", &other, None, &[], None).status, 401);
-    assert_eq!(http(&s.addr, "GET", &format!("/api/recordings/{}?link={link}", s.sales), None, &[], None).status, 400);
+    // Elsewhere a link is refused like a role without the permission (403), whatever it names.
+    for elsewhere in [
+        format!("/api/recordings/{}?link={link}", s.sales),
+        format!("/api/recordings/{}/verify?link={link}", s.sales),
+        format!("/api/recordings?agent=bob&link={link}"),
+        "/api/me?LINK=x".to_string(),
+    ] {
+        let r = http(&s.addr, "GET", &elsewhere, None, &[], None);
+        assert_eq!(r.status, 403, "{elsewhere}");
+        assert!(String::from_utf8_lossy(&r.body).contains("audio only"), "{elsewhere}");
+    }
     assert_eq!(http(&s.addr, "GET", &format!("{url}&download=1"), None, &[], None).status, 403);
     let mut bad = url.clone();
     let c = bad.pop().unwrap();
@@ -459,6 +469,13 @@ fn the_web_page_and_the_openapi_file_are_served() {
         assert!(spec["paths"].get(path).is_some(), "{path} missing from docs/openapi.json");
     }
     assert_eq!(http(&s.addr, "GET", "/api/nothing", None, &[], None).status, 404);
+    // The icon every browser asks for is an empty answer, not a refused request in the trail.
+    let icon = http(&s.addr, "GET", "/favicon.ico", None, &[], None);
+    assert_eq!(icon.status, 204);
+    let trail = s.get("auditor", "/api/audit?limit=1000").json();
+    let targets: Vec<&str> = trail["entries"].as_array().unwrap().iter().filter_map(|e| e["target"].as_str()).collect();
+    assert!(targets.contains(&"/api/nothing"), "unknown routes are audited: {targets:?}");
+    assert!(!targets.contains(&"/favicon.ico"), "{targets:?}");
 }
 
 #[test]

@@ -360,12 +360,19 @@ fn log_in_search_play_to_the_end_and_seek() {
     // A supervisor searches and plays; the audit section is not theirs.
     assert_eq!(b.js("return document.querySelector('#search-section').hidden"), false);
     assert_eq!(b.js("return document.querySelector('#audit').hidden"), true);
+    // Logging in lists the newest recordings in scope at once.
+    let listed = b.wait(
+        "the first page of results",
+        "return document.querySelector('#results-note').textContent && [...document.querySelectorAll('#results tr[data-id]')].map(r => r.dataset.id)",
+        Duration::from_secs(10),
+    );
+    assert!(listed.as_array().is_some_and(|ids| ids.contains(&json!(rid))), "{listed}");
 
     b.type_into("#search-agent", "alice");
     b.click("#search");
     let rows = b.wait(
         "a result row",
-        "return [...document.querySelectorAll('#results tr[data-id]')].map(r => r.dataset.id)",
+        "const ids = [...document.querySelectorAll('#results tr[data-id]')].map(r => r.dataset.id); return ids.length === 1 && ids",
         Duration::from_secs(10),
     );
     assert_eq!(rows, json!([rid]));
@@ -521,6 +528,7 @@ fn log_in_search_play_to_the_end_and_seek() {
     b.type_into("#token", &admin);
     b.click("#login");
     b.wait("the admin's search", "return !document.querySelector('#search-section').hidden", Duration::from_secs(10));
+    b.wait("the first page", "return document.querySelector('#results-note').textContent", Duration::from_secs(10));
     b.type_into("#search-call-id", "web-1");
     b.click("#search");
     b.wait(

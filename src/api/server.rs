@@ -536,11 +536,22 @@ async fn audit_unhandled(
     let path: String = scrub(&raw_path.chars().take(256).collect::<String>());
     let headers = req.headers().clone();
     let static_file = (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
-        && ["/", "/app.js", "/app.css", "/api/openapi.json"].contains(&raw_path.as_str());
+        && ["/", "/app.js", "/app.css", "/favicon.ico", "/api/openapi.json"].contains(&raw_path.as_str());
     // Only search, audio and the audit trail take parameters; elsewhere one is a mistake (a
     // `?dry_run=1` on a DELETE must not erase), refused before the handler runs.
     let takes_query = raw_path == "/api/recordings" || raw_path.ends_with("/audio") || raw_path == "/api/audit";
-    let resp = if !takes_query && !static_file && req.uri().query().is_some_and(|q| !q.is_empty()) {
+    let query = req.uri().query().unwrap_or("");
+    let link_elsewhere = !raw_path.ends_with("/audio")
+        && query.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("link")));
+    let resp = if link_elsewhere && !static_file {
+        // The role of a link, like a role without the permission: refused whatever it names.
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a playback link plays its recording's audio only (GET /api/recordings/{id}/audio?link=…); this endpoint needs a token",
+        )
+        .into_response()
+    } else if !takes_query && !static_file && !query.is_empty() {
         ApiError::bad_request("this endpoint takes no URL parameters (docs/api.md)").into_response()
     } else {
         next.run(req).await
@@ -558,6 +569,7 @@ async fn audit_unhandled(
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".to_string(),
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".to_string(),
         StatusCode::BAD_REQUEST => "bad_request".to_string(),
+        StatusCode::FORBIDDEN => "forbidden".to_string(),
         other => format!("http {}", other.as_u16()),
     };
     let entry = Entry {
@@ -686,6 +698,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/", get(web_index))
         .route("/app.js", get(web_js))
         .route("/app.css", get(web_css))
+        .route("/favicon.ico", get(favicon))
         .route("/api/openapi.json", get(openapi))
         .route("/api/me", get(me))
         .route("/api/recordings", get(search))
@@ -733,6 +746,13 @@ async fn web_js() -> Response {
 }
 async fn web_css() -> Response {
     asset(APP_CSS, "text/css; charset=utf-8")
+}
+/// No icon: an empty answer the browser caches, so opening the page is not a refused request
+/// in the audit trail each time.
+async fn favicon() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    r
 }
 async fn openapi() -> Response {
     asset(OPENAPI, "application/json")

@@ -16,7 +16,8 @@ Examples:
   callvault serve --check --config callvault.toml  # validate the config and exit
 
 Without --config, data goes to ./callvault-data (spool/ holds recordings), the control socket is
-./callvault-data/control.sock and metrics are on 127.0.0.1:9464. Every key and its default is in
+./callvault-data/control.sock, metrics are on 127.0.0.1:9464 and the search and playback API with
+its web page on http://127.0.0.1:8080/ ([api] listen). Every key and its default is in
 docs/configuration.md. SIGTERM or Ctrl-C finalises every active recording before exit.
 
 Exit codes: 0 clean stop (or config valid with --check); 1 could not start (the message names the

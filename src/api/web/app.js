@@ -18,6 +18,8 @@
     nextCursor: null,
     // Bumped at every selection: answers for an earlier one are dropped.
     selection: 0,
+    // Bumped at every search: a page answering an earlier one is dropped.
+    searches: 0,
     recording: null,
     linkExpires: 0,
     linkRetried: false,
@@ -161,6 +163,8 @@
     $('#audit').hidden = !can('audit.read');
     if (can('search')) {
       $('#search-agent').focus();
+      // The newest recordings in scope at once, rather than an empty table.
+      search(false).catch(fail);
     }
     if (can('audit.read')) loadAudit(false).catch(fail);
   }
@@ -225,7 +229,9 @@
     }
     const q = new URLSearchParams(state.query);
     if (more && state.nextCursor) q.set('cursor', state.nextCursor);
+    const mine = ++state.searches;
     const page = await api('GET', '/api/recordings?' + q.toString());
+    if (mine !== state.searches || !state.me) return;
     const body = $('#results').tBodies[0];
     if (!more) body.replaceChildren();
     for (const r of page.recordings) body.append(resultRow(r));
