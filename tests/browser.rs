@@ -266,7 +266,8 @@ fn log_in_search_play_to_the_end_and_seek() {
     let began = Instant::now();
     let port = free_port();
     let d = Daemon::start(Options {
-        extra: format!("[storage]\nship = true\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        // A shorter longest link than the page's usual 15 minutes: the page takes the server's default.
+        extra: format!("[storage]\nship = true\n[api]\nlisten = \"127.0.0.1:{port}\"\nlink_max_ttl_s = 600\n"),
         ..Options::default()
     });
     let addr = format!("127.0.0.1:{port}");

@@ -26,8 +26,9 @@ pub fn parse(header: Option<&str>, len: u64) -> Wanted {
         return Wanted::Whole;
     }
     let Some((a, b)) = spec.trim().split_once('-') else { return Wanted::Unsatisfiable };
+    // Digits past u64 are as good as u64::MAX: a client may write "to the end" that way.
     let num = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.len() <= 20 && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().unwrap_or(u64::MAX))
     };
     let (a, b) = (a.trim(), b.trim());
     match (a.is_empty(), b.is_empty()) {
@@ -68,6 +69,9 @@ mod tests {
         assert_eq!(p("bytes=0-1,5-6"), Wanted::Whole);
         assert_eq!(p("items=0-1"), Wanted::Whole, "another unit is ignored");
         assert_eq!(p("Bytes=0-1"), Wanted::Part { start: 0, end: 1 });
+        // Past u64: the end of the body.
+        assert_eq!(p("bytes=10-99999999999999999999999"), Wanted::Part { start: 10, end: 999 });
+        assert_eq!(p("bytes=-99999999999999999999999"), Wanted::Part { start: 0, end: 999 });
         for bad in [
             "bytes=1000-",
             "bytes=1000-1001",

@@ -572,6 +572,7 @@ async fn audit_unhandled(
         StatusCode::FORBIDDEN => "forbidden".to_string(),
         other => format!("http {}", other.as_u16()),
     };
+    let resp = as_json_error(resp);
     let entry = Entry {
         actor: a.actor,
         action: "request".into(),
@@ -586,6 +587,30 @@ async fn audit_unhandled(
     }
     ctx.stats.count("request", &code);
     resp
+}
+
+/// An error the HTTP layer answered itself (a body too large, a method the route does not
+/// take) in the API's JSON error form, like every other refusal.
+fn as_json_error(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || json {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request bodies are at most 64 KiB"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "this endpoint does not take that method (GET /api/openapi.json lists them)")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send the body as application/json"),
+        _ => ("bad_request", "the request could not be read (docs/api.md)"),
+    };
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let mut r = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = allow {
+        r.headers_mut().insert(header::ALLOW, allow);
+    }
+    r
 }
 
 /// The audit actor is the user; how they proved it goes in the entry's detail.
@@ -989,9 +1014,15 @@ async fn audio(
     if method != axum::http::Method::GET {
         a.note("method", method.as_str());
     }
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(r) = &range_header {
         a.note("range", r.as_str());
+    }
+    // This API sends no validators (ETag, Last-Modified), so no If-Range can match: the whole
+    // body is sent, as RFC 9110 §13.1.5 says, rather than a part of what may be another file.
+    if range_header.is_some() && headers.contains_key(header::IF_RANGE) {
+        a.note("if_range", "no match: whole body");
+        range_header = None;
     }
     let r = async {
         let p = match params.get("link") {
@@ -1150,10 +1181,15 @@ fn still_allowed(
 /// a connection and a buffer, never a thread. With a `guard`, access is checked again every
 /// `guard.every`, and a body whose access was withdrawn ends short of its length.
 fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guard: Option<StillAllowed>) -> Body {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    // Set at a cut: blocks already queued for the connection are not handed on. Delivered
+    // counts what was handed on (the `bytes_sent` of the cut's audit entry).
+    let cut = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (cut_w, delivered_r) = (cut.clone(), delivered.clone());
     tokio::spawn(async move {
         let mut view = Some(view);
-        let mut sent = 0u64;
         // The next block to send: the one read before answering, then each one read here.
         let mut ready = (!first.is_empty()).then_some(first);
         let mut pos = start + ready.as_ref().map_or(0, |b| b.len() as u64);
@@ -1161,26 +1197,33 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guar
             Some(g) => (Some(Arc::new(g.check)), Some(g.on_withdrawn), g.every, g.since),
             None => (None, None, Duration::MAX, std::time::Instant::now()),
         };
+        // Runs the check if it is due; true once access is withdrawn (the cut is then made).
+        let mut recheck = async |checked: &mut std::time::Instant| -> bool {
+            let Some(c) = check.as_ref().filter(|_| checked.elapsed() >= every) else { return false };
+            let c = c.clone();
+            match tokio::task::spawn_blocking(move || c()).await {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(why))) => {
+                    cut_w.store(true, Ordering::SeqCst);
+                    crate::log::warn(&format!("api: playback stopped: {why}"));
+                    let sent = delivered_r.load(Ordering::SeqCst);
+                    if let Some(record) = on_withdrawn.take() {
+                        let _ = tokio::task::spawn_blocking(move || record(why, sent)).await;
+                    }
+                    return true;
+                }
+                Ok(Err(e)) => crate::log::warn(&format!(
+                    "api: cannot re-check a listener's access (checked again in {every:?}): {e}"
+                )),
+                Err(e) => crate::log::warn(&format!("api: cannot re-check a listener's access: {e}")),
+            }
+            *checked = std::time::Instant::now();
+            false
+        };
         loop {
             // Due counting from when the caller was let in: a wait for a transcode slot counts.
-            if let Some(c) = check.as_ref().filter(|_| checked.elapsed() >= every) {
-                let c = c.clone();
-                match tokio::task::spawn_blocking(move || c()).await {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some(why))) => {
-                        crate::log::warn(&format!("api: playback stopped: {why}"));
-                        if let Some(record) = on_withdrawn.take() {
-                            let _ = tokio::task::spawn_blocking(move || record(why, sent)).await;
-                        }
-                        let _ = tx.send(Err(std::io::Error::other(format!("playback stopped: {why}")))).await;
-                        return;
-                    }
-                    Ok(Err(e)) => crate::log::warn(&format!(
-                        "api: cannot re-check a listener's access (checked again in {every:?}): {e}"
-                    )),
-                    Err(e) => crate::log::warn(&format!("api: cannot re-check a listener's access: {e}")),
-                }
-                checked = std::time::Instant::now();
+            if recheck(&mut checked).await {
+                return;
             }
             let chunk = match ready.take() {
                 Some(block) => block,
@@ -1224,13 +1267,41 @@ fn stream_body(view: Box<dyn ReadAt>, first: Vec<u8>, start: u64, end: u64, guar
                     chunk
                 }
             };
-            sent += chunk.len() as u64;
-            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                return;
-            }
+            // A client that takes nothing for a while is still re-checked on time: the cut does
+            // not wait for it to make room.
+            let permit = loop {
+                let due = tokio::time::Instant::from_std(checked) + every.min(Duration::from_secs(86_400));
+                tokio::select! {
+                    biased;
+                    permit = tx.reserve() => break permit,
+                    _ = tokio::time::sleep_until(due), if check.is_some() => {
+                        if recheck(&mut checked).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            let Ok(permit) = permit else { return };
+            permit.send(Ok(Bytes::from(chunk)));
         }
     });
-    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    let mut failed = false;
+    Body::from_stream(futures::stream::poll_fn(move |cx| {
+        use std::task::Poll;
+        if cut.load(Ordering::SeqCst) {
+            // Once: an error ends the response short of its length; then nothing more.
+            if failed {
+                return Poll::Ready(None);
+            }
+            failed = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("playback stopped: access withdrawn"))));
+        }
+        let next = rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &next {
+            delivered.fetch_add(b.len() as u64, Ordering::SeqCst);
+        }
+        next
+    }))
 }
 
 /// A JSON value read with every object's keys unique. A body such as `{"ttl_s":60,"ttl_s":86400}`
@@ -1854,10 +1925,18 @@ pub fn bind(cfg: &Config) -> Result<Bound, ApiStartError> {
     Ok(Bound { listener, tls, addr })
 }
 
-/// Most connections served at once; more wait in the kernel's backlog.
+/// Most connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
-/// Most connections from one address at once: one client cannot take every slot.
+/// Most connections from one address at once: one client cannot take every slot. Loopback is
+/// 127.0.0.1 and ::1 are not limited: a reverse proxy on this host brings every user's requests
+/// from there.
 const MAX_PER_ADDRESS: usize = 16;
+/// The kernel's send buffer per connection (it grows to megabytes by itself): what is already
+/// in it still reaches the client after a cut, so it bounds what a revoked listener still gets.
+/// 128 KiB is some 8 s of 8 kHz stereo and keeps a LAN download at tens of MB/s.
+const SEND_BUFFER: usize = 128 * 1024;
+/// Hyper's own write buffer, for the same reason (its default is some 400 KiB).
+const WRITE_BUFFER: usize = 64 * 1024;
 /// A client that takes no bytes of a response for this long is cut off: a player that stopped
 /// reading must not hold its slot for ever.
 const WRITE_STALL: Duration = Duration::from_secs(30);
@@ -1867,6 +1946,8 @@ struct StallGuard<I> {
     io: I,
     limit: Duration,
     stalled_since: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Named in the log line of a cut.
+    peer: Option<SocketAddr>,
 }
 
 impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<I> {
@@ -1885,7 +1966,12 @@ impl<I> StallGuard<I> {
         use std::future::Future;
         let limit = self.limit;
         let timer = self.stalled_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).is_ready()
+        let stalled = timer.as_mut().poll(cx).is_ready();
+        if stalled {
+            let who = self.peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
+            crate::log::warn(&format!("api: {who} took no bytes for {limit:?}: its connection is closed"));
+        }
+        stalled
     }
 }
 
@@ -1955,12 +2041,22 @@ async fn flush_pending_outcomes(ctx: Ctx) {
     }
 }
 
+/// The addresses a reverse proxy on this host connects from (other loopback addresses are
+/// limited like any client's).
+fn is_this_host(ip: std::net::IpAddr) -> bool {
+    ip == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+        || ip == std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+}
+
 /// Connections per peer address, released when a connection ends.
 #[derive(Default)]
 struct PerAddress(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
 
 impl PerAddress {
     fn take(&self, ip: std::net::IpAddr) -> bool {
+        if is_this_host(ip) {
+            return true;
+        }
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_default();
         if *n >= MAX_PER_ADDRESS {
@@ -1970,6 +2066,9 @@ impl PerAddress {
         true
     }
     fn release(&self, ip: std::net::IpAddr) {
+        if is_this_host(ip) {
+            return;
+        }
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&ip) {
             *n -= 1;
@@ -2012,8 +2111,8 @@ async fn serve(bound: Bound, app: Router) {
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_address = Arc::new(PerAddress::default());
+    let mut full_warned = None;
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -2023,17 +2122,29 @@ async fn serve(bound: Bound, app: Router) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Closed at once rather than left waiting in the backlog.
+            if full_warned.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(60)) {
+                crate::log::warn(&format!(
+                    "api: {MAX_CONNECTIONS} connections open: new ones are closed (one from {peer}; said once a minute)"
+                ));
+                full_warned = Some(std::time::Instant::now());
+            }
+            drop(tcp);
+            continue;
+        };
         if !per_address.take(peer.ip()) {
             // Closed at once: the client's other connections are still served.
             drop(tcp);
             continue;
         }
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
         let app = app.clone();
         let tls = bound.tls.clone();
         let per_address = per_address.clone();
         tokio::spawn(async move {
-            let tcp = StallGuard { io: tcp, limit: WRITE_STALL, stalled_since: None };
+            let tcp = StallGuard { io: tcp, limit: WRITE_STALL, stalled_since: None, peer: Some(peer) };
             match tls {
                 Some(acceptor) => {
                     // A failed handshake (a plain-HTTP client, a scanner) ends the connection only.
@@ -2062,6 +2173,7 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(15))
+        .max_buf_size(WRITE_BUFFER)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await;
 }
@@ -2076,7 +2188,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let (a, mut b) = tokio::io::duplex(1024);
-            let mut guarded = StallGuard { io: a, limit: Duration::from_millis(200), stalled_since: None };
+            let mut guarded = StallGuard { io: a, limit: Duration::from_millis(200), stalled_since: None, peer: None };
             // Reading slowly but steadily: every write completes.
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 512];
@@ -2109,8 +2221,8 @@ mod tests {
     #[test]
     fn connections_per_address_are_bounded_and_released() {
         let p = PerAddress::default();
-        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let other: std::net::IpAddr = "10.1.2.3".parse().unwrap();
         for _ in 0..MAX_PER_ADDRESS {
             assert!(p.take(ip));
         }
@@ -2118,6 +2230,14 @@ mod tests {
         assert!(p.take(other), "another address is not held back");
         p.release(ip);
         assert!(p.take(ip));
+        // A reverse proxy on this host: every user's connections come from 127.0.0.1 or ::1.
+        for proxy in ["127.0.0.1", "::1"] {
+            let proxy: std::net::IpAddr = proxy.parse().unwrap();
+            for _ in 0..MAX_PER_ADDRESS * 4 {
+                assert!(p.take(proxy), "{proxy}");
+            }
+            p.release(proxy);
+        }
     }
 
     /// `len` bytes of 7s.
@@ -2168,9 +2288,24 @@ mod tests {
             };
             let (got, failed) = drain(stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard))).await;
             assert!(failed, "the body ends in an error, not as if complete");
-            assert_eq!(got, 3 * 64 * 1024, "three blocks, each checked before it was sent (the first too)");
-            assert_eq!(*recorded.lock().unwrap(), Some(("its token was revoked", got)));
+            assert!(got <= 3 * 64 * 1024, "at most the three blocks checked before the fourth check: {got}");
+            assert_eq!(*recorded.lock().unwrap(), Some(("its token was revoked", got)), "what was handed on");
             assert_eq!(checks.load(Ordering::SeqCst), 4, "no check after the cut");
+
+            // A client that takes nothing is re-checked on time all the same, and once cut it
+            // gets none of the blocks that were waiting for it.
+            let recorded = Arc::new(Mutex::new(None));
+            let r = recorded.clone();
+            let guard = StillAllowed {
+                check: Box::new(|| Ok(Some("its user was disabled"))),
+                on_withdrawn: Box::new(move |why, sent| *r.lock().unwrap() = Some((why, sent))),
+                every: Duration::from_millis(50),
+                since: std::time::Instant::now(),
+            };
+            let body = stream_body(Box::new(Sevens(LEN)), first(), 0, LEN, Some(guard));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(*recorded.lock().unwrap(), Some(("its user was disabled", 0)), "cut while nobody read");
+            assert_eq!(drain(body).await, (0, true));
 
             // A store that cannot be read does not cut the listener off.
             let guard = StillAllowed {

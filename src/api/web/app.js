@@ -6,8 +6,6 @@
 
 (() => {
   const TOKEN_KEY = 'callvault.token';
-  // A playback link lives this long; the page asks for a new one when it runs out.
-  const LINK_TTL_S = 900;
 
   const $ = (sel) => document.querySelector(sel);
 
@@ -215,7 +213,10 @@
     for (const pair of $('#search-meta').value.trim().split(/\s+/).filter(Boolean)) {
       const at = pair.indexOf('=');
       if (at < 1) throw new Error('Metadata filter "' + pair + '": write KEY=VALUE, e.g. team=south.');
-      q.set('meta.' + pair.slice(0, at), pair.slice(at + 1));
+      const key = 'meta.' + pair.slice(0, at);
+      // A second value for a key would silently replace the first: refused, as the API does.
+      if (q.has(key)) throw new Error('Metadata filter "' + pair.slice(0, at) + '" is given twice: give each key once.');
+      q.set(key, pair.slice(at + 1));
     }
     q.set('limit', '50');
     return q;
@@ -405,8 +406,9 @@
   }
 
   async function newLink(id) {
-    const r = await api('POST', '/api/recordings/' + encodeURIComponent(id) + '/link', { ttl_s: LINK_TTL_S });
-    state.linkExpires = Date.parse(r.expires_at) || Date.now() + LINK_TTL_S * 1000;
+    // The server's default lifetime: 15 minutes, or less where [api] link_max_ttl_s says so.
+    const r = await api('POST', '/api/recordings/' + encodeURIComponent(id) + '/link', {});
+    state.linkExpires = Date.parse(r.expires_at) || Date.now() + r.ttl_s * 1000;
     // G.711 WAV is served as 16-bit PCM WAV, which every browser plays; other formats as stored.
     let url = r.url + (r.url.includes('?') ? '&' : '?') + 'format=browser';
     if ((state.recording.audio || []).length > 1) url += '&leg=' + state.leg;
