@@ -530,18 +530,21 @@ fn read_from(conn: &Connection, path: &Path, q: &ReadQuery) -> Result<Vec<Value>
     let mut stmt = conn.prepare(&sql).map_err(&err)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), |r| {
-            let detail: String = r.get(7)?;
+            // Whatever a tampered row holds (a blob, bytes that are not UTF-8) is shown, not a
+            // reason to show nothing: `verify` says it was edited.
+            let text = |i| column_bytes(r, i).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let detail = text(7)?;
             Ok(json!({
                 "seq": r.get::<_, i64>(0)?,
-                "at": r.get::<_, String>(1)?,
-                "actor": r.get::<_, String>(2)?,
-                "action": r.get::<_, String>(3)?,
-                "target": r.get::<_, String>(4)?,
-                "source": r.get::<_, String>(5)?,
-                "result": r.get::<_, String>(6)?,
+                "at": text(1)?,
+                "actor": text(2)?,
+                "action": text(3)?,
+                "target": text(4)?,
+                "source": text(5)?,
+                "result": text(6)?,
                 "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
-                "prev_mac": r.get::<_, String>(8)?,
-                "mac": r.get::<_, String>(9)?,
+                "prev_mac": text(8)?,
+                "mac": text(9)?,
             }))
         })
         .map_err(&err)?;
@@ -1239,7 +1242,9 @@ fn scan_log(conn: &Connection, key: &[u8; 32], s: &mut Scan) -> rusqlite::Result
         if let Some(slot) = s.anchored.get_mut(&seq) {
             *slot = Some(row.mac.clone());
         }
-        let expected = s.prev.as_ref().map_or(1, |(p, _)| p.saturating_add(1));
+        // Entries are numbered from 1: one moved below that is reported where it is, and
+        // entry 1 is still expected after it.
+        let expected = s.prev.as_ref().map_or(1, |(p, _)| p.saturating_add(1).max(1));
         let prev_mac = s.prev.as_ref().map_or(GENESIS.as_bytes(), |(_, m)| m.as_slice());
         if seq > expected {
             let n = seq - expected;
@@ -1956,4 +1961,225 @@ mod tests {
             assert_eq!(anchor_from_key(bad), None, "{bad}");
         }
     }
+
+    #[test]
+    fn problems_are_capped_in_seq_order_and_counted() {
+        let (dir, log) = log_with(3);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        // 1500 made-up entries after the real ones: each one edited (its mac is not a mac).
+        tamper(
+            dir.path(),
+            "WITH RECURSIVE n(i) AS (SELECT 4 UNION ALL SELECT i + 1 FROM n WHERE i < 1503)
+             INSERT INTO entries SELECT i, 'x', 'x', 'x', 'x', 'x', 'x', '{}', 'x', 'x' FROM n",
+        );
+        let r = verify(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.problems.len(), MAX_PROBLEMS);
+        // Entry 4 breaks the chain and is edited; every later one is edited: 1501 in all.
+        assert_eq!(r.problems_total(), 1501);
+        assert_eq!(r.problems_not_listed, 501);
+        assert_eq!((r.problems[0].seq, r.problems[0].kind), (Some(4), "chain_broken"));
+        assert!(r.problems.windows(2).all(|w| w[0].seq <= w[1].seq), "in seq order");
+        assert_eq!(r.problems.last().unwrap().seq, Some(4 + 998));
+        let v = r.to_json();
+        assert_eq!(v["problems_not_listed"], 501);
+        assert_eq!(v["problems"].as_array().unwrap().len(), MAX_PROBLEMS);
+        // Problems found out of seq order (anchors after the log) still keep the first ones.
+        let mut cut = a.clone();
+        cut.seq = 2;
+        let r = verify_capped(dir.path(), &[a, cut], &Findings::default(), 3).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(2), "forged_anchor"), (Some(4), "chain_broken"), (Some(4), "edited")]);
+        assert_eq!(r.problems_not_listed, 1499);
+        // Nothing wrong: nothing not listed.
+        let (dir, _log) = log_with(2);
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(r.ok && r.problems_not_listed == 0 && r.to_json()["problems_not_listed"] == 0);
+    }
+
+    #[test]
+    fn a_wiped_log_is_cut_off_where_anchors_tell() {
+        let (dir, log) = log_with(4);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        drop(log);
+        // Truncated to 0 bytes (its WAL gone with it).
+        for f in ["audit.db-wal", "audit.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::write(dir.path().join(DB_FILE), b"").unwrap();
+        let r = verify(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(Some(4), "cut_off")]);
+        let m = &r.problems[0].message;
+        assert!(m.contains("has no entries table (0 bytes)") && m.contains("every entry (1 to 4) was cut off"), "{m}");
+        // Without an anchor: cannot tell what it held, said so (not "no such table").
+        let e = verify(dir.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("no entries table") && e.contains("no anchor of this log"), "{e}");
+        assert!(!e.contains("no such table"), "{e}");
+        // The tables dropped, the file kept.
+        let (dir, log) = log_with(2);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        tamper(dir.path(), "DROP TABLE entries; DROP TABLE meta;");
+        assert_eq!(kinds(&verify(dir.path(), &[a]).unwrap()), vec![(Some(2), "cut_off")]);
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_problem_not_an_error() {
+        let (dir, log) = log_with(3);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        drop(log);
+        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, it is what someone wrote over it".repeat(100))
+            .unwrap();
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(None, "damaged")]);
+        assert!(r.problems[0].message.contains("no entry can be read"), "{}", r.problems[0].message);
+        let r = verify(dir.path(), &[a]).unwrap();
+        assert_eq!(kinds(&r), vec![(None, "damaged")]);
+        assert!(r.problems[0].message.contains("anchors name entries up to seq 3"), "{}", r.problems[0].message);
+    }
+
+    #[test]
+    fn a_detail_that_is_not_text_is_an_edit() {
+        let (dir, log) = log_with(3);
+        tamper(dir.path(), "UPDATE entries SET detail = x'80ff' WHERE seq = 2; UPDATE entries SET at = 5 WHERE seq = 3");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(2), "edited"), (Some(3), "edited")]);
+        // And it can still be listed.
+        let all = log.read(&ReadQuery::default()).unwrap();
+        assert_eq!((all[1]["detail"].as_str(), all[2]["at"].as_str()), (Some("\u{fffd}\u{fffd}"), Some("5")));
+        let r = read_dir(dir.path(), &ReadQuery::default()).unwrap();
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn negative_seqs_are_reported_as_they_are() {
+        let (dir, _log) = log_with(3);
+        tamper(dir.path(), "UPDATE entries SET seq = -5 WHERE seq = 1");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(-5), "edited"), (Some(1), "removed")]);
+        assert!(r.problems[0].message.starts_with("entry -5 was changed"), "{}", r.problems[0].message);
+        assert!(r.problems[1].message.contains("entry 1 was removed (the log goes from -5 to 2)"), "{}", r.problems[1].message);
+        assert_eq!((r.first_seq, r.to_json()["problems"][0]["seq"].as_i64()), (Some(-5), Some(-5)));
+    }
+
+    #[test]
+    fn odd_objects_in_the_anchor_folder_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        log.append(entry("start", "c-1")).unwrap();
+        anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        let anchors = cfg.archive_dir(&cfg.storage.primary).join(format!("{ANCHOR_DIR}/n1"));
+        std::fs::write(anchors.join(".hidden"), b"x").unwrap();
+        std::fs::write(anchors.join("stray.txt"), b"x").unwrap();
+        // Named like an anchor of the first form, but lacking fields.
+        std::fs::write(anchors.join(format!("{:020}.json", 5)), br#"{"seq": 5, "mac": "00"}"#).unwrap();
+        std::fs::write(anchors.join(format!("{:020}.json", 6)), br#"{"node": "n1"}"#).unwrap();
+        let stored = load_anchor_objects(&storage).unwrap();
+        assert_eq!(stored.anchors.len(), 3);
+        assert_eq!(stored.unknown_objects_total, 2);
+        let found = Findings {
+            unknown_objects: stored.unknown_objects.clone(),
+            unknown_objects_total: stored.unknown_objects_total,
+            ..Default::default()
+        };
+        let r = verify_with(dir.path(), &stored.anchors, &found).unwrap();
+        assert!(!r.ok);
+        let k = kinds(&r);
+        assert_eq!(
+            k,
+            vec![(None, "unknown_object"), (None, "unknown_object"), (Some(5), "forged_anchor"), (Some(6), "forged_anchor")]
+        );
+        let text: Vec<&str> = r.problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(text.iter().any(|m| m.contains("n1/.hidden") && m.contains("is not an anchor")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("n1/stray.txt")), "{text:?}");
+        assert!(text[2].contains(&format!("n1/{:020}.json", 5)) && text[2].contains("no at, node, anchor_mac"), "{text:?}");
+        assert!(text[3].contains(&format!("n1/{:020}.json", 6)), "{text:?}");
+        assert!(!text.iter().any(|m| m.contains("from \"\"")), "{text:?}");
+        assert_eq!(load_anchors(&storage).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn garbled_journal_lines_are_counted_and_reported() {
+        let (dir, log) = log_with(2);
+        let a = anchor_to_journal(&log, "rec-1").unwrap().unwrap();
+        let good = format!("callvault[1]: INFO {}", a.journal_line());
+        let garbled = good.replacen(&format!("seq {}", a.seq), "seq 2x", 1);
+        let mut input = format!(
+            "{good}\n{garbled}\nINFO audit trail: anchor not stored (tried again later): audit anchor: store down\n{good}\n"
+        )
+        .into_bytes();
+        input.extend_from_slice(b"audit anchor: seq \xff\xfe head\n");
+        let read = read_journal(std::io::Cursor::new(input)).unwrap();
+        assert_eq!((read.anchors.len(), read.unreadable), (1, 2));
+        assert_eq!(read.examples[0].0, 2);
+        let found = Findings {
+            journal_unreadable: Some(read.unreadable),
+            journal_examples: read.examples.clone(),
+            ..Default::default()
+        };
+        let r = verify_with(dir.path(), &read.anchors, &found).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(None, "bad_journal_line"), (None, "bad_journal_line")]);
+        assert!(r.problems[0].message.contains("journal line 2"), "{}", r.problems[0].message);
+        assert_eq!(r.to_json()["journal_lines_unreadable"], 2);
+        // No journal read: no count in the JSON.
+        assert!(verify(dir.path(), &[a]).unwrap().to_json().get("journal_lines_unreadable").is_none());
+    }
+
+    #[test]
+    fn a_log_begun_anew_over_its_anchors_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert!(log.started_empty());
+        assert!(earlier_anchors(&storage, &log, "n1").unwrap().is_none(), "a new log, nothing before it");
+        for i in 0..3 {
+            log.append(entry("start", &format!("c-{i}"))).unwrap();
+        }
+        let a = anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        drop(log);
+        let reopened = AuditLog::open(dir.path()).unwrap();
+        assert!(!reopened.started_empty());
+        assert!(earlier_anchors(&storage, &reopened, "n1").unwrap().is_none());
+        drop(reopened);
+        // `rm audit.db*`, the key kept.
+        for f in [DB_FILE, "audit.db-wal", "audit.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let anew = AuditLog::open(dir.path()).unwrap();
+        assert!(anew.started_empty());
+        let found = earlier_anchors(&storage, &anew, "n1").unwrap().unwrap();
+        assert_eq!((found.this_chain, found.other_chains), (Some(a.clone()), 0));
+        assert!(earlier_anchors(&storage, &anew, "other-node").unwrap().is_none());
+        // And verify says so, once the new log is there.
+        anew.append(entry("serve.start", "")).unwrap();
+        assert_eq!(kinds(&verify(dir.path(), &load_anchors(&storage).unwrap()).unwrap()), vec![(Some(3), "cut_off")]);
+        // The key removed too: another chain by this node.
+        drop(anew);
+        for f in [DB_FILE, "audit.db-wal", "audit.db-shm", KEY_FILE] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let fresh = AuditLog::open(dir.path()).unwrap();
+        let found = earlier_anchors(&storage, &fresh, "n1").unwrap().unwrap();
+        assert_eq!((found.this_chain, found.other_chains), (None, 1));
+    }
+
+    #[test]
+    fn list_fields_cannot_pass_for_columns() {
+        assert_eq!(list_field("c-1"), "c-1");
+        assert_eq!(list_field("control socket"), "control socket");
+        assert_eq!(list_field("/api/a  b"), "\"/api/a  b\"");
+        assert_eq!(list_field(" x"), "\" x\"");
+        assert_eq!(list_field("x "), "\"x \"");
+        assert_eq!(list_field(""), "\"\"");
+        assert_eq!(list_field("-"), "\"-\"");
+        assert_eq!(list_field("a\tb"), "\"a\\tb\"");
+        assert_eq!(list_field("a\u{3000}b"), "\"a\\u{3000}b\"");
+        assert_eq!(list_field("say \"hi\"  now"), "\"say \\\"hi\\\"  now\"");
+        assert_eq!(list_field("line\nforged"), "\"line\\nforged\"");
+    }
+
 }
