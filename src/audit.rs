@@ -982,19 +982,15 @@ pub fn read_journal(mut reader: impl std::io::BufRead) -> std::io::Result<Journa
         n += 1;
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
-        match Anchor::from_journal_line(line) {
-            Some(a) => {
-                if seen.insert(a.clone()) {
-                    out.anchors.push(a);
-                }
+        if let Some(a) = Anchor::from_journal_line(line) {
+            if seen.insert(a.clone()) {
+                out.anchors.push(a);
             }
-            None if line.contains(JOURNAL_MARK) => {
-                out.unreadable += 1;
-                if out.examples.len() < MAX_PROBLEMS {
-                    out.examples.push((n, clip(line.to_string()).chars().take(300).collect()));
-                }
+        } else if line.contains(JOURNAL_MARK) {
+            out.unreadable += 1;
+            if out.examples.len() < MAX_PROBLEMS {
+                out.examples.push((n, clip(line.to_string()).chars().take(300).collect()));
             }
-            None => {}
         }
     }
     Ok(out)
@@ -1153,10 +1149,7 @@ fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error {
-                code: rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase,
-                ..
-            },
+            rusqlite::ffi::Error { code: rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase, .. },
             _
         )
     )
@@ -1215,8 +1208,9 @@ fn scan_log(conn: &Connection, key: &[u8; 32], s: &mut Scan) -> rusqlite::Result
     if !names.iter().any(|n| n == "entries") {
         return Ok(false);
     }
-    let mut stmt = conn
-        .prepare("SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries ORDER BY seq")?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries ORDER BY seq",
+    )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let row = Row {
@@ -2027,8 +2021,11 @@ mod tests {
         let (dir, log) = log_with(3);
         let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
         drop(log);
-        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, it is what someone wrote over it".repeat(100))
-            .unwrap();
+        std::fs::write(
+            dir.path().join(DB_FILE),
+            b"this is not a database, it is what someone wrote over it".repeat(100),
+        )
+        .unwrap();
         let r = verify(dir.path(), &[]).unwrap();
         assert!(!r.ok);
         assert_eq!(kinds(&r), vec![(None, "damaged")]);
@@ -2041,7 +2038,10 @@ mod tests {
     #[test]
     fn a_detail_that_is_not_text_is_an_edit() {
         let (dir, log) = log_with(3);
-        tamper(dir.path(), "UPDATE entries SET detail = x'80ff' WHERE seq = 2; UPDATE entries SET at = 5 WHERE seq = 3");
+        tamper(
+            dir.path(),
+            "UPDATE entries SET detail = x'80ff' WHERE seq = 2; UPDATE entries SET at = 5 WHERE seq = 3",
+        );
         let r = verify(dir.path(), &[]).unwrap();
         assert_eq!(kinds(&r), vec![(Some(2), "edited"), (Some(3), "edited")]);
         // And it can still be listed.
@@ -2058,7 +2058,11 @@ mod tests {
         let r = verify(dir.path(), &[]).unwrap();
         assert_eq!(kinds(&r), vec![(Some(-5), "edited"), (Some(1), "removed")]);
         assert!(r.problems[0].message.starts_with("entry -5 was changed"), "{}", r.problems[0].message);
-        assert!(r.problems[1].message.contains("entry 1 was removed (the log goes from -5 to 2)"), "{}", r.problems[1].message);
+        assert!(
+            r.problems[1].message.contains("entry 1 was removed (the log goes from -5 to 2)"),
+            "{}",
+            r.problems[1].message
+        );
         assert_eq!((r.first_seq, r.to_json()["problems"][0]["seq"].as_i64()), (Some(-5), Some(-5)));
     }
 
@@ -2089,12 +2093,20 @@ mod tests {
         let k = kinds(&r);
         assert_eq!(
             k,
-            vec![(None, "unknown_object"), (None, "unknown_object"), (Some(5), "forged_anchor"), (Some(6), "forged_anchor")]
+            vec![
+                (None, "unknown_object"),
+                (None, "unknown_object"),
+                (Some(5), "forged_anchor"),
+                (Some(6), "forged_anchor")
+            ]
         );
         let text: Vec<&str> = r.problems.iter().map(|p| p.message.as_str()).collect();
         assert!(text.iter().any(|m| m.contains("n1/.hidden") && m.contains("is not an anchor")), "{text:?}");
         assert!(text.iter().any(|m| m.contains("n1/stray.txt")), "{text:?}");
-        assert!(text[2].contains(&format!("n1/{:020}.json", 5)) && text[2].contains("no at, node, anchor_mac"), "{text:?}");
+        assert!(
+            text[2].contains(&format!("n1/{:020}.json", 5)) && text[2].contains("no at, node, anchor_mac"),
+            "{text:?}"
+        );
         assert!(text[3].contains(&format!("n1/{:020}.json", 6)), "{text:?}");
         assert!(!text.iter().any(|m| m.contains("from \"\"")), "{text:?}");
         assert_eq!(load_anchors(&storage).unwrap().len(), 3);
@@ -2181,5 +2193,4 @@ mod tests {
         assert_eq!(list_field("say \"hi\"  now"), "\"say \\\"hi\\\"  now\"");
         assert_eq!(list_field("line\nforged"), "\"line\\nforged\"");
     }
-
 }

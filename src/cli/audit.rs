@@ -205,7 +205,9 @@ fn print_report(cfg: &Config, r: &VerifyReport, from_store: usize, journal: Opti
         out!("latest anchor: seq {} at {} by {}", a.seq, a.at, a.node);
     }
     if let Some(n) = r.journal_lines_unreadable.filter(|n| *n > 0) {
-        out!("warning: {n} journal line(s) marked `audit anchor: seq` could not be read as anchors (listed as bad_journal_line)");
+        out!(
+            "warning: {n} journal line(s) marked `audit anchor: seq` could not be read as anchors (listed as bad_journal_line)"
+        );
     }
     for p in &r.problems {
         match p.seq {
