@@ -135,6 +135,8 @@ pub struct AuditLog {
     anchored: AtomicU64,
     /// Appends by [`AuditLog::record`] that failed (`callvault_audit_write_errors_total`).
     write_errors: AtomicU64,
+    /// The log had no entries when it was opened (new, or wiped: [`earlier_anchors`] tells).
+    started_empty: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -219,7 +221,14 @@ impl AuditLog {
                     .map_err(db_err(&path))?;
             }
         }
-        Ok(AuditLog { conn: Mutex::new(conn), key, path, anchored: AtomicU64::new(0), write_errors: AtomicU64::new(0) })
+        Ok(AuditLog {
+            conn: Mutex::new(conn),
+            key,
+            path,
+            anchored: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            started_empty: entries == 0,
+        })
     }
 
     /// Appends one entry, chained to the head; it is on disk when this returns. Returns its seq.
@@ -310,6 +319,11 @@ impl AuditLog {
         }
     }
 
+    /// Whether the log had no entries when it was opened.
+    pub fn started_empty(&self) -> bool {
+        self.started_empty
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -343,14 +357,24 @@ struct Fields<'a> {
 impl Fields<'_> {
     /// Length-prefixed: no bytes can move from one field to the next without changing the mac.
     fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        put(&mut out, ENTRY_TAG);
-        put(&mut out, &self.seq.to_be_bytes());
-        for f in [self.at, self.actor, self.action, self.target, self.source, self.result, self.detail, self.prev_mac] {
-            put(&mut out, f.as_bytes());
-        }
-        out
+        canonical_entry(
+            self.seq,
+            [self.at, self.actor, self.action, self.target, self.source, self.result, self.detail, self.prev_mac]
+                .map(str::as_bytes),
+        )
     }
+}
+
+/// What an entry's mac covers: its seq and its fields (at, actor, action, target, source,
+/// result, detail, prev_mac) as bytes, each with its length before it.
+fn canonical_entry(seq: u64, fields: [&[u8]; 8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    put(&mut out, ENTRY_TAG);
+    put(&mut out, &seq.to_be_bytes());
+    for f in fields {
+        put(&mut out, f);
+    }
+    out
 }
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -506,18 +530,21 @@ fn read_from(conn: &Connection, path: &Path, q: &ReadQuery) -> Result<Vec<Value>
     let mut stmt = conn.prepare(&sql).map_err(&err)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), |r| {
-            let detail: String = r.get(7)?;
+            // Whatever a tampered row holds (a blob, bytes that are not UTF-8) is shown, not a
+            // reason to show nothing: `verify` says it was edited.
+            let text = |i| column_bytes(r, i).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let detail = text(7)?;
             Ok(json!({
                 "seq": r.get::<_, i64>(0)?,
-                "at": r.get::<_, String>(1)?,
-                "actor": r.get::<_, String>(2)?,
-                "action": r.get::<_, String>(3)?,
-                "target": r.get::<_, String>(4)?,
-                "source": r.get::<_, String>(5)?,
-                "result": r.get::<_, String>(6)?,
+                "at": text(1)?,
+                "actor": text(2)?,
+                "action": text(3)?,
+                "target": text(4)?,
+                "source": text(5)?,
+                "result": text(6)?,
                 "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
-                "prev_mac": r.get::<_, String>(8)?,
-                "mac": r.get::<_, String>(9)?,
+                "prev_mac": text(8)?,
+                "mac": text(9)?,
             }))
         })
         .map_err(&err)?;
@@ -615,8 +642,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// The head of the chain as it was at a moment, kept outside the log, signed with the log's key
-/// so that a made-up anchor is detected.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// so that a made-up anchor is detected. Two anchors are the same whatever object they were read
+/// from (`object` is left out of `==` and the hash).
+#[derive(Debug, Clone)]
 pub struct Anchor {
     /// The last entry's seq.
     pub seq: u64,
@@ -630,6 +658,24 @@ pub struct Anchor {
     pub chain: String,
     /// HMAC-SHA256 over the above (hex).
     pub anchor_mac: String,
+    /// The object it was read from, when its body had to be read (a name of the first form, or
+    /// one that does not hold an anchor): named in what `verify` reports.
+    pub object: Option<String>,
+}
+
+impl PartialEq for Anchor {
+    fn eq(&self, o: &Anchor) -> bool {
+        (self.seq, &self.mac, &self.at, &self.node, &self.chain, &self.anchor_mac)
+            == (o.seq, &o.mac, &o.at, &o.node, &o.chain, &o.anchor_mac)
+    }
+}
+
+impl Eq for Anchor {}
+
+impl std::hash::Hash for Anchor {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.seq, &self.mac, &self.at, &self.node, &self.chain, &self.anchor_mac).hash(h)
+    }
 }
 
 impl Anchor {
@@ -645,7 +691,7 @@ impl Anchor {
 
     fn sign(key: &[u8; 32], seq: u64, mac: String, at: String, node: String, chain: String) -> Anchor {
         let anchor_mac = hex(mac_of(key, &Anchor::canonical(seq, &mac, &at, &node, &chain)).as_ref());
-        Anchor { seq, mac, at, node, chain, anchor_mac }
+        Anchor { seq, mac, at, node, chain, anchor_mac, object: None }
     }
 
     fn signed_by(&self, key: &[u8; 32]) -> bool {
@@ -674,6 +720,7 @@ impl Anchor {
             node: s("node"),
             chain: s("chain"),
             anchor_mac: s("anchor_mac"),
+            object: None,
         }
     }
 
@@ -697,6 +744,7 @@ impl Anchor {
             at: field("at")?.to_string(),
             chain: field("chain").unwrap_or_default().to_string(),
             anchor_mac: field("anchor_mac")?.to_string(),
+            object: None,
         })
     }
 }
@@ -745,6 +793,7 @@ fn anchor_from_key(key: &str) -> Option<Anchor> {
         node: node.to_string(),
         chain: chain.to_string(),
         anchor_mac: anchor_mac.to_string(),
+        object: None,
     })
 }
 
@@ -785,60 +834,183 @@ pub fn anchor_to_journal(log: &AuditLog, node: &str) -> Result<Option<Anchor>, A
     Ok(Some(anchor))
 }
 
-/// Every anchor in every target (the same anchor in two targets counted once), from the
-/// listing's names; only objects named otherwise are read. An object that is not an anchor is
-/// returned as one that fails its check, so tampering with anchors shows.
+/// What the anchor folders of the storage targets hold.
+#[derive(Debug, Clone, Default)]
+pub struct StoredAnchors {
+    /// Every anchor (the same anchor in two targets counted once); an object named like an
+    /// anchor whose body is not one comes back as an anchor that fails its check, naming the
+    /// object.
+    pub anchors: Vec<Anchor>,
+    /// Objects whose names are not anchors' names at all (the first [`MAX_PROBLEMS`]).
+    pub unknown_objects: Vec<String>,
+    /// How many such objects there are in all.
+    pub unknown_objects_total: u64,
+}
+
+/// Every anchor in every target ([`load_anchor_objects`]), without the objects that are not
+/// anchors.
 pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, AuditError> {
+    load_anchor_objects(storage).map(|s| s.anchors)
+}
+
+/// Every anchor in every target (the same anchor in two targets counted once), from the
+/// listing's names; only objects named otherwise are read. An object named like an anchor that
+/// is not one is returned as one that fails its check (naming the object), and an object whose
+/// name is not an anchor's is listed apart, so tampering with anchors shows.
+pub fn load_anchor_objects(storage: &crate::storage::Storage) -> Result<StoredAnchors, AuditError> {
     storage.block_on(async {
-        let mut out: Vec<Anchor> = Vec::new();
+        let mut found = StoredAnchors::default();
         let mut seen: std::collections::HashSet<Anchor> = std::collections::HashSet::new();
         for t in storage.targets() {
             let listed = t.list(ANCHOR_DIR).await.map_err(|e| AuditError::Anchor(e.to_string()))?;
             for m in listed {
-                if let Some(a) = anchor_from_key(m.location.as_ref()) {
+                let name = m.location.as_ref();
+                if let Some(a) = anchor_from_key(name) {
                     if seen.insert(a.clone()) {
-                        out.push(a);
+                        found.anchors.push(a);
                     }
                     continue;
                 }
+                let Some(seq) = seq_from_name(name) else {
+                    // `.hidden`, `stray.txt`: not an anchor's name, not read.
+                    found.unknown_objects_total += 1;
+                    if found.unknown_objects.len() < MAX_PROBLEMS {
+                        found.unknown_objects.push(m.location.to_string());
+                    }
+                    continue;
+                };
                 let bytes = match t.get(&m.location).await {
                     Ok(b) => b,
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(AuditError::Anchor(e.to_string())),
                 };
-                let a = match serde_json::from_slice::<Value>(&bytes) {
+                let mut a = match serde_json::from_slice::<Value>(&bytes) {
                     Ok(v) => Anchor::from_json(&v),
-                    Err(_) => Anchor {
-                        seq: seq_from_name(m.location.as_ref()),
-                        mac: String::new(),
-                        at: String::new(),
-                        node: m.location.to_string(),
-                        chain: String::new(),
-                        anchor_mac: String::new(),
-                    },
+                    Err(_) => Anchor::from_json(&Value::Null),
                 };
+                if a.seq == 0 {
+                    a.seq = seq;
+                }
+                a.object = Some(m.location.to_string());
                 if seen.insert(a.clone()) {
-                    out.push(a);
+                    found.anchors.push(a);
                 }
             }
         }
-        out.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.node.cmp(&b.node)));
-        Ok(out)
+        found.anchors.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.node.cmp(&b.node)));
+        Ok(found)
     })
 }
 
-fn seq_from_name(name: &str) -> u64 {
-    let file = name.rsplit('/').next().and_then(|f| f.strip_suffix(".json")).unwrap_or_default();
-    file.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0)
+/// The seq an object's name starts with (`<seq>.json`, `<seq>.<chain>….json`); `None` when the
+/// name is not an anchor's at all.
+fn seq_from_name(name: &str) -> Option<u64> {
+    let file = name.rsplit('/').next()?.strip_suffix(".json")?;
+    let seq = file.split('.').next()?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(seq.parse().unwrap_or(u64::MAX))
 }
+
+/// The anchors of this log that an earlier log left in storage, when this process began a new,
+/// empty log ([`AuditLog::started_empty`]): what `serve` warns about (`None` when it did not
+/// start empty or nothing of this node was found). Only the listing of this node's folder is
+/// read.
+pub fn earlier_anchors(
+    storage: &crate::storage::Storage,
+    log: &AuditLog,
+    node: &str,
+) -> Result<Option<EarlierAnchors>, AuditError> {
+    if !log.started_empty {
+        return Ok(None);
+    }
+    let ours = chain_id(&log.key);
+    storage.block_on(async {
+        let mut out = EarlierAnchors::default();
+        for t in storage.targets() {
+            let listed =
+                t.list(&format!("{ANCHOR_DIR}/{node}")).await.map_err(|e| AuditError::Anchor(e.to_string()))?;
+            for m in listed {
+                let Some(a) = anchor_from_key(m.location.as_ref()) else { continue };
+                if a.chain == ours {
+                    if a.signed_by(&log.key) && out.this_chain.as_ref().is_none_or(|l| a.seq > l.seq) {
+                        out.this_chain = Some(a);
+                    }
+                } else {
+                    out.other_chains += 1;
+                }
+            }
+        }
+        Ok((out.this_chain.is_some() || out.other_chains > 0).then_some(out))
+    })
+}
+
+/// What [`earlier_anchors`] found.
+#[derive(Debug, Clone, Default)]
+pub struct EarlierAnchors {
+    /// The latest anchor of this log's chain (same key): its entries are gone.
+    pub this_chain: Option<Anchor>,
+    /// Anchors by this node of other chains (a log with another key: the key was made anew).
+    pub other_chains: u64,
+}
+
+/// What `--journal` output held: its anchors and the `audit anchor: seq` lines that are not
+/// anchors.
+#[derive(Debug, Clone, Default)]
+pub struct JournalAnchors {
+    /// The anchors, each once.
+    pub anchors: Vec<Anchor>,
+    /// How many `audit anchor: seq …` lines could not be read as an anchor.
+    pub unreadable: u64,
+    /// The first of them ([`MAX_PROBLEMS`]): line number and text (clipped).
+    pub examples: Vec<(u64, String)>,
+}
+
+/// Reads journal output (`journalctl -u callvault -o cat`; any prefix on a line). Bytes that are
+/// not UTF-8 do not stop it: such a line is read as far as it goes.
+pub fn read_journal(mut reader: impl std::io::BufRead) -> std::io::Result<JournalAnchors> {
+    let mut out = JournalAnchors::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        n += 1;
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        if let Some(a) = Anchor::from_journal_line(line) {
+            if seen.insert(a.clone()) {
+                out.anchors.push(a);
+            }
+        } else if line.contains(JOURNAL_MARK) {
+            out.unreadable += 1;
+            if out.examples.len() < MAX_PROBLEMS {
+                out.examples.push((n, clip(line.to_string()).chars().take(300).collect()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What marks a journal line as meant to be an anchor.
+const JOURNAL_MARK: &str = "audit anchor: seq ";
+
+/// At most this many problems are listed by `verify`: the first in seq order; the rest are
+/// counted (`problems_not_listed`). What `verify` holds stays bounded by the anchors and this.
+pub const MAX_PROBLEMS: usize = 1000;
 
 /// One thing `verify` found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The entry (or the anchor's seq) concerned; `None` for the log as a whole.
-    pub seq: Option<u64>,
+    /// The entry (or the anchor's seq) concerned, as stored (an entry's seq may have been made
+    /// negative); `None` for the log as a whole, or an object that names no seq.
+    pub seq: Option<i64>,
     /// `edited`, `removed`, `chain_broken`, `cut_off`, `anchor_mismatch`, `forged_anchor`,
-    /// `wrong_key`.
+    /// `unknown_object`, `bad_journal_line`, `damaged`, `wrong_key`.
     pub kind: &'static str,
     /// What it means, for a person.
     pub message: String,
@@ -852,8 +1024,8 @@ pub struct VerifyReport {
     /// Entries in the log.
     pub entries: u64,
     /// The first and last seq present.
-    pub first_seq: Option<u64>,
-    pub last_seq: Option<u64>,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
     /// Anchors compared with the log.
     pub anchors_checked: usize,
     /// Anchors of other logs (other recorders sharing the store, an earlier data directory),
@@ -861,14 +1033,20 @@ pub struct VerifyReport {
     pub anchors_other_logs: usize,
     /// The latest genuine anchor.
     pub latest_anchor: Option<Anchor>,
-    /// Everything wrong, in seq order.
+    /// What is wrong, in seq order: the first [`MAX_PROBLEMS`].
     pub problems: Vec<Problem>,
+    /// How many more problems there were than are listed.
+    pub problems_not_listed: u64,
+    /// `audit anchor: seq` lines of the journal output given that are not anchors; `None` when
+    /// no journal was read.
+    pub journal_lines_unreadable: Option<u64>,
 }
 
 impl VerifyReport {
-    /// `{ok, entries, first_seq, last_seq, anchors_checked, latest_anchor, problems}`.
+    /// `{ok, entries, first_seq, last_seq, anchors_checked, anchors_other_logs, latest_anchor,
+    /// problems, problems_not_listed}` (and `journal_lines_unreadable` when a journal was read).
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "ok": self.ok,
             "entries": self.entries,
             "first_seq": self.first_seq,
@@ -877,14 +1055,251 @@ impl VerifyReport {
             "anchors_other_logs": self.anchors_other_logs,
             "latest_anchor": self.latest_anchor.as_ref().map(|a| json!({"seq": a.seq, "at": a.at, "node": a.node})),
             "problems": self.problems.iter().map(|p| json!({"seq": p.seq, "kind": p.kind, "message": p.message})).collect::<Vec<_>>(),
-        })
+            "problems_not_listed": self.problems_not_listed,
+        });
+        if let Some(n) = self.journal_lines_unreadable {
+            v["journal_lines_unreadable"] = json!(n);
+        }
+        v
     }
+
+    /// Every problem found, listed or not.
+    pub fn problems_total(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_not_listed
+    }
+}
+
+/// What was found beside the anchors, reported with the log's problems.
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    /// From storage ([`load_anchor_objects`]).
+    pub unknown_objects: Vec<String>,
+    pub unknown_objects_total: u64,
+    /// From the journal output given ([`read_journal`]): `None` when none was read.
+    pub journal_unreadable: Option<u64>,
+    pub journal_examples: Vec<(u64, String)>,
+}
+
+/// The first `cap` problems in seq order (then in the order found), and a count of the rest:
+/// memory stays bounded however many there are.
+struct Kept {
+    cap: usize,
+    heap: std::collections::BinaryHeap<Ranked>,
+    found: u64,
+    not_listed: u64,
+}
+
+struct Ranked(Option<i64>, u64, Problem);
+
+impl PartialEq for Ranked {
+    fn eq(&self, o: &Ranked) -> bool {
+        (self.0, self.1) == (o.0, o.1)
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, o: &Ranked) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, o: &Ranked) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(o.0, o.1))
+    }
+}
+
+impl Kept {
+    fn new(cap: usize) -> Kept {
+        Kept { cap, heap: std::collections::BinaryHeap::new(), found: 0, not_listed: 0 }
+    }
+
+    fn push(&mut self, p: Problem) {
+        let r = Ranked(p.seq, self.found, p);
+        self.found += 1;
+        if self.heap.len() < self.cap {
+            self.heap.push(r);
+        } else if self.heap.peek().is_some_and(|top| r < *top) {
+            self.heap.pop();
+            self.heap.push(r);
+            self.not_listed += 1;
+        } else {
+            self.not_listed += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.heap.clear();
+        self.not_listed = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty() && self.not_listed == 0
+    }
+
+    /// In seq order; the same problem found twice (the same cut by two anchors) kept once.
+    fn into_problems(self) -> (Vec<Problem>, u64) {
+        let mut out: Vec<Problem> = self.heap.into_sorted_vec().into_iter().map(|r| r.2).collect();
+        out.dedup();
+        (out, self.not_listed)
+    }
+}
+
+/// What SQLite says when the file is not (or no longer) a sound database.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error { code: rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase, .. },
+            _
+        )
+    )
+}
+
+/// How the log file was found.
+enum LogState {
+    /// With its tables (whatever they hold).
+    Present,
+    /// No file.
+    Missing,
+    /// A file without the entries table (0 bytes: truncated, or made anew by SQLite).
+    NoTable { bytes: u64 },
+    /// SQLite reports it damaged, after `read` entries were read.
+    Damaged { message: String },
+}
+
+/// What streaming the log gathers.
+struct Scan {
+    kept: Kept,
+    entries: u64,
+    first_seq: Option<i64>,
+    last_seq: Option<i64>,
+    any_mac_ok: bool,
+    stored_check: Option<String>,
+    /// The previous entry's seq and mac.
+    prev: Option<(i64, Vec<u8>)>,
+    /// The macs of the entries anchors name, filled in as the log streams past.
+    anchored: std::collections::HashMap<i64, Option<Vec<u8>>>,
+}
+
+/// One column as the bytes the mac covers: text or blob as stored, a number as its text, NULL as
+/// nothing (so that whatever was put in a column is read, and fails its mac).
+fn column_bytes(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => Vec::new(),
+        ValueRef::Integer(n) => n.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+        ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+    })
+}
+
+/// Streams the whole log once, in seq order. A table missing is reported in `state`.
+fn scan_log(conn: &Connection, key: &[u8; 32], s: &mut Scan) -> rusqlite::Result<bool> {
+    // One read transaction: entries and key check from the same moment.
+    conn.execute_batch("BEGIN")?;
+    let mut tables = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+    let names: Vec<String> = tables.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    if names.iter().any(|n| n == "meta") {
+        s.stored_check = conn
+            .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .unwrap_or(None);
+    }
+    if !names.iter().any(|n| n == "entries") {
+        return Ok(false);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let row = Row {
+            seq: r.get::<_, i64>(0)?,
+            fields: [
+                column_bytes(r, 1)?,
+                column_bytes(r, 2)?,
+                column_bytes(r, 3)?,
+                column_bytes(r, 4)?,
+                column_bytes(r, 5)?,
+                column_bytes(r, 6)?,
+                column_bytes(r, 7)?,
+                column_bytes(r, 8)?,
+            ],
+            mac: column_bytes(r, 9)?,
+        };
+        let mac_ok = row.mac_ok(key);
+        s.any_mac_ok |= mac_ok;
+        let seq = row.seq;
+        s.entries += 1;
+        s.first_seq.get_or_insert(seq);
+        s.last_seq = Some(seq);
+        if let Some(slot) = s.anchored.get_mut(&seq) {
+            *slot = Some(row.mac.clone());
+        }
+        // Entries are numbered from 1: one moved below that is reported where it is, and
+        // entry 1 is still expected after it.
+        let expected = s.prev.as_ref().map_or(1, |(p, _)| p.saturating_add(1).max(1));
+        let prev_mac = s.prev.as_ref().map_or(GENESIS.as_bytes(), |(_, m)| m.as_slice());
+        if seq > expected {
+            let n = seq - expected;
+            let around = match &s.prev {
+                Some((p, _)) => format!("the log goes from {p} to {seq}"),
+                None => format!("the log starts at {seq}"),
+            };
+            s.kept.push(Problem {
+                seq: Some(expected),
+                kind: "removed",
+                message: if n == 1 {
+                    format!("entry {expected} was removed ({around})")
+                } else {
+                    format!("entries {expected} to {} ({n}) were removed ({around})", seq - 1)
+                },
+            });
+        } else if row.fields[7] != prev_mac {
+            s.kept.push(Problem {
+                seq: Some(seq),
+                kind: "chain_broken",
+                message: format!(
+                    "entry {seq} does not follow entry {}: an entry was replaced, inserted or moved here",
+                    expected - 1
+                ),
+            });
+        }
+        if !mac_ok {
+            s.kept.push(Problem {
+                seq: Some(seq),
+                kind: "edited",
+                message: if seq < 1 {
+                    format!("entry {seq} was changed after it was written (entries are numbered from 1; its mac does not match its content)")
+                } else {
+                    format!("entry {seq} was changed after it was written (its mac does not match its content)")
+                },
+            });
+        }
+        s.prev = Some((seq, row.mac));
+    }
+    Ok(true)
 }
 
 /// Checks the whole chain of `<data_dir>/audit.db` with `<data_dir>/audit.key`, and every anchor
 /// against it. Load the anchors before calling (as `callvault audit verify` does): an anchor
 /// written after the log was read would otherwise look like a cut.
 pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, AuditError> {
+    verify_with(data_dir, anchors, &Findings::default())
+}
+
+/// [`verify`], with what was found beside the anchors (objects in the anchor folder that are
+/// not anchors, journal lines that are not) reported as problems too.
+pub fn verify_with(data_dir: &Path, anchors: &[Anchor], found: &Findings) -> Result<VerifyReport, AuditError> {
+    verify_capped(data_dir, anchors, found, MAX_PROBLEMS)
+}
+
+fn verify_capped(
+    data_dir: &Path,
+    anchors: &[Anchor],
+    found: &Findings,
+    cap: usize,
+) -> Result<VerifyReport, AuditError> {
     let path = data_dir.join(DB_FILE);
     let key_path = data_dir.join(KEY_FILE);
     let key = read_key(&key_path)?.ok_or_else(|| AuditError::Io {
@@ -895,112 +1310,47 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
             "the audit key is missing (restore it from its backup)",
         ),
     })?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { journal_lines_unreadable: found.journal_unreadable, ..Default::default() };
     let ours = chain_id(&key);
-    // The macs of the entries that anchors name, filled in as the log streams past: what is held
-    // grows with the anchors, not with the log (a year of a busy API is millions of entries).
-    let mut anchored: std::collections::HashMap<i64, Option<String>> = anchors
-        .iter()
-        .filter(|a| a.chain.is_empty() || a.chain == ours)
-        .map(|a| (a.seq.min(i64::MAX as u64) as i64, None))
-        .collect();
-    let mut chain_problems = Vec::new();
-    let mut any_mac_ok = false;
-    let mut stored_check = None;
-    if path.exists() {
-        let conn = open_read_only(&path)?;
-        let err = db_err(&path);
-        // One read transaction: entries and key check from the same moment.
-        conn.execute_batch("BEGIN").map_err(&err)?;
-        stored_check = conn
-            .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| r.get::<_, String>(0))
-            .optional()
-            .map_err(&err)?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, at, actor, action, target, source, result, detail, prev_mac, mac FROM entries ORDER BY seq",
-            )
-            .map_err(&err)?;
-        let mapped = stmt
-            .query_map([], |r| {
-                let text = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
-                Ok(Row {
-                    seq: r.get::<_, i64>(0)?,
-                    at: text(1)?,
-                    actor: text(2)?,
-                    action: text(3)?,
-                    target: text(4)?,
-                    source: text(5)?,
-                    result: text(6)?,
-                    detail: text(7)?,
-                    prev_mac: text(8)?,
-                    mac: text(9)?,
-                })
-            })
-            .map_err(&err)?;
-        // The previous entry's seq and mac.
-        let mut prev: Option<(u64, String)> = None;
-        for row in mapped {
-            let row = row.map_err(&err)?;
-            let mac_ok = row.mac_ok(&key);
-            any_mac_ok |= mac_ok;
-            let seq = row.seq.max(0) as u64;
-            report.entries += 1;
-            report.first_seq.get_or_insert(seq);
-            report.last_seq = Some(seq);
-            if let Some(slot) = anchored.get_mut(&row.seq) {
-                *slot = Some(row.mac.clone());
-            }
-            let expected = prev.as_ref().map_or(1, |(p, _)| p + 1);
-            let prev_mac = prev.as_ref().map_or(GENESIS, |(_, m)| m.as_str());
-            if seq > expected {
-                let n = seq - expected;
-                let around = match &prev {
-                    Some((p, _)) => format!("the log goes from {p} to {seq}"),
-                    None => format!("the log starts at {seq}"),
-                };
-                chain_problems.push(Problem {
-                    seq: Some(expected),
-                    kind: "removed",
-                    message: if n == 1 {
-                        format!("entry {expected} was removed ({around})")
-                    } else {
-                        format!("entries {expected} to {} ({n}) were removed ({around})", seq - 1)
-                    },
-                });
-            } else if row.prev_mac != prev_mac {
-                chain_problems.push(Problem {
-                    seq: Some(seq),
-                    kind: "chain_broken",
-                    message: format!(
-                        "entry {seq} does not follow entry {}: an entry was replaced, inserted or moved here",
-                        expected.saturating_sub(1)
-                    ),
-                });
-            }
-            if !mac_ok {
-                chain_problems.push(Problem {
-                    seq: Some(seq),
-                    kind: "edited",
-                    message: format!(
-                        "entry {seq} was changed after it was written (its mac does not match its content)"
-                    ),
-                });
-            }
-            prev = Some((seq, row.mac));
-        }
-    } else if anchors.is_empty() {
-        return Err(AuditError::NoLog { dir: data_dir.to_path_buf() });
-    } else {
-        // Anchors say there was a log: its removal is the cut of every entry, reported below.
-    }
-
-    let wrong_key = match &stored_check {
-        Some(c) => *c != key_check(&key),
-        None => report.entries > 0 && !any_mac_ok,
+    // What is held grows with the anchors, not with the log (a year of a busy API is millions
+    // of entries), and with the problems up to `cap`.
+    let mut s = Scan {
+        kept: Kept::new(cap),
+        entries: 0,
+        first_seq: None,
+        last_seq: None,
+        any_mac_ok: false,
+        stored_check: None,
+        prev: None,
+        anchored: anchors
+            .iter()
+            .filter(|a| a.chain.is_empty() || a.chain == ours)
+            .map(|a| (i64::try_from(a.seq).unwrap_or(i64::MAX), None))
+            .collect(),
     };
+    let state = if path.exists() {
+        let conn = open_read_only(&path)?;
+        match scan_log(&conn, &key, &mut s) {
+            Ok(true) => LogState::Present,
+            Ok(false) => LogState::NoTable { bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) },
+            Err(e) if is_damage(&e) => LogState::Damaged { message: e.to_string() },
+            Err(e) => return Err(db_err(&path)(e)),
+        }
+    } else {
+        LogState::Missing
+    };
+    report.entries = s.entries;
+    report.first_seq = s.first_seq;
+    report.last_seq = s.last_seq;
+
+    let wrong_key = match &s.stored_check {
+        Some(c) => *c != key_check(&key),
+        None => s.entries > 0 && !s.any_mac_ok,
+    };
+    let mut kept = s.kept;
     if wrong_key {
-        report.problems.push(Problem {
+        kept.clear();
+        kept.push(Problem {
             seq: None,
             kind: "wrong_key",
             message: format!(
@@ -1008,11 +1358,19 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
                 key_path.display()
             ),
         });
+        (report.problems, report.problems_not_listed) = kept.into_problems();
         return Ok(report);
     }
-    report.problems = chain_problems;
 
-    let last = report.last_seq.unwrap_or(0);
+    let last = s.last_seq.unwrap_or(0);
+    let gone = match &state {
+        LogState::Missing => Some(format!("{} is missing", path.display())),
+        LogState::NoTable { bytes } => Some(format!("{} has no entries table ({bytes} bytes)", path.display())),
+        LogState::Present | LogState::Damaged { .. } if s.entries == 0 => Some("the log is empty".to_string()),
+        _ => None,
+    };
+    let damaged = matches!(state, LogState::Damaged { .. });
+    let mut latest_beyond: Option<u64> = None;
     for a in anchors {
         // One without a chain is checked (and fails): made-up objects show.
         if !a.chain.is_empty() && a.chain != ours {
@@ -1020,94 +1378,176 @@ pub fn verify(data_dir: &Path, anchors: &[Anchor]) -> Result<VerifyReport, Audit
             continue;
         }
         report.anchors_checked += 1;
+        let aseq = i64::try_from(a.seq).unwrap_or(i64::MAX);
         if !a.signed_by(&key) {
-            report.problems.push(Problem {
-                seq: Some(a.seq),
-                kind: "forged_anchor",
-                message: format!(
-                    "anchor of seq {} from {:?} at {} is not signed with this log's key: it was made or changed by someone else",
-                    a.seq, a.node, a.at
-                ),
-            });
+            kept.push(forged(a));
             continue;
         }
         if report.latest_anchor.as_ref().is_none_or(|l| a.seq > l.seq) {
             report.latest_anchor = Some(a.clone());
         }
-        if a.seq > last {
-            report.problems.push(Problem {
-                seq: Some(a.seq),
+        if aseq > last {
+            if damaged {
+                // Past what could be read: the damage is the problem, not a cut.
+                latest_beyond = latest_beyond.max(Some(a.seq));
+                continue;
+            }
+            kept.push(Problem {
+                seq: Some(aseq),
                 kind: "cut_off",
-                message: if report.entries == 0 {
-                    format!(
-                        "the log is empty but {} anchored seq {} at {}: every entry was cut off",
-                        a.node, a.seq, a.at
-                    )
-                } else {
-                    format!(
+                message: match &gone {
+                    Some(what) => format!(
+                        "{what} but {} anchored seq {} at {}: every entry (1 to {}) was cut off",
+                        a.node, a.seq, a.at, a.seq
+                    ),
+                    None => format!(
                         "the log ends at seq {last} but {} anchored seq {} at {}: entries {} to {} were cut off",
                         a.node,
                         a.seq,
                         a.at,
                         last + 1,
                         a.seq
-                    )
+                    ),
                 },
             });
             continue;
         }
-        match anchored.get(&(a.seq.min(i64::MAX as u64) as i64)) {
-            Some(Some(mac)) if *mac == a.mac => {}
-            Some(Some(_)) => report.problems.push(Problem {
-                seq: Some(a.seq),
+        match s.anchored.get(&aseq) {
+            Some(Some(mac)) if *mac == a.mac.as_bytes() => {}
+            Some(Some(_)) => kept.push(Problem {
+                seq: Some(aseq),
                 kind: "anchor_mismatch",
                 message: format!(
                     "entry {} is not the one {} anchored at {}: the log was rewritten from there",
                     a.seq, a.node, a.at
                 ),
             }),
-            _ => report.problems.push(Problem {
-                seq: Some(a.seq),
+            _ => kept.push(Problem {
+                seq: Some(aseq),
                 kind: "anchor_mismatch",
                 message: format!("entry {} that {} anchored at {} is missing", a.seq, a.node, a.at),
             }),
         }
     }
-    report.problems.sort_by_key(|p| p.seq);
-    // The same cut reported by several anchors is one problem per anchor seq; keep each once.
-    report.problems.dedup();
-    report.ok = report.problems.is_empty();
+    if let LogState::Damaged { message } = &state {
+        kept.push(Problem {
+            seq: None,
+            kind: "damaged",
+            message: format!(
+                "{} is damaged (SQLite: {message}): {}{}; the file was changed outside SQLite or the disk failed",
+                path.display(),
+                match s.last_seq {
+                    Some(l) => format!("entries after seq {l} cannot be read"),
+                    None => "no entry can be read".to_string(),
+                },
+                match latest_beyond {
+                    Some(n) => format!(" (anchors name entries up to seq {n})"),
+                    None => String::new(),
+                }
+            ),
+        });
+    }
+    for name in &found.unknown_objects {
+        kept.push(Problem {
+            seq: None,
+            kind: "unknown_object",
+            message: format!(
+                "{name} in the anchor folder is not an anchor (its name is not an anchor's): someone wrote into {ANCHOR_DIR}"
+            ),
+        });
+    }
+    for _ in found.unknown_objects.len() as u64..found.unknown_objects_total {
+        kept.not_listed += 1;
+    }
+    for (n, line) in &found.journal_examples {
+        kept.push(Problem {
+            seq: None,
+            kind: "bad_journal_line",
+            message: format!(
+                "journal line {n} is marked as an anchor but is not one (a field missing or changed): {:?}",
+                line
+            ),
+        });
+    }
+    kept.not_listed += found.journal_unreadable.unwrap_or(0).saturating_sub(found.journal_examples.len() as u64);
+    if gone.is_some() && !matches!(state, LogState::Present | LogState::Damaged { .. }) && report.anchors_checked == 0 {
+        // No anchor of this log: nothing says what it held.
+        return Err(match state {
+            LogState::Missing => AuditError::NoLog { dir: data_dir.to_path_buf() },
+            _ => AuditError::Db {
+                path: path.clone(),
+                message: format!(
+                    "no entries table in it ({} bytes), and no anchor of this log was found to tell what it held: the log was wiped, or this is not the daemon's data_dir",
+                    std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                ),
+            },
+        });
+    }
+    report.ok = kept.is_empty();
+    (report.problems, report.problems_not_listed) = kept.into_problems();
     Ok(report)
+}
+
+/// An anchor that is not signed with this log's key, named by its object where it was read from
+/// one.
+fn forged(a: &Anchor) -> Problem {
+    let seq = (a.seq > 0).then(|| i64::try_from(a.seq).unwrap_or(i64::MAX));
+    let missing: Vec<&str> = [("mac", &a.mac), ("at", &a.at), ("node", &a.node), ("anchor_mac", &a.anchor_mac)]
+        .into_iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(k, _)| k)
+        .collect();
+    let message = match &a.object {
+        Some(object) if !missing.is_empty() => format!(
+            "anchor object {object} is not an anchor (no {} in it): it was made or changed by someone else",
+            missing.join(", ")
+        ),
+        Some(object) => format!(
+            "anchor object {object} (seq {} from {:?} at {}) is not signed with this log's key: it was made or changed by someone else",
+            a.seq, a.node, a.at
+        ),
+        None => format!(
+            "anchor of seq {} from {:?} at {} is not signed with this log's key: it was made or changed by someone else",
+            a.seq, a.node, a.at
+        ),
+    };
+    Problem { seq, kind: "forged_anchor", message }
 }
 
 struct Row {
     seq: i64,
-    at: String,
-    actor: String,
-    action: String,
-    target: String,
-    source: String,
-    result: String,
-    detail: String,
-    prev_mac: String,
-    mac: String,
+    /// at, actor, action, target, source, result, detail, prev_mac: the bytes stored.
+    fields: [Vec<u8>; 8],
+    mac: Vec<u8>,
 }
 
 impl Row {
     fn mac_ok(&self, key: &[u8; 32]) -> bool {
-        let fields = Fields {
-            seq: self.seq.max(0) as u64,
-            at: &self.at,
-            actor: &self.actor,
-            action: &self.action,
-            target: &self.target,
-            source: &self.source,
-            result: &self.result,
-            detail: &self.detail,
-            prev_mac: &self.prev_mac,
-        };
-        self.seq > 0 && mac_ok(key, &fields.canonical(), &self.mac)
+        if self.seq < 1 {
+            return false;
+        }
+        let f = &self.fields;
+        let bytes = canonical_entry(self.seq as u64, [&f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7]]);
+        std::str::from_utf8(&self.mac).is_ok_and(|m| mac_ok(key, &bytes, m))
     }
+}
+
+/// A text field as `callvault audit list` prints it, its columns two spaces apart. Fields come
+/// from clients (a request's path): control characters are escaped (a newline cannot forge a
+/// line, an escape sequence cannot drive the terminal), and a field that could pass for more or
+/// fewer columns is quoted (`"…"`, `"` and `\` escaped inside): one that is empty, is `-`,
+/// starts with `"`, starts or ends with whitespace, or holds whitespace other than single
+/// spaces.
+pub fn list_field(s: &str) -> String {
+    let escaped = s.escape_debug().to_string();
+    let ambiguous = s.is_empty()
+        || s == "-"
+        || s.starts_with('"')
+        || s.starts_with(char::is_whitespace)
+        || s.ends_with(char::is_whitespace)
+        || s.contains("  ")
+        || s.chars().any(|c| c.is_whitespace() && c != ' ');
+    if ambiguous { format!("\"{escaped}\"") } else { escaped }
 }
 
 /// Who runs a CLI command: `cli:<unix user name>` (or `cli:uid=N` when the name is unknown).
@@ -1164,7 +1604,7 @@ mod tests {
         conn.execute_batch(sql).unwrap();
     }
 
-    fn kinds(r: &VerifyReport) -> Vec<(Option<u64>, &'static str)> {
+    fn kinds(r: &VerifyReport) -> Vec<(Option<i64>, &'static str)> {
         r.problems.iter().map(|p| (p.seq, p.kind)).collect()
     }
 
@@ -1514,5 +1954,243 @@ mod tests {
         ] {
             assert_eq!(anchor_from_key(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn problems_are_capped_in_seq_order_and_counted() {
+        let (dir, log) = log_with(3);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        // 1500 made-up entries after the real ones: each one edited (its mac is not a mac).
+        tamper(
+            dir.path(),
+            "WITH RECURSIVE n(i) AS (SELECT 4 UNION ALL SELECT i + 1 FROM n WHERE i < 1503)
+             INSERT INTO entries SELECT i, 'x', 'x', 'x', 'x', 'x', 'x', '{}', 'x', 'x' FROM n",
+        );
+        let r = verify(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.problems.len(), MAX_PROBLEMS);
+        // Entry 4 breaks the chain and is edited; every later one is edited: 1501 in all.
+        assert_eq!(r.problems_total(), 1501);
+        assert_eq!(r.problems_not_listed, 501);
+        assert_eq!((r.problems[0].seq, r.problems[0].kind), (Some(4), "chain_broken"));
+        assert!(r.problems.windows(2).all(|w| w[0].seq <= w[1].seq), "in seq order");
+        assert_eq!(r.problems.last().unwrap().seq, Some(4 + 998));
+        let v = r.to_json();
+        assert_eq!(v["problems_not_listed"], 501);
+        assert_eq!(v["problems"].as_array().unwrap().len(), MAX_PROBLEMS);
+        // Problems found out of seq order (anchors after the log) still keep the first ones.
+        let mut cut = a.clone();
+        cut.seq = 2;
+        let r = verify_capped(dir.path(), &[a, cut], &Findings::default(), 3).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(2), "forged_anchor"), (Some(4), "chain_broken"), (Some(4), "edited")]);
+        assert_eq!(r.problems_not_listed, 1499);
+        // Nothing wrong: nothing not listed.
+        let (dir, _log) = log_with(2);
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(r.ok && r.problems_not_listed == 0 && r.to_json()["problems_not_listed"] == 0);
+    }
+
+    #[test]
+    fn a_wiped_log_is_cut_off_where_anchors_tell() {
+        let (dir, log) = log_with(4);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        drop(log);
+        // Truncated to 0 bytes (its WAL gone with it).
+        for f in ["audit.db-wal", "audit.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::write(dir.path().join(DB_FILE), b"").unwrap();
+        let r = verify(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(Some(4), "cut_off")]);
+        let m = &r.problems[0].message;
+        assert!(m.contains("has no entries table (0 bytes)") && m.contains("every entry (1 to 4) was cut off"), "{m}");
+        // Without an anchor: cannot tell what it held, said so (not "no such table").
+        let e = verify(dir.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("no entries table") && e.contains("no anchor of this log"), "{e}");
+        assert!(!e.contains("no such table"), "{e}");
+        // The tables dropped, the file kept.
+        let (dir, log) = log_with(2);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        tamper(dir.path(), "DROP TABLE entries; DROP TABLE meta;");
+        assert_eq!(kinds(&verify(dir.path(), &[a]).unwrap()), vec![(Some(2), "cut_off")]);
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_problem_not_an_error() {
+        let (dir, log) = log_with(3);
+        let a = anchor_to_journal(&log, "node-a").unwrap().unwrap();
+        drop(log);
+        std::fs::write(
+            dir.path().join(DB_FILE),
+            b"this is not a database, it is what someone wrote over it".repeat(100),
+        )
+        .unwrap();
+        let r = verify(dir.path(), &[]).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(None, "damaged")]);
+        assert!(r.problems[0].message.contains("no entry can be read"), "{}", r.problems[0].message);
+        let r = verify(dir.path(), &[a]).unwrap();
+        assert_eq!(kinds(&r), vec![(None, "damaged")]);
+        assert!(r.problems[0].message.contains("anchors name entries up to seq 3"), "{}", r.problems[0].message);
+    }
+
+    #[test]
+    fn a_detail_that_is_not_text_is_an_edit() {
+        let (dir, log) = log_with(3);
+        tamper(
+            dir.path(),
+            "UPDATE entries SET detail = x'80ff' WHERE seq = 2; UPDATE entries SET at = 5 WHERE seq = 3",
+        );
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(2), "edited"), (Some(3), "edited")]);
+        // And it can still be listed.
+        let all = log.read(&ReadQuery::default()).unwrap();
+        assert_eq!((all[1]["detail"].as_str(), all[2]["at"].as_str()), (Some("\u{fffd}\u{fffd}"), Some("5")));
+        let r = read_dir(dir.path(), &ReadQuery::default()).unwrap();
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn negative_seqs_are_reported_as_they_are() {
+        let (dir, _log) = log_with(3);
+        tamper(dir.path(), "UPDATE entries SET seq = -5 WHERE seq = 1");
+        let r = verify(dir.path(), &[]).unwrap();
+        assert_eq!(kinds(&r), vec![(Some(-5), "edited"), (Some(1), "removed")]);
+        assert!(r.problems[0].message.starts_with("entry -5 was changed"), "{}", r.problems[0].message);
+        assert!(
+            r.problems[1].message.contains("entry 1 was removed (the log goes from -5 to 2)"),
+            "{}",
+            r.problems[1].message
+        );
+        assert_eq!((r.first_seq, r.to_json()["problems"][0]["seq"].as_i64()), (Some(-5), Some(-5)));
+    }
+
+    #[test]
+    fn odd_objects_in_the_anchor_folder_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        log.append(entry("start", "c-1")).unwrap();
+        anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        let anchors = cfg.archive_dir(&cfg.storage.primary).join(format!("{ANCHOR_DIR}/n1"));
+        std::fs::write(anchors.join(".hidden"), b"x").unwrap();
+        std::fs::write(anchors.join("stray.txt"), b"x").unwrap();
+        // Named like an anchor of the first form, but lacking fields.
+        std::fs::write(anchors.join(format!("{:020}.json", 5)), br#"{"seq": 5, "mac": "00"}"#).unwrap();
+        std::fs::write(anchors.join(format!("{:020}.json", 6)), br#"{"node": "n1"}"#).unwrap();
+        let stored = load_anchor_objects(&storage).unwrap();
+        assert_eq!(stored.anchors.len(), 3);
+        assert_eq!(stored.unknown_objects_total, 2);
+        let found = Findings {
+            unknown_objects: stored.unknown_objects.clone(),
+            unknown_objects_total: stored.unknown_objects_total,
+            ..Default::default()
+        };
+        let r = verify_with(dir.path(), &stored.anchors, &found).unwrap();
+        assert!(!r.ok);
+        let k = kinds(&r);
+        assert_eq!(
+            k,
+            vec![
+                (None, "unknown_object"),
+                (None, "unknown_object"),
+                (Some(5), "forged_anchor"),
+                (Some(6), "forged_anchor")
+            ]
+        );
+        let text: Vec<&str> = r.problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(text.iter().any(|m| m.contains("n1/.hidden") && m.contains("is not an anchor")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("n1/stray.txt")), "{text:?}");
+        assert!(
+            text[2].contains(&format!("n1/{:020}.json", 5)) && text[2].contains("no at, node, anchor_mac"),
+            "{text:?}"
+        );
+        assert!(text[3].contains(&format!("n1/{:020}.json", 6)), "{text:?}");
+        assert!(!text.iter().any(|m| m.contains("from \"\"")), "{text:?}");
+        assert_eq!(load_anchors(&storage).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn garbled_journal_lines_are_counted_and_reported() {
+        let (dir, log) = log_with(2);
+        let a = anchor_to_journal(&log, "rec-1").unwrap().unwrap();
+        let good = format!("callvault[1]: INFO {}", a.journal_line());
+        let garbled = good.replacen(&format!("seq {}", a.seq), "seq 2x", 1);
+        let mut input = format!(
+            "{good}\n{garbled}\nINFO audit trail: anchor not stored (tried again later): audit anchor: store down\n{good}\n"
+        )
+        .into_bytes();
+        input.extend_from_slice(b"audit anchor: seq \xff\xfe head\n");
+        let read = read_journal(std::io::Cursor::new(input)).unwrap();
+        assert_eq!((read.anchors.len(), read.unreadable), (1, 2));
+        assert_eq!(read.examples[0].0, 2);
+        let found = Findings {
+            journal_unreadable: Some(read.unreadable),
+            journal_examples: read.examples.clone(),
+            ..Default::default()
+        };
+        let r = verify_with(dir.path(), &read.anchors, &found).unwrap();
+        assert!(!r.ok);
+        assert_eq!(kinds(&r), vec![(None, "bad_journal_line"), (None, "bad_journal_line")]);
+        assert!(r.problems[0].message.contains("journal line 2"), "{}", r.problems[0].message);
+        assert_eq!(r.to_json()["journal_lines_unreadable"], 2);
+        // No journal read: no count in the JSON.
+        assert!(verify(dir.path(), &[a]).unwrap().to_json().get("journal_lines_unreadable").is_none());
+    }
+
+    #[test]
+    fn a_log_begun_anew_over_its_anchors_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let storage = crate::storage::Storage::open(&cfg).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert!(log.started_empty());
+        assert!(earlier_anchors(&storage, &log, "n1").unwrap().is_none(), "a new log, nothing before it");
+        for i in 0..3 {
+            log.append(entry("start", &format!("c-{i}"))).unwrap();
+        }
+        let a = anchor_to_store(&storage, &log, "n1").unwrap().unwrap();
+        drop(log);
+        let reopened = AuditLog::open(dir.path()).unwrap();
+        assert!(!reopened.started_empty());
+        assert!(earlier_anchors(&storage, &reopened, "n1").unwrap().is_none());
+        drop(reopened);
+        // `rm audit.db*`, the key kept.
+        for f in [DB_FILE, "audit.db-wal", "audit.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let anew = AuditLog::open(dir.path()).unwrap();
+        assert!(anew.started_empty());
+        let found = earlier_anchors(&storage, &anew, "n1").unwrap().unwrap();
+        assert_eq!((found.this_chain, found.other_chains), (Some(a.clone()), 0));
+        assert!(earlier_anchors(&storage, &anew, "other-node").unwrap().is_none());
+        // And verify says so, once the new log is there.
+        anew.append(entry("serve.start", "")).unwrap();
+        assert_eq!(kinds(&verify(dir.path(), &load_anchors(&storage).unwrap()).unwrap()), vec![(Some(3), "cut_off")]);
+        // The key removed too: another chain by this node.
+        drop(anew);
+        for f in [DB_FILE, "audit.db-wal", "audit.db-shm", KEY_FILE] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let fresh = AuditLog::open(dir.path()).unwrap();
+        let found = earlier_anchors(&storage, &fresh, "n1").unwrap().unwrap();
+        assert_eq!((found.this_chain, found.other_chains), (None, 1));
+    }
+
+    #[test]
+    fn list_fields_cannot_pass_for_columns() {
+        assert_eq!(list_field("c-1"), "c-1");
+        assert_eq!(list_field("control socket"), "control socket");
+        assert_eq!(list_field("/api/a  b"), "\"/api/a  b\"");
+        assert_eq!(list_field(" x"), "\" x\"");
+        assert_eq!(list_field("x "), "\"x \"");
+        assert_eq!(list_field(""), "\"\"");
+        assert_eq!(list_field("-"), "\"-\"");
+        assert_eq!(list_field("a\tb"), "\"a\\tb\"");
+        assert_eq!(list_field("a\u{3000}b"), "\"a\\u{3000}b\"");
+        assert_eq!(list_field("say \"hi\"  now"), "\"say \\\"hi\\\"  now\"");
+        assert_eq!(list_field("line\nforged"), "\"line\\nforged\"");
     }
 }

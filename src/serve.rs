@@ -346,6 +346,41 @@ fn start_journal_anchors(
 
 type ShipperHandle = (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
 
+/// Warns, loudly, when the audit log was begun anew (it had no entries at start) while storage
+/// holds anchors this node wrote of this log's chain (`audit.db` removed or emptied, the key
+/// kept) or of another (both removed). Recording goes on either way; `audit verify` reports the
+/// first as cut off.
+fn warn_if_audit_log_was_lost(shipper: &crate::storage::ship::Shipper, audit: &crate::audit::AuditLog, node: &str) {
+    if !audit.started_empty() {
+        return;
+    }
+    match crate::audit::earlier_anchors(shipper.storage(), audit, node) {
+        Ok(None) => {}
+        Ok(Some(found)) => {
+            if let Some(a) = &found.this_chain {
+                crate::log::warn(&format!(
+                    "AUDIT LOG MISSING: {} had no entries at start, but storage holds anchors of its chain up to seq {} (anchored at {} by {}): the audit log was removed or emptied. A new chain starts at seq 1 and recording goes on; `callvault audit verify` will report entries 1 to {} of the old chain as cut off. Restore audit.db from a backup if there is one, and find out who removed it (docs/audit.md)",
+                    audit.path().display(),
+                    a.seq,
+                    a.at,
+                    a.node,
+                    a.seq
+                ));
+            }
+            if found.other_chains > 0 {
+                crate::log::warn(&format!(
+                    "AUDIT LOG MISSING?: {} had no entries at start, and storage holds {} anchor(s) by this node ({node}) of another audit log: if that was this recorder's, audit.db and audit.key were both removed and a new chain with a new key starts (verify counts the old anchors as anchors_other_logs; docs/audit.md)",
+                    audit.path().display(),
+                    found.other_chains
+                ));
+            }
+        }
+        Err(e) => crate::log::warn(&format!(
+            "audit trail: the log had no entries at start and the anchors in storage could not be listed to tell whether an earlier log was lost: {e}"
+        )),
+    }
+}
+
 /// Starts the storage thread: it ships the spool's finished recordings, keeps the catalog
 /// current from the store and, with `[retention] enforce`, deletes what has expired.
 fn start_shipper(
@@ -378,6 +413,8 @@ fn start_shipper(
                 (cfg.audit.anchor_interval_s > 0).then(|| Duration::from_secs(cfg.audit.anchor_interval_s));
             let mut anchored = None::<std::time::Instant>;
             let node = crate::audit::node_name();
+            // Before this process's first anchor: a log begun anew over anchors of its chain.
+            warn_if_audit_log_was_lost(&shipper, &audit, &node);
             let anchor = |storage: &crate::storage::Storage| {
                 if let Err(e) = crate::audit::anchor_to_store(storage, &audit, &node) {
                     crate::log::warn(&format!("audit trail: anchor not stored (tried again later): {e}"));

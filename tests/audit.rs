@@ -86,6 +86,8 @@ fn control_requests_are_audited_and_tampering_is_found() {
     assert_eq!(c.request(json!({"cmd": "stop", "call_id": "c-1"}))["ok"], true);
     // A refusal is recorded too.
     assert_eq!(c.request(json!({"cmd": "stop", "call_id": "nope"}))["error"]["code"], "unknown_call");
+    // A target with a run of spaces must not print as two columns.
+    assert_eq!(c.request(json!({"cmd": "stop", "call_id": "a  b"}))["error"]["code"], "unknown_call");
     // Status is a read of the recorder's own state: not recorded.
     let _ = c.request(json!({"cmd": "status", "call_id": "c-1"}));
     std::thread::sleep(Duration::from_millis(1500));
@@ -129,6 +131,9 @@ fn control_requests_are_audited_and_tampering_is_found() {
     assert_eq!((code, v["entries"].as_array().unwrap().len()), (0, 1));
     let (code, _, out) = cli(&["audit", "list", "--config", cfg, "--since", "yesterday"]);
     assert_eq!(code, 2, "{out}");
+    let (code, _, out) = cli(&["audit", "list", "--config", cfg, "--target", "a  b"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("  stop  \"a  b\"  control socket  not_found"), "{out}");
 
     // An edited entry: the refusal made to look like a success.
     let refused_seq = seq_of(&entries, "stop", "nope");
@@ -174,6 +179,20 @@ fn control_requests_are_audited_and_tampering_is_found() {
     let (code, v, out) = cli(&["audit", "verify", "--config", cut2.to_str().unwrap(), "--json", "--journal", journal]);
     assert_eq!(code, 1, "{out}");
     assert!(problems(&v).contains(&(last, "cut_off".to_string())), "{v}");
+
+    // The log wiped (truncated to 0 bytes, or removed): the anchors tell what was there (1),
+    // not "no such table" (3).
+    let (_keep, wiped) = copy_of(&d, "wiped", "");
+    let data = wiped.parent().unwrap().join("wiped");
+    std::fs::write(data.join("audit.db"), b"").unwrap();
+    let _ = std::fs::remove_file(data.join("audit.db-wal"));
+    let (code, v, out) = cli(&["audit", "verify", "--config", wiped.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(problems(&v).contains(&(last, "cut_off".to_string())), "{v}");
+    std::fs::remove_file(data.join("audit.db")).unwrap();
+    let (code, _, out) = cli(&["audit", "verify", "--config", wiped.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cut off"), "{out}");
 
     // The key gone: cannot check (3), and the daemon refuses to start over the log.
     let (_keep, nokey) = copy_of(&d, "nokey", "");

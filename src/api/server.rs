@@ -1844,12 +1844,18 @@ async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, 
     let mut a = Audited::new(&ctx, peer, "audit.verify", "");
     let r = async {
         a.auth(&headers, Permission::AuditRead).await?;
-        let anchors = match &ctx.storage {
-            Some(st) => on_store(st, crate::audit::load_anchors).await?,
-            None => Vec::new(),
+        let stored = match &ctx.storage {
+            Some(st) => on_store(st, crate::audit::load_anchor_objects).await?,
+            None => crate::audit::StoredAnchors::default(),
+        };
+        let found = crate::audit::Findings {
+            unknown_objects: stored.unknown_objects,
+            unknown_objects_total: stored.unknown_objects_total,
+            ..Default::default()
         };
         let data_dir = ctx.cfg.data_dir.clone();
-        let report = blocking(move || crate::audit::verify(&data_dir, &anchors))
+        let anchors = stored.anchors;
+        let report = blocking(move || crate::audit::verify_with(&data_dir, &anchors, &found))
             .await?
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let v = report.to_json();

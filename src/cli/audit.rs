@@ -1,6 +1,5 @@
 //! `callvault audit verify` and `callvault audit list`: the audit trail on the command line.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,7 +45,7 @@ pub enum AuditCmd {
         #[arg(long, value_name = "FILE")]
         journal: Option<PathBuf>,
         /// One JSON object (ok, entries, first_seq, last_seq, anchors_checked, latest_anchor,
-        /// problems) on standard output.
+        /// problems: the first 1000, problems_not_listed) on standard output.
         #[arg(long)]
         json: bool,
     },
@@ -124,12 +123,17 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
     // Anchors first, the log after: an anchor the daemon writes meanwhile is then never ahead
     // of the log that is read.
     let mut anchors: Vec<Anchor> = Vec::new();
+    let mut found = audit::Findings::default();
     if cfg.storage.ship {
         let loaded = callvault::storage::Storage::open_existing(&cfg)
             .map_err(|e| e.to_string())
-            .and_then(|s| audit::load_anchors(&s).map_err(|e| e.to_string()));
+            .and_then(|s| audit::load_anchor_objects(&s).map_err(|e| e.to_string()));
         match loaded {
-            Ok(a) => anchors = a,
+            Ok(stored) => {
+                anchors = stored.anchors;
+                found.unknown_objects = stored.unknown_objects;
+                found.unknown_objects_total = stored.unknown_objects_total;
+            }
             Err(e) => {
                 eprintln!(
                     "error: cannot read the audit anchors from storage: {e}; without them a cut-off tail cannot be found"
@@ -142,13 +146,12 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
     let mut in_journal = None;
     if let Some(path) = journal {
         match journal_anchors(path) {
-            Ok(found) => {
-                in_journal = Some(found.len());
-                for a in found {
-                    if !anchors.contains(&a) {
-                        anchors.push(a);
-                    }
-                }
+            Ok(read) => {
+                in_journal = Some(read.anchors.len());
+                found.journal_unreadable = Some(read.unreadable);
+                found.journal_examples = read.examples;
+                let stored: std::collections::HashSet<Anchor> = anchors.iter().cloned().collect();
+                anchors.extend(read.anchors.into_iter().filter(|a| !stored.contains(a)));
             }
             Err(e) => {
                 eprintln!("error: cannot read {}: {e}", path.display());
@@ -156,7 +159,7 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
             }
         }
     }
-    let report = match audit::verify(&cfg.data_dir, &anchors) {
+    let report = match audit::verify_with(&cfg.data_dir, &anchors, &found) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -171,19 +174,12 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
     ExitCode::from(if report.ok { 0 } else { 1 })
 }
 
-fn journal_anchors(path: &Path) -> std::io::Result<Vec<Anchor>> {
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
+fn journal_anchors(path: &Path) -> std::io::Result<audit::JournalAnchors> {
+    if path == Path::new("-") {
+        audit::read_journal(std::io::BufReader::new(std::io::stdin()))
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(path)?))
-    };
-    let mut out = Vec::new();
-    for line in reader.lines() {
-        if let Some(a) = Anchor::from_journal_line(&line?) {
-            out.push(a);
-        }
+        audit::read_journal(std::io::BufReader::new(std::fs::File::open(path)?))
     }
-    Ok(out)
 }
 
 /// `journal`: the anchors read from the journal, and how many of them storage did not have.
@@ -208,15 +204,27 @@ fn print_report(cfg: &Config, r: &VerifyReport, from_store: usize, journal: Opti
     if let Some(a) = &r.latest_anchor {
         out!("latest anchor: seq {} at {} by {}", a.seq, a.at, a.node);
     }
+    if let Some(n) = r.journal_lines_unreadable.filter(|n| *n > 0) {
+        out!(
+            "warning: {n} journal line(s) marked `audit anchor: seq` could not be read as anchors (listed as bad_journal_line)"
+        );
+    }
     for p in &r.problems {
         match p.seq {
             Some(s) => out!("  seq {s}: {}: {}", p.kind, p.message),
             None => out!("  {}: {}", p.kind, p.message),
         }
     }
+    if r.problems_not_listed > 0 {
+        out!(
+            "  … and {} more problem(s) not listed (the first {} in seq order are shown; --json counts them in problems_not_listed)",
+            r.problems_not_listed,
+            r.problems.len()
+        );
+    }
     if r.ok {
         let after = r.latest_anchor.as_ref().map_or(0, |a| a.seq);
-        let unanchored = r.last_seq.unwrap_or(0).saturating_sub(after);
+        let unanchored = (r.last_seq.unwrap_or(0).max(0) as u64).saturating_sub(after);
         out!("INTACT");
         if unanchored > 0 {
             out!(
@@ -225,7 +233,7 @@ fn print_report(cfg: &Config, r: &VerifyReport, from_store: usize, journal: Opti
             );
         }
     } else {
-        out!("TAMPERED OR BROKEN: {} problem(s)", r.problems.len());
+        out!("TAMPERED OR BROKEN: {} problem(s)", r.problems_total());
     }
 }
 
@@ -253,8 +261,10 @@ fn list_cmd(config: &Option<PathBuf>, q: &ReadQuery, json: bool) -> ExitCode {
     for e in &entries {
         // Fields come from clients (a request's path): a newline or an escape sequence in them
         // must not forge a line or drive the auditor's terminal.
-        let s = |k: &str| e[k].as_str().unwrap_or_default().escape_debug().to_string();
-        let target = if s("target").is_empty() { "-".to_string() } else { s("target") };
+        // Columns are two spaces apart: a field with a run of spaces (or other whitespace, or
+        // none at all) is quoted, so it cannot pass for two columns (audit::list_field).
+        let s = |k: &str| audit::list_field(e[k].as_str().unwrap_or_default());
+        let target = if e["target"].as_str().unwrap_or_default().is_empty() { "-".to_string() } else { s("target") };
         let detail = match &e["detail"] {
             serde_json::Value::Object(m) if m.is_empty() => String::new(),
             d => format!("  {d}"),
