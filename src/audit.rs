@@ -1539,15 +1539,36 @@ impl Row {
 /// starts with `"`, starts or ends with whitespace, or holds whitespace other than single
 /// spaces.
 pub fn list_field(s: &str) -> String {
-    let escaped = s.escape_debug().to_string();
+    let escaped = escape_blanks(&s.escape_debug().to_string());
     let ambiguous = s.is_empty()
         || s == "-"
         || s.starts_with('"')
         || s.starts_with(char::is_whitespace)
         || s.ends_with(char::is_whitespace)
         || s.contains("  ")
-        || s.chars().any(|c| c.is_whitespace() && c != ' ');
+        || s.chars().any(|c| (c.is_whitespace() && c != ' ') || looks_blank(c));
     if ambiguous { format!("\"{escaped}\"") } else { escaped }
+}
+
+/// An entry's detail for `audit list`'s text: its JSON, with characters that show as nothing
+/// or as blanks escaped, quoted (as [`list_field`]) where it could pass for more columns.
+pub fn list_detail(detail: &Value) -> String {
+    let text = detail.to_string();
+    if text.contains("  ") || text.chars().any(|c| c.is_whitespace() && c != ' ') {
+        return list_field(&text);
+    }
+    // JSON escapes control characters already; not the invisible ones.
+    escape_blanks(&text)
+}
+
+/// Characters a terminal shows as a blank or as nothing that are not whitespace (or that
+/// `escape_debug` leaves as they are): on screen they could fake a column gap.
+fn looks_blank(c: char) -> bool {
+    matches!(c, '\u{115f}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{ffa0}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
+fn escape_blanks(s: &str) -> String {
+    s.chars().map(|c| if looks_blank(c) { format!("\\u{{{:04x}}}", c as u32) } else { c.to_string() }).collect()
 }
 
 /// Who runs a CLI command: `cli:<unix user name>` (or `cli:uid=N` when the name is unknown).
@@ -2192,5 +2213,12 @@ mod tests {
         assert_eq!(list_field("a\u{3000}b"), "\"a\\u{3000}b\"");
         assert_eq!(list_field("say \"hi\"  now"), "\"say \\\"hi\\\"  now\"");
         assert_eq!(list_field("line\nforged"), "\"line\\nforged\"");
+        // Characters that show as blanks or nothing, in a field and in the detail.
+        assert_eq!(list_field("/api/b\u{2800}\u{2800}b"), "\"/api/b\\u{2800}\\u{2800}b\"");
+        assert_eq!(list_field("a\u{202e}b"), "\"a\\u{202e}b\"");
+        assert_eq!(list_detail(&json!({"q": "x\u{200b}y"})), "{\"q\":\"x\\u{200b}y\"}");
+        assert_eq!(list_detail(&json!({"q": "a"})), "{\"q\":\"a\"}");
+        let spoof = list_detail(&json!({"agent": "x\"}  127.0.0.1:1"}));
+        assert!(spoof.starts_with('"') && spoof.ends_with('"'), "a run of spaces in the detail is quoted: {spoof}");
     }
 }

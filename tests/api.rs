@@ -843,4 +843,18 @@ fn connections_per_address_are_bounded() {
     let raw = me(connect_from("127.0.0.1"));
     assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
     drop((held, proxy));
+    // A body announced and never sent does not hold its connection: 408 after 15 s, closed.
+    let mut stuck = connect_from("127.0.0.4");
+    stuck.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let asked = Instant::now();
+    stuck
+        .write_all(
+            b"POST /api/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stuck.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"), "{text}");
+    assert!(asked.elapsed() < Duration::from_secs(25), "{:?}", asked.elapsed());
 }

@@ -554,7 +554,10 @@ async fn audit_unhandled(
     } else if !takes_query && !static_file && !query.is_empty() {
         ApiError::bad_request("this endpoint takes no URL parameters (docs/api.md)").into_response()
     } else {
-        next.run(req).await
+        match whole_body(req).await {
+            Ok(req) => next.run(req).await,
+            Err(refused) => refused,
+        }
     };
     if resp.extensions().get::<AuditedMarker>().is_some() || (static_file && resp.status().is_success()) {
         return resp;
@@ -570,6 +573,7 @@ async fn audit_unhandled(
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".to_string(),
         StatusCode::BAD_REQUEST => "bad_request".to_string(),
         StatusCode::FORBIDDEN => "forbidden".to_string(),
+        StatusCode::REQUEST_TIMEOUT => "request_timeout".to_string(),
         other => format!("http {}", other.as_u16()),
     };
     let resp = as_json_error(resp);
@@ -587,6 +591,36 @@ async fn audit_unhandled(
     }
     ctx.stats.count("request", &code);
     resp
+}
+
+/// Request bodies are at most this long.
+const MAX_BODY: usize = 64 * 1024;
+/// A request's body must arrive within this long (its head has a limit of its own).
+const BODY_TIME: Duration = Duration::from_secs(15);
+
+/// The request with its body read whole, within [`BODY_TIME`] and [`MAX_BODY`]: a client that
+/// announces a body and never sends it must not hold a connection (nor, 512 times over, the
+/// API) for ever.
+async fn whole_body(req: axum::extract::Request) -> Result<axum::extract::Request, Response> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request bodies are at most 64 KiB");
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large().into_response());
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIME, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request's body did not arrive within {} s", BODY_TIME.as_secs()),
+        )
+        .into_response()),
+        // Past the limit (a chunked body says its length only by sending it), or cut short.
+        Ok(Err(_)) if announced.is_none() => Err(too_large().into_response()),
+        Ok(Err(_)) => Err(ApiError::bad_request("the request's body could not be read whole").into_response()),
+        Ok(Ok(bytes)) => Ok(axum::extract::Request::from_parts(parts, Body::from(bytes))),
+    }
 }
 
 /// An error the HTTP layer answered itself (a body too large, a method the route does not
@@ -737,7 +771,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/audit", get(audit_read))
         .route("/api/audit/verify", get(audit_verify))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), audit_unhandled))
         .with_state(ctx)
 }
@@ -1941,6 +1975,8 @@ const MAX_PER_ADDRESS: usize = 16;
 /// in it still reaches the client after a cut, so it bounds what a revoked listener still gets.
 /// 128 KiB is some 8 s of 8 kHz stereo and keeps a LAN download at tens of MB/s.
 const SEND_BUFFER: usize = 128 * 1024;
+/// Unsent bytes below which a connection is writable again (TCP_NOTSENT_LOWAT).
+const NOT_SENT_LOW: u32 = 16 * 1024;
 /// Hyper's own write buffer, for the same reason (its default is some 400 KiB).
 const WRITE_BUFFER: usize = 64 * 1024;
 /// A client that takes no bytes of a response for this long is cut off: a player that stopped
@@ -2145,7 +2181,12 @@ async fn serve(bound: Bound, app: Router) {
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
+        let sock = socket2::SockRef::from(&tcp);
+        let _ = sock.set_send_buffer_size(SEND_BUFFER);
+        // Writable again as soon as little is left unsent, not only once half the buffer has
+        // drained: a slow but steady reader (an Opus stream at 4 KB/s) then shows progress to
+        // the stall guard, and less waits in the kernel.
+        let _ = sock.set_tcp_notsent_lowat(NOT_SENT_LOW);
         let app = app.clone();
         let tls = bound.tls.clone();
         let per_address = per_address.clone();

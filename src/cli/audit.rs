@@ -267,7 +267,7 @@ fn list_cmd(config: &Option<PathBuf>, q: &ReadQuery, json: bool) -> ExitCode {
         let target = if e["target"].as_str().unwrap_or_default().is_empty() { "-".to_string() } else { s("target") };
         let detail = match &e["detail"] {
             serde_json::Value::Object(m) if m.is_empty() => String::new(),
-            d => format!("  {d}"),
+            d => format!("  {}", audit::list_detail(d)),
         };
         out!(
             "{:>6}  {}  {}  {}  {}  {}  {}{detail}",
