@@ -122,10 +122,11 @@ fn concurrent_calls_are_recorded_completely() {
                 || audio != usize::from(sent_here) * 160
             {
                 incomplete.push(format!(
-                    "load-{i} leg {leg}: packets {} lost {} samples {audio}/{}",
+                    "load-{i} leg {leg}: packets {} lost {} samples {audio}/{} {}",
                     l["packets"],
                     l["lost"],
-                    usize::from(sent_here) * 160
+                    usize::from(sent_here) * 160,
+                    l
                 ));
             }
         }
