@@ -847,6 +847,18 @@ pub struct StoredAnchors {
     pub unknown_objects_total: u64,
 }
 
+impl StoredAnchors {
+    /// The anchors to check, and what else the listing found, for [`verify_with`].
+    pub fn split(self) -> (Vec<Anchor>, Findings) {
+        let found = Findings {
+            unknown_objects: self.unknown_objects,
+            unknown_objects_total: self.unknown_objects_total,
+            ..Findings::default()
+        };
+        (self.anchors, found)
+    }
+}
+
 /// Every anchor in every target ([`load_anchor_objects`]), without the objects that are not
 /// anchors.
 pub fn load_anchors(storage: &crate::storage::Storage) -> Result<Vec<Anchor>, AuditError> {

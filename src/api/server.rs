@@ -1882,13 +1882,8 @@ async fn audit_verify(State(ctx): State<Ctx>, Extension(peer): Extension<Peer>, 
             Some(st) => on_store(st, crate::audit::load_anchor_objects).await?,
             None => crate::audit::StoredAnchors::default(),
         };
-        let found = crate::audit::Findings {
-            unknown_objects: stored.unknown_objects,
-            unknown_objects_total: stored.unknown_objects_total,
-            ..Default::default()
-        };
+        let (anchors, found) = stored.split();
         let data_dir = ctx.cfg.data_dir.clone();
-        let anchors = stored.anchors;
         let report = blocking(move || crate::audit::verify_with(&data_dir, &anchors, &found))
             .await?
             .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -129,11 +129,7 @@ fn verify_cmd(config: &Option<PathBuf>, journal: Option<&Path>, json: bool) -> E
             .map_err(|e| e.to_string())
             .and_then(|s| audit::load_anchor_objects(&s).map_err(|e| e.to_string()));
         match loaded {
-            Ok(stored) => {
-                anchors = stored.anchors;
-                found.unknown_objects = stored.unknown_objects;
-                found.unknown_objects_total = stored.unknown_objects_total;
-            }
+            Ok(stored) => (anchors, found) = stored.split(),
             Err(e) => {
                 eprintln!(
                     "error: cannot read the audit anchors from storage: {e}; without them a cut-off tail cannot be found"
